@@ -1,0 +1,1 @@
+"""Ray actors: policy (DeepSpeed), rollout (vLLM), reference, reward, and the ActorGroup."""

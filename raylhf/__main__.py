@@ -1,0 +1,3 @@
+from raylhf.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""`raylhf` console script: `raylhf <subcommand> [config args]` runs `python -m raylhf.<subcommand>`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "grpo": ("raylhf.grpo", "GRPO-family RL (vLLM rollouts, DeepSpeed policy, rewards)"),
+    "sft": ("raylhf.sft", "supervised fine-tuning (the single-actor case)"),
+}
+
+
+def usage() -> str:
+    rows = "\n".join(f"  {name:14s} {doc}" for name, (_, doc) in SUBCOMMANDS.items())
+    return (
+        "usage: raylhf <subcommand> [--config FILE ...] [--section.field VALUE ...] [--dry-run] [--help]\n\n"
+        f"subcommands:\n{rows}\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage(), end="")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"raylhf: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr, end="")
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

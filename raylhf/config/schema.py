@@ -1,0 +1,154 @@
+"""Typed config trees, one per algorithm, built from the shared sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from raylhf.config.sections import (
+    CheckpointConfig,
+    DataConfig,
+    LoggingConfig,
+    ModelConfig,
+    PolicyConfig,
+    RayConfig,
+    ReferenceConfig,
+    RewardConfig,
+    RolloutConfig,
+    Section,
+)
+
+LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+class DemoConfig(Section):
+    """The embedded task used when ``data.train_files`` is empty."""
+
+    task: Literal["arithmetic"] = Field("arithmetic", description="built-in task")
+    num_train: int = Field(2000, gt=0, description="training prompts generated")
+    num_heldout: int = Field(200, gt=0, description="held-out prompts for the before/after accuracy")
+    sft_steps: int = Field(150, ge=0, description="SFT warm-up steps that produce the starting policy (cached)")
+    sft_examples: int = Field(400, ge=0, description="demonstrations used by the SFT warm-up")
+    cache_dir: str | None = Field(None, description="where the warm-up policy is cached; null: ~/.cache/raylhf")
+
+
+class GRPOAlgoConfig(Section):
+    num_steps: int = Field(30, gt=0, description="training steps (one rollout batch each)")
+    prompt_batch_size: int = Field(16, gt=0, description="prompts per step")
+    samples_per_prompt: int = Field(8, gt=0, description="completions per prompt (the group size G)")
+    train_batch_size: int | None = Field(
+        None, gt=0, description="samples per optimizer step; null: the whole rollout batch (one step per update)"
+    )
+    updates_per_batch: int = Field(1, gt=0, description="passes over each rollout batch (PPO epochs)")
+    advantage: Literal["grpo", "rloo", "reinforce++", "reinforce++-baseline"] = Field(
+        "grpo", description="advantage estimator"
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="divide advantages by the group std, the batch std, or not (Dr.GRPO)"
+    )
+    loss_agg: LossAgg = Field("token-mean", description="how per-token losses are aggregated")
+    clip_low: float = Field(0.2, ge=0, description="PPO clip range below 1 (ratio >= 1 - clip_low)")
+    clip_high: float = Field(0.28, ge=0, description="PPO clip range above 1 (clip-higher, DAPO)")
+    dual_clip: float | None = Field(None, gt=1, description="dual-clip constant c for negative advantages")
+    importance_sampling: Literal["token", "sequence"] = Field(
+        "token", description="token ratios (GRPO) or one sequence-level ratio (GSPO)"
+    )
+    tis_cap: float | None = Field(
+        2.0, gt=0, description="truncated IS weight cap for the rollout/trainer logprob mismatch; null disables"
+    )
+    kl_coef: float = Field(0.0, ge=0, description="KL(policy || reference) loss coefficient; 0 skips the reference")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator")
+    entropy_coef: float = Field(0.0, description="entropy bonus coefficient")
+    dynamic_sampling: bool = Field(False, description="drop groups whose rewards all agree (zero std)")
+    overlong: Literal["none", "mask", "penalty"] = Field(
+        "none", description="truncated responses: keep, mask from the loss, or soft length penalty"
+    )
+    overlong_buffer: int = Field(16, ge=0, description="tokens before max_new_tokens where the penalty starts")
+    overlong_penalty: float = Field(1.0, ge=0, description="penalty at max_new_tokens (linear ramp)")
+    eval_every: int = Field(0, ge=0, description="evaluate held-out accuracy every N steps; 0: start and end")
+
+
+class GRPOConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=2e-5, micro_batch_size=32))
+    rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16))
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    grpo: GRPOAlgoConfig = Field(default_factory=GRPOAlgoConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    seed: int = Field(1, description="global seed")
+
+    @model_validator(mode="after")
+    def _batches(self) -> GRPOConfig:
+        g = self.grpo
+        rollout_batch = g.prompt_batch_size * g.samples_per_prompt
+        train = g.train_batch_size or rollout_batch
+        if rollout_batch % train:
+            raise ValueError(
+                f"grpo.train_batch_size ({train}) must divide the rollout batch grpo.prompt_batch_size x "
+                f"grpo.samples_per_prompt = {g.prompt_batch_size} x {g.samples_per_prompt} = {rollout_batch}; "
+                f"pick a divisor of {rollout_batch}, e.g. {_nearest_divisor(rollout_batch, train)}"
+            )
+        if train % g.samples_per_prompt:
+            raise ValueError(
+                f"grpo.train_batch_size ({train}) must be a multiple of grpo.samples_per_prompt "
+                f"({g.samples_per_prompt}) so that whole groups stay in one optimizer step"
+            )
+        if train % self.policy.num_workers:
+            raise ValueError(
+                f"grpo.train_batch_size ({train}) must be divisible by policy.num_workers "
+                f"({self.policy.num_workers}): each data-parallel rank takes an equal share"
+            )
+        if g.samples_per_prompt < 2 and g.advantage in ("grpo", "rloo"):
+            raise ValueError(
+                f"grpo.advantage={g.advantage} compares samples within a group: set grpo.samples_per_prompt >= 2 "
+                "(or use grpo.advantage=reinforce++)"
+            )
+        if g.overlong == "penalty" and g.overlong_buffer >= self.rollout.max_new_tokens:
+            raise ValueError(
+                f"grpo.overlong_buffer ({g.overlong_buffer}) must be smaller than rollout.max_new_tokens "
+                f"({self.rollout.max_new_tokens})"
+            )
+        return self
+
+
+class SFTAlgoConfig(Section):
+    num_steps: int | None = Field(None, gt=0, description="optimizer steps; null: epochs over the data")
+    epochs: int = Field(1, gt=0, description="passes over the data when num_steps is null")
+    batch_size: int = Field(16, gt=0, description="sequences per optimizer step (all ranks)")
+    max_length: int = Field(512, gt=0, description="prompt + response tokens; longer rows are truncated")
+    train_on_prompt: bool = Field(False, description="also compute the loss on prompt tokens")
+
+
+class SFTConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=1e-3, micro_batch_size=16))
+    sft: SFTAlgoConfig = Field(default_factory=SFTAlgoConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    seed: int = Field(1, description="global seed")
+
+    @model_validator(mode="after")
+    def _batches(self) -> SFTConfig:
+        if self.sft.batch_size % self.policy.num_workers:
+            raise ValueError(
+                f"sft.batch_size ({self.sft.batch_size}) must be divisible by policy.num_workers "
+                f"({self.policy.num_workers})"
+            )
+        return self
+
+
+def _nearest_divisor(n: int, target: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - target), -d))
+
+
+CONFIGS: dict[str, type[Section]] = {"grpo": GRPOConfig, "sft": SFTConfig}

@@ -1,0 +1,156 @@
+"""Config sections shared by every algorithm (model, data, policy, rollout, ...).
+
+Every field carries a description: ``--help`` prints them, ``--dry-run`` prints the resolved values.
+Sections forbid unknown keys; the loader turns pydantic's errors into messages with the dotted path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config node: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    arch: Literal["llama", "qwen2"] = Field("llama", description="architecture of the tiny random model")
+    hidden_size: int = Field(128, gt=0, description="hidden size")
+    num_layers: int = Field(2, gt=0, description="decoder layers")
+    num_heads: int = Field(4, gt=0, description="attention heads (head_dim = hidden/heads must be >= 32 for vLLM CPU)")
+    num_kv_heads: int = Field(2, gt=0, description="key/value heads (GQA)")
+    intermediate_size: int = Field(256, gt=0, description="MLP width")
+    max_position_embeddings: int = Field(512, gt=0, description="context length")
+    seed: int = Field(0, description="seed for the random weights")
+
+    @model_validator(mode="after")
+    def _heads(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.hidden_size // self.num_heads < 32:
+            raise ValueError(
+                f"head_dim = hidden_size/num_heads = {self.hidden_size // self.num_heads} < 32; "
+                "vLLM's CPU attention needs head_dim >= 32: raise hidden_size or lower num_heads"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
+        return self
+
+
+class ModelConfig(Section):
+    path: str | None = Field(
+        None,
+        description="HF model directory or hub id; null builds a tiny random model from the shipped tokenizer",
+    )
+    tokenizer: str | None = Field(None, description="tokenizer directory or hub id; null: same as path")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype; auto = bfloat16 on GPUs that support it, float32 on CPU"
+    )
+    trust_remote_code: bool = Field(False, description="allow custom modelling code from the model repo")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="used when path is null")
+
+
+class DataConfig(Section):
+    train_files: list[str] = Field(
+        default_factory=list,
+        description="JSONL / JSON / Parquet files, saved HF dataset dirs or hub ids; empty: the embedded demo task",
+    )
+    eval_files: list[str] = Field(default_factory=list, description="held-out files, same formats")
+    format: Literal["auto", "messages", "prompt", "sft", "preference"] = Field(
+        "auto",
+        description="messages: chat 'messages'; prompt: 'prompt' + extra columns (RL); sft: 'prompt'/'response'; "
+        "preference: 'chosen'/'rejected' (+ 'prompt'); auto: detect from the columns",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="map canonical column -> column in your data, e.g. {prompt: question, solution: answer}",
+    )
+    system_prompt: str | None = Field(None, description="system message prepended to every prompt")
+    max_prompt_length: int = Field(256, gt=0, description="prompts longer than this (tokens) are dropped")
+    max_samples: int | None = Field(None, gt=0, description="use only the first N rows")
+    shuffle: bool = Field(True, description="shuffle the training rows every epoch")
+    seed: int = Field(42, description="data shuffling seed")
+
+
+class PolicyConfig(Section):
+    num_workers: int = Field(1, gt=0, description="data-parallel policy ranks (DeepSpeed world size)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage")
+    lr: float = Field(1e-5, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="decay after warm-up")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up optimizer steps")
+    micro_batch_size: int = Field(8, gt=0, description="sequences per forward/backward on one rank")
+    grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 where the device supports it (CUDA), fp32 on CPU"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    num_cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rank")
+    num_gpus_per_worker: float | None = Field(None, ge=0, description="Ray GPUs per rank; null: 1 if GPUs exist")
+
+
+class RolloutConfig(Section):
+    num_engines: int = Field(1, gt=0, description="vLLM engines sharing the generation load")
+    tensor_parallel_size: int = Field(1, gt=0, description="tensor-parallel ranks inside one engine")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    top_k: int = Field(-1, description="top-k sampling; -1 disables")
+    max_new_tokens: int = Field(128, gt=0, description="max response length (tokens)")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory fraction")
+    cpu_kvcache_gib: float = Field(1.0, gt=0, description="vLLM KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: bool = Field(True, description="disable CUDA graphs / compilation (required on CPU)")
+    weight_sync: Literal["auto", "object_store", "nccl"] = Field(
+        "auto", description="object_store: Ray objects + in-place reload (any device); nccl: GPU broadcast"
+    )
+    sync_bucket_mb: int = Field(64, gt=0, description="weight-sync bucket size")
+    num_cpus_per_engine: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine")
+    seed: int = Field(0, description="sampling seed")
+
+
+class ReferenceConfig(Section):
+    num_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved for the frozen reference model")
+    micro_batch_size: int = Field(16, gt=0, description="sequences per forward")
+
+
+class RewardFunctionConfig(Section):
+    name: str = Field(description="registered reward name, 'file.py:function', or 'remote' with url")
+    weight: float = Field(1.0, description="weight in the summed reward")
+    url: str | None = Field(None, description="HTTP endpoint for remote rewards")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the function")
+
+
+class RewardConfig(Section):
+    functions: list[RewardFunctionConfig] = Field(
+        default_factory=lambda: [RewardFunctionConfig(name="accuracy")],
+        description="reward functions; the reward is their weighted sum",
+    )
+    num_workers: int = Field(1, gt=0, description="reward actors")
+    num_cpus: float = Field(0.25, gt=0, description="Ray CPUs per reward actor")
+
+
+class LoggingConfig(Section):
+    run_dir: str = Field("runs", description="parent folder of run directories")
+    run_name: str | None = Field(None, description="run directory name; null: <algo>-<timestamp>")
+    tensorboard: bool = Field(True, description="write TensorBoard events")
+    progress: bool = Field(True, description="show a progress bar")
+    log_every: int = Field(1, gt=0, description="print metrics every N steps")
+
+
+class CheckpointConfig(Section):
+    save_every: int = Field(0, ge=0, description="save every N steps; 0: only at the end")
+    save_final: bool = Field(True, description="save an HF checkpoint at the end")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Ray address; null: RAY_ADDRESS or a new local cluster")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of a new local cluster; null: the machine's")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="placement-group strategy for gang-created ranks"
+    )

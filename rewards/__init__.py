@@ -1,0 +1,1 @@
+"""Reward functions (ORMs / PRMs), model rewards and remote HTTP rewards."""
