@@ -112,7 +112,7 @@ def test_every_shipped_config_validates(path: Path) -> None:
     algo = path.stem.split("_")[0]
     assert algo in CONFIGS, f"{path}: name example configs <algo>_*.yaml with algo in {sorted(CONFIGS)}"
     cfg = build_config(CONFIGS[algo], [str(path)])
-    for f in getattr(cfg, "data").train_files:
+    for f in cfg.data.train_files:
         if not f.startswith(("Qwen/", "hf://")):
             assert (ROOT / f).exists(), f"{path}: data file {f} does not exist"
 
