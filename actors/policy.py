@@ -1,0 +1,221 @@
+"""PolicyWorker: one data-parallel rank of the trained policy (HF model on DeepSpeed ZeRO 0-3).
+
+It runs the generic objective of ``raylhf.objective`` on a ``TrainBatch``: one call of
+``train_step`` is one optimizer step over the rank's shard, split into length-sorted micro-batches
+with gradient accumulation. DeepSpeed averages gradients over ranks, so each rank's loss (already
+normalized by the global counts) is multiplied by the world size: the update equals the update of
+the whole batch on one rank.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actors.common import (
+    device,
+    forward_logprobs,
+    load_causal_lm,
+    micro_batches,
+    pad,
+    resolve_dtype,
+    set_threads,
+)
+from actors.group import BaseWorker
+from raylhf.batch import Objective, TrainBatch
+from raylhf.objective import objective_loss
+
+SUM_METRICS = ("loss/", "entropy")
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):  # -> Callable[[int], float]
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+class PolicyWorker(BaseWorker):
+    def __init__(
+        self,
+        rank: int = 0,
+        world_size: int = 1,
+        master_addr: str = "",
+        master_port: int = 0,
+        *,
+        model_path: str = "",
+        policy: dict[str, Any] | None = None,
+        dtype: str = "auto",
+        total_steps: int = 1,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__(rank, world_size, master_addr, master_port)
+        self.model_path, self.cfg, self.dtype_name = model_path, dict(policy or {}), dtype
+        self.total_steps, self.seed, self.trust_remote_code = total_steps, seed, trust_remote_code
+        self.steps_done = 0
+
+    # ---- start-up -------------------------------------------------------------------------------
+    def setup(self) -> None:
+        import deepspeed
+
+        set_threads(self.cfg.get("num_cpus_per_worker", 1))
+        os.environ.update(MASTER_ADDR=self.master_addr, MASTER_PORT=str(self.master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        on_gpu = torch.cuda.is_available()
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+        torch.manual_seed(self.seed)
+        precision = self.cfg.get("precision", "auto")
+        bf16 = precision == "bf16" or (precision == "auto" and resolve_dtype("auto") == torch.bfloat16)
+        model = load_causal_lm(self.model_path, torch.float32, self.trust_remote_code)
+        if self.cfg.get("gradient_checkpointing"):
+            model.gradient_checkpointing_enable()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.get("lr", 1e-5), betas=tuple(self.cfg.get("betas", (0.9, 0.999))),
+                                weight_decay=self.cfg.get("weight_decay", 0.0))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(self.cfg.get("lr_scheduler", "constant"), self.cfg.get("warmup_steps", 0), self.total_steps)
+        )
+        micro = int(self.cfg.get("micro_batch_size", 8))
+        ds_config = {
+            "train_micro_batch_size_per_gpu": micro,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": micro * self.world_size,
+            "gradient_clipping": float(self.cfg.get("grad_clip", 1.0)),
+            "zero_optimization": {"stage": int(self.cfg.get("zero_stage", 0))},
+            "bf16": {"enabled": bool(bf16)},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=opt, lr_scheduler=sched, config=ds_config
+        )
+        self.micro = micro
+
+    # ---- compute --------------------------------------------------------------------------------
+    def train_step(self, batch: TrainBatch, obj: Objective) -> dict[str, float]:
+        """One optimizer step on this rank's shard; returns summed / token-averaged metrics."""
+        t0 = time.perf_counter()
+        self.engine.train()
+        dev = self.engine.device
+        groups = list(micro_batches([len(x) for x in batch.input_ids], self.micro))
+        sums: dict[str, float] = {}
+        weighted: dict[str, float] = {}
+        total_w = 0.0
+        for k, idx in enumerate(groups):
+            sub = batch.select(idx)
+            self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
+            logp, _, ent = forward_logprobs(self.engine, sub.input_ids, obj.temperature, with_entropy=True)
+            if ent is not None and not obj.entropy_coef:
+                ent = ent.detach()
+
+            def padded(xs: list[torch.Tensor] | None) -> torch.Tensor | None:
+                return None if xs is None else pad(xs, 0.0).to(dev, torch.float32)
+
+            mask = padded(sub.loss_mask)
+            assert mask is not None
+            loss, m = objective_loss(
+                logp, ent, mask, obj, advantages=padded(sub.advantages), old_logp=padded(sub.old_logprobs),
+                rollout_logp=padded(sub.rollout_logprobs), ref_logp=padded(sub.ref_logprobs),
+                ce_weights=padded(sub.ce_weights),
+            )
+            self.engine.backward(loss * self.world_size)
+            w = float(mask.sum())
+            total_w += w
+            for key, v in m.items():
+                if key.startswith(SUM_METRICS):
+                    sums[key] = sums.get(key, 0.0) + v
+                else:
+                    weighted[key] = weighted.get(key, 0.0) + v * w
+        grad_norm = self._grad_norm() if int(self.cfg.get("zero_stage", 0)) == 0 else None
+        self.engine.step()
+        self.steps_done += 1
+        if grad_norm is None:
+            grad_norm = self.engine.get_global_grad_norm()
+        out = dict(sums)
+        out.update({k: v / max(total_w, 1.0) for k, v in weighted.items()})
+        out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        out["lr"] = float(self.scheduler.get_last_lr()[0])
+        out["train_tokens"] = total_w
+        out["time/train_step_rank"] = time.perf_counter() - t0
+        return out
+
+    @torch.no_grad()
+    def _grad_norm(self) -> float:
+        """Global grad norm before clipping (ZeRO-0 keeps full, already averaged grads on every rank)."""
+        grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else 0.0
+
+    @torch.no_grad()
+    def logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0) -> list[torch.Tensor]:
+        from actors.common import batched_logprobs
+
+        self.engine.eval()
+        return batched_logprobs(self.engine, input_ids, self.micro, temperature)
+
+    # ---- weights out ----------------------------------------------------------------------------
+    def _full_params(self):  # -> Iterator[tuple[str, torch.Tensor]]
+        """(name, full CPU tensor) for every parameter; ZeRO-3 shards are gathered (collective)."""
+        import deepspeed
+
+        module = self.engine.module
+        zero3 = int(self.cfg.get("zero_stage", 0)) == 3
+        for name, p in module.named_parameters():
+            if zero3:
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    t = p.data.detach().to("cpu", copy=True)
+            else:
+                t = p.data.detach().to("cpu", copy=True)
+            yield name, t
+
+    def export_weights(self, bucket_mb: int = 64) -> list[Any]:
+        """Rank 0 puts the full weights in the Ray object store as buckets and returns their refs.
+
+        Every rank must call it (ZeRO-3 gathers are collective); ranks > 0 return ``[]``.
+        """
+        import ray
+
+        refs: list[Any] = []
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        limit = bucket_mb * 2**20
+        for name, t in self._full_params():
+            if self.rank != 0:
+                continue
+            bucket.append((name, t))
+            size += t.numel() * t.element_size()
+            if size >= limit:
+                refs.append(ray.put(bucket))
+                bucket, size = [], 0
+        if self.rank == 0 and bucket:
+            refs.append(ray.put(bucket))
+        return refs
+
+    def save(self, path: str) -> str | None:
+        """Save an HF checkpoint (rank 0 writes; every rank must call it)."""
+        state = dict(self._full_params())
+        if self.rank != 0:
+            return None
+        from transformers import AutoTokenizer
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True)
+        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out)
+        return str(out)
+
+    def device_name(self) -> str:
+        return str(device())

@@ -1,0 +1,142 @@
+"""Building blocks of the RL driver loops: start the actor groups, generate, score, sync, evaluate.
+
+Each function is one phase of DESIGN.md's step; the loops in ``raylhf/grpo.py`` call them in order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from actors.group import ActorGroup
+from raylhf.batch import Rollout, TrainBatch
+from raylhf.config.sections import PolicyConfig, RolloutConfig
+from raylhf.data import PromptExample
+
+
+@dataclass
+class Workers:
+    policy: ActorGroup
+    rollout: ActorGroup | None = None
+    reference: ActorGroup | None = None
+    reward: ActorGroup | None = None
+
+    def shutdown(self) -> None:
+        for g in (self.policy, self.rollout, self.reference, self.reward):
+            if g is not None:
+                g.shutdown()
+
+
+def gpus_per_rank(requested: float | None) -> float:
+    import ray
+
+    if requested is not None:
+        return requested
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def start_policy(cfg: PolicyConfig, model_path: str, dtype: str, total_steps: int, seed: int, strategy: str,
+                 trust_remote_code: bool = False) -> ActorGroup:
+    from actors.policy import PolicyWorker
+
+    return ActorGroup(
+        PolicyWorker, cfg.num_workers, name="policy", num_cpus=cfg.num_cpus_per_worker,
+        num_gpus=gpus_per_rank(cfg.num_gpus_per_worker), strategy=strategy,
+        init_kwargs=dict(model_path=model_path, policy=cfg.model_dump(), dtype=dtype, total_steps=total_steps,
+                         seed=seed, trust_remote_code=trust_remote_code),
+    )
+
+
+def start_rollout(cfg: RolloutConfig, model_path: str, dtype: str, max_model_len: int, strategy: str,
+                  trust_remote_code: bool = False) -> ActorGroup:
+    from actors.rollout import RolloutWorker, import_vllm
+
+    import_vllm()  # fail on the driver with the install hint, before reserving anything
+    return ActorGroup(
+        RolloutWorker, cfg.num_engines, name="rollout", num_cpus=cfg.num_cpus_per_engine,
+        num_gpus=gpus_per_rank(None) * cfg.tensor_parallel_size, strategy=strategy,
+        init_kwargs=dict(model_path=model_path, rollout=cfg.model_dump(), dtype=dtype, max_model_len=max_model_len,
+                         trust_remote_code=trust_remote_code),
+    )
+
+
+def prompt_stream(examples: list[PromptExample], batch_size: int, shuffle: bool, seed: int,
+                  ) -> Iterator[list[PromptExample]]:
+    """Endless batches of prompts, reshuffled every epoch."""
+    rng = random.Random(seed)
+    for _epoch in itertools.count():
+        order = list(range(len(examples)))
+        if shuffle:
+            rng.shuffle(order)
+        for s in range(0, len(order) - batch_size + 1, batch_size):
+            yield [examples[i] for i in order[s : s + batch_size]]
+
+
+def generate(rollout: ActorGroup, prompt_ids: list[list[int]], n: int, **kw: Any) -> list[Rollout]:
+    """``n`` samples per prompt, prompts spread over the engines; ordered prompt by prompt."""
+    indexed = list(enumerate(prompt_ids))
+    parts = rollout.call_split("generate", indexed, n, **kw)
+    return [r for part in parts for r in part]
+
+
+def score(reward: ActorGroup, rollouts: list[Rollout], examples: list[PromptExample], tokenizer: Any,
+          ) -> tuple[torch.Tensor, dict[str, list[float]]]:
+    """Total reward per rollout and the per-function values."""
+    items = []
+    for r in rollouts:
+        ex = examples[r.prompt_index]
+        text = r.text or tokenizer.decode(r.response_ids, skip_special_tokens=True)
+        prompt = ex.messages[-1]["content"] if ex.messages else ""
+        items.append({"prompt": prompt, "completion": text, "completion_ids": r.response_ids, **ex.extras})
+    parts = reward.call_split("score", items)
+    total = [v for p in parts for v in p["total"]]
+    per_fn: dict[str, list[float]] = {}
+    for p in parts:
+        for k, v in p["per_function"].items():
+            per_fn.setdefault(k, []).extend(v)
+    return torch.tensor(total, dtype=torch.float32), per_fn
+
+
+def to_train_batch(rollouts: list[Rollout], advantages: torch.Tensor, mask_truncated: bool = False) -> TrainBatch:
+    ids, mask, adv, rlp = [], [], [], []
+    for r, a in zip(rollouts, advantages.tolist(), strict=True):
+        p, n = len(r.prompt_ids), len(r.response_ids)
+        ids.append(torch.tensor(r.prompt_ids + r.response_ids, dtype=torch.long))
+        on = 0.0 if (mask_truncated and r.truncated) else 1.0
+        mask.append(torch.tensor([0.0] * p + [on] * n))
+        adv.append(torch.tensor([0.0] * p + [a] * n))
+        rlp.append(torch.tensor([0.0] * p + list(r.logprobs)))
+    return TrainBatch(input_ids=ids, loss_mask=mask, advantages=adv, rollout_logprobs=rlp)
+
+
+def sync_weights(policy: ActorGroup, rollout: ActorGroup, bucket_mb: int) -> float:
+    """Policy -> every engine through the object store (bucketed; ZeRO-3 gathered); seconds."""
+    t0 = time.perf_counter()
+    refs = policy.call("export_weights", bucket_mb)[0]
+    rollout.call("load_weights", refs)
+    return time.perf_counter() - t0
+
+
+def evaluate(rollout: ActorGroup, reward: ActorGroup, examples: list[PromptExample], prompt_ids: list[list[int]],
+             tokenizer: Any, max_new_tokens: int) -> dict[str, float]:
+    """Greedy held-out accuracy (the 'accuracy' reward when configured, else the mean total reward)."""
+    rolls = generate(rollout, prompt_ids, 1, temperature=0.0, max_new_tokens=max_new_tokens)
+    total, per_fn = score(reward, rolls, examples, tokenizer)
+    acc = per_fn.get("accuracy")
+    return {
+        "eval/accuracy": float(sum(acc) / len(acc)) if acc else float("nan"),
+        "eval/reward": float(total.mean()),
+        "eval/response_len": sum(len(r.response_ids) for r in rolls) / max(1, len(rolls)),
+    }
+
+
+def split_for_ranks(batch: TrainBatch, world: int) -> TrainBatch:
+    """Drop trailing sequences so the batch splits evenly over ``world`` ranks."""
+    keep = len(batch) - len(batch) % world
+    return batch.select(list(range(keep)))
