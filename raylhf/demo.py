@@ -25,16 +25,16 @@ def _user(text: str) -> list[dict[str, str]]:
 
 def demo_splits(demo: DemoConfig) -> tuple[list[PromptExample], list[PromptExample]]:
     """(train prompts, held-out prompts): disjoint problems."""
-    heldout_rows = make_problems(demo.num_heldout, seed=11)
+    heldout_rows = make_problems(demo.num_heldout, seed=11, max_operand=demo.max_operand)
     seen = {r["prompt"] for r in heldout_rows}
-    train_rows = [r for r in make_problems(demo.num_train * 2, seed=10) if r["prompt"] not in seen][: demo.num_train]
+    train_rows = [r for r in make_problems(demo.num_train * 2, seed=10, max_operand=demo.max_operand) if r["prompt"] not in seen][: demo.num_train]
     to_ex = lambda rows: [PromptExample(_user(r["prompt"]), {"solution": r["solution"]}) for r in rows]  # noqa: E731
     return to_ex(train_rows), to_ex(heldout_rows)
 
 
 def demo_sft_examples(demo: DemoConfig) -> list[SFTExample]:
-    heldout = {r["prompt"] for r in make_problems(demo.num_heldout, seed=11)}
-    rows = [r for r in make_problems(demo.sft_examples * 2, seed=12) if r["prompt"] not in heldout]
+    heldout = {r["prompt"] for r in make_problems(demo.num_heldout, seed=11, max_operand=demo.max_operand)}
+    rows = [r for r in make_problems(demo.sft_examples * 2, seed=12, max_operand=demo.max_operand) if r["prompt"] not in heldout]
     return [SFTExample(_user(r["prompt"]), r["solution"]) for r in rows[: demo.sft_examples]]
 
 
@@ -43,7 +43,8 @@ def warmup_policy(cfg: GRPOConfig) -> str:
     from raylhf.runtime import cache_root
 
     sft_cfg = SFTConfig(
-        model=cfg.model, policy=cfg.policy.model_copy(update={"lr": 3e-3, "micro_batch_size": 32}),
+        model=cfg.model, policy=cfg.policy.model_copy(update={"lr": cfg.demo.sft_lr, "micro_batch_size": 32,
+                                                                 "lr_scheduler": "cosine", "warmup_steps": 10}),
         sft=SFTAlgoConfig(num_steps=max(1, cfg.demo.sft_steps), batch_size=32, max_length=64),
         logging=cfg.logging.model_copy(update={"run_name": None}), ray=cfg.ray, seed=cfg.seed,
     )
@@ -79,6 +80,11 @@ def run_demo(cfg: GRPOConfig) -> tuple[float, float]:
     res = run_grpo(cfg, model_path=start, train=train, heldout=heldout)
     before = res.eval_before.get("eval/accuracy", float("nan"))
     after = res.eval_after.get("eval/accuracy", float("nan"))
+    g_before = res.eval_before.get("eval/greedy_accuracy", float("nan"))
+    g_after = res.eval_after.get("eval/greedy_accuracy", float("nan"))
+    print(f"demo: greedy heldout_accuracy before={g_before:.3f} after={g_after:.3f}; the line below is mean@"
+          f"{cfg.grpo.eval_samples} at temperature {cfg.grpo.eval_temperature} on {len(heldout)} held-out prompts",
+          flush=True)
     print(f"demo: heldout_accuracy before={before:.3f} after={after:.3f}", flush=True)
     print(f"run dir: {res.run_dir}", flush=True)
     return before, after

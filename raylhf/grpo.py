@@ -24,6 +24,7 @@ class GRPOResult:
     eval_before: dict[str, float]
     eval_after: dict[str, float]
     checkpoint: str | None
+    placement: dict[str, list[str]]
 
 
 def required_cpus(cfg: GRPOConfig) -> float:
@@ -88,11 +89,18 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
     reward = ActorGroup(RewardWorker, cfg.reward.num_workers, name="reward", num_cpus=cfg.reward.num_cpus,
                         init_kwargs=dict(functions=[f.model_dump() for f in cfg.reward.functions]))
     workers = rl.Workers(policy, rollout, reference, reward)
-    print(f"[grpo] actors up in {time.perf_counter() - t0:.1f}s", flush=True)
+    placement = {"policy": policy.call("node_id"), "rollout": rollout.call("node_id"),
+                 "reward": reward.call("node_id")}
+    print(f"[grpo] actors up in {time.perf_counter() - t0:.1f}s; nodes: "
+          + ", ".join(f"{k}={sorted({n[:8] for n in v})}" for k, v in placement.items()), flush=True)
 
     heldout_ids = [render_prompt(tokenizer, ex.messages) for ex in heldout]
-    evaluate = (lambda: rl.evaluate(rollout, reward, heldout, heldout_ids, tokenizer, ro.max_new_tokens)
-                ) if heldout else (lambda: {})
+    def evaluate() -> dict[str, float]:
+        if not heldout:
+            return {}
+        return rl.evaluate(rollout, reward, heldout, heldout_ids, tokenizer, ro.max_new_tokens, g.eval_samples,
+                           g.eval_temperature)
+
     eval_before = evaluate()
     logger = MetricsLogger(run_dir, cfg.logging, g.num_steps, "grpo")
     if eval_before:
@@ -180,14 +188,14 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
         ckpt = None
         if cfg.checkpoint.save_final:
             ckpt = policy.call("save", str(run_dir / "checkpoint"))[0]
-        plot = plot_curves(logger.history, ["reward/mean", "reward/accuracy", "eval/accuracy"],
+        plot = plot_curves(logger.history, ["reward/mean", "reward/accuracy", "eval/accuracy", "eval/greedy_accuracy"],
                            run_dir / "curves.png", "GRPO")
         if plot:
             print(f"[grpo] curves {plot}", flush=True)
         logger.close()
     finally:
         workers.shutdown()
-    return GRPOResult(run_dir, logger.history, eval_before, eval_after, ckpt)
+    return GRPOResult(run_dir, logger.history, eval_before, eval_after, ckpt, placement)
 
 
 def _reduce_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:

@@ -124,16 +124,22 @@ def sync_weights(policy: ActorGroup, rollout: ActorGroup, bucket_mb: int) -> flo
 
 
 def evaluate(rollout: ActorGroup, reward: ActorGroup, examples: list[PromptExample], prompt_ids: list[list[int]],
-             tokenizer: Any, max_new_tokens: int) -> dict[str, float]:
-    """Greedy held-out accuracy (the 'accuracy' reward when configured, else the mean total reward)."""
-    rolls = generate(rollout, prompt_ids, 1, temperature=0.0, max_new_tokens=max_new_tokens)
-    total, per_fn = score(reward, rolls, examples, tokenizer)
-    acc = per_fn.get("accuracy")
-    return {
-        "eval/accuracy": float(sum(acc) / len(acc)) if acc else float("nan"),
-        "eval/reward": float(total.mean()),
-        "eval/response_len": sum(len(r.response_ids) for r in rolls) / max(1, len(rolls)),
-    }
+             tokenizer: Any, max_new_tokens: int, samples: int = 1, temperature: float = 0.0) -> dict[str, float]:
+    """Held-out accuracy: the mean 'accuracy' reward over ``samples`` completions per prompt at
+    ``temperature`` (mean@k), plus greedy accuracy. Without an 'accuracy' reward, the mean total reward."""
+
+    def run(n: int, temp: float) -> tuple[float, float, float]:
+        rolls = generate(rollout, prompt_ids, n, temperature=temp, max_new_tokens=max_new_tokens, seed=1234)
+        total, per_fn = score(reward, rolls, examples, tokenizer)
+        acc = per_fn.get("accuracy")
+        value = float(sum(acc) / len(acc)) if acc else float(total.mean())
+        return value, float(total.mean()), sum(len(r.response_ids) for r in rolls) / max(1, len(rolls))
+
+    acc, rew, length = run(samples, temperature)
+    out = {"eval/accuracy": acc, "eval/reward": rew, "eval/response_len": length}
+    if temperature > 0:
+        out["eval/greedy_accuracy"] = run(1, 0.0)[0]
+    return out
 
 
 def split_for_ranks(batch: TrainBatch, world: int) -> TrainBatch:

@@ -17,6 +17,7 @@ from raylhf.config.sections import (
     RewardConfig,
     RolloutConfig,
     Section,
+    TinyModelConfig,
 )
 
 LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
@@ -28,13 +29,15 @@ class DemoConfig(Section):
     task: Literal["arithmetic"] = Field("arithmetic", description="built-in task")
     num_train: int = Field(2000, gt=0, description="training prompts generated")
     num_heldout: int = Field(200, gt=0, description="held-out prompts for the before/after accuracy")
-    sft_steps: int = Field(150, ge=0, description="SFT warm-up steps that produce the starting policy (cached)")
-    sft_examples: int = Field(400, ge=0, description="demonstrations used by the SFT warm-up")
+    sft_steps: int = Field(500, ge=0, description="SFT warm-up steps that produce the starting policy (cached)")
+    sft_examples: int = Field(2000, ge=0, description="demonstrations used by the SFT warm-up")
+    sft_lr: float = Field(1e-3, gt=0, description="learning rate of the SFT warm-up")
+    max_operand: int = Field(50, gt=0, description="operands are drawn from [0, max_operand]")
     cache_dir: str | None = Field(None, description="where the warm-up policy is cached; null: ~/.cache/raylhf")
 
 
 class GRPOAlgoConfig(Section):
-    num_steps: int = Field(30, gt=0, description="training steps (one rollout batch each)")
+    num_steps: int = Field(80, gt=0, description="training steps (one rollout batch each)")
     prompt_batch_size: int = Field(16, gt=0, description="prompts per step")
     samples_per_prompt: int = Field(8, gt=0, description="completions per prompt (the group size G)")
     train_batch_size: int | None = Field(
@@ -67,12 +70,18 @@ class GRPOAlgoConfig(Section):
     overlong_buffer: int = Field(16, ge=0, description="tokens before max_new_tokens where the penalty starts")
     overlong_penalty: float = Field(1.0, ge=0, description="penalty at max_new_tokens (linear ramp)")
     eval_every: int = Field(0, ge=0, description="evaluate held-out accuracy every N steps; 0: start and end")
+    eval_samples: int = Field(4, gt=0, description="samples per held-out prompt; accuracy is their mean (mean@k)")
+    eval_temperature: float = Field(
+        1.0, ge=0, description="sampling temperature of the held-out accuracy (greedy accuracy is logged too)"
+    )
 
 
 class GRPOConfig(Section):
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(tiny=TinyModelConfig(hidden_size=256, num_layers=4, intermediate_size=768))
+    )
     data: DataConfig = Field(default_factory=DataConfig)
-    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=2e-5, micro_batch_size=32))
+    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-5, micro_batch_size=32))
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16))
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)

