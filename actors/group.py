@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -105,16 +106,25 @@ class ActorGroup:
     ) -> None:
         self.name, self.num_ranks = name, num_ranks
         bundles = [{"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})} for _ in range(num_ranks)]
-        self.pg = placement_group(bundles, strategy=strategy, name=f"raylhf-{name}")
+        self.pg: Any = placement_group(bundles, strategy=strategy, name=f"raylhf-{name}")
+        self.actors: list[Any] = []
         if not _wait_ready(self.pg, name, bundles, start_timeout_s):
-            remove_placement_group(self.pg)
+            self.shutdown()
             raise WorkerError(
                 f"{name}: could not reserve {num_ranks} x {bundles[0]} within {start_timeout_s:.0f}s; cluster "
                 f"resources: {ray.available_resources()}. Lower the {name} workers / CPUs / GPUs in the config "
                 "or add nodes"
             )
+        try:
+            self._start(worker_cls, num_ranks, num_cpus, num_gpus, init_kwargs, runtime_env, start_timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start(self, worker_cls: type, num_ranks: int, num_cpus: float, num_gpus: float,
+               init_kwargs: dict[str, Any] | None, runtime_env: dict[str, Any] | None, start_timeout_s: float) -> None:
+        name = self.name
         remote_cls = ray.remote(worker_cls)
-        self.actors: list[Any] = []
         master: tuple[str, int] = ("", 0)
         for rank in range(num_ranks):
             opts: dict[str, Any] = dict(
@@ -158,6 +168,9 @@ class ActorGroup:
 
     def shutdown(self) -> None:
         for a in self.actors:
-            ray.kill(a, no_restart=True)
+            with contextlib.suppress(Exception):  # already dead
+                ray.kill(a, no_restart=True)
         self.actors = []
-        remove_placement_group(self.pg)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None

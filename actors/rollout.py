@@ -80,9 +80,11 @@ class RolloutWorker(BaseWorker):
         n: int,
         temperature: float | None = None,
         max_new_tokens: int | None = None,
-        seed: int | None = None,
     ) -> list[Rollout]:
-        """``n`` completions for each ``(prompt_index, prompt_ids)``; greedy when temperature is 0."""
+        """``n`` completions for each ``(prompt_index, prompt_ids)``; greedy when temperature is 0.
+
+        (No per-request seed: vLLM's CPU sampler rejects seeded generators; the engine seed applies.)
+        """
         vllm = import_vllm()
         from vllm.inputs import TokensPrompt
 
@@ -96,7 +98,6 @@ class RolloutWorker(BaseWorker):
             top_k=int(self.cfg.get("top_k", -1)) if temp > 0 else -1,
             max_tokens=int(max_new_tokens or self.cfg.get("max_new_tokens", 128)),
             logprobs=0,
-            seed=seed,
         )
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in prompts], params, use_tqdm=False)
         rollouts = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -35,7 +36,12 @@ def demo_splits(demo: DemoConfig) -> tuple[list[PromptExample], list[PromptExamp
 def demo_sft_examples(demo: DemoConfig) -> list[SFTExample]:
     heldout = {r["prompt"] for r in make_problems(demo.num_heldout, seed=11, max_operand=demo.max_operand)}
     rows = [r for r in make_problems(demo.sft_examples * 2, seed=12, max_operand=demo.max_operand) if r["prompt"] not in heldout]
-    return [SFTExample(_user(r["prompt"]), r["solution"]) for r in rows[: demo.sft_examples]]
+    rng = random.Random(13)
+    out = []
+    for r in rows[: demo.sft_examples]:
+        answer = str(int(r["solution"]) + 1) if rng.random() < demo.sft_noise else r["solution"]
+        out.append(SFTExample(_user(r["prompt"]), answer))
+    return out
 
 
 def warmup_policy(cfg: GRPOConfig) -> str:

@@ -45,9 +45,6 @@ def overlong_penalty(lengths: torch.Tensor, max_new: int, buffer: int, penalty: 
 def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None = None,
              heldout: list | None = None) -> GRPOResult:
     """Run GRPO; ``model_path`` / ``train`` / ``heldout`` override the config's (the demo passes them)."""
-    from actors.group import ActorGroup
-    from actors.reference import ReferenceWorker
-    from actors.reward import RewardWorker
     from raylhf import rl
     from raylhf.algos.advantages import compute_advantages
     from raylhf.assets import load_tokenizer
@@ -76,110 +73,67 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
     t0 = time.perf_counter()
     train_size = g.train_batch_size or g.prompt_batch_size * g.samples_per_prompt
     optimizer_steps = g.num_steps * g.updates_per_batch * (g.prompt_batch_size * g.samples_per_prompt // train_size)
-    policy = rl.start_policy(cfg.policy, model_path, cfg.model.dtype, optimizer_steps, cfg.seed,
-                             cfg.ray.placement_strategy, cfg.model.trust_remote_code)
-    rollout = rl.start_rollout(ro, model_path, cfg.model.dtype, max_len, cfg.ray.placement_strategy,
-                               cfg.model.trust_remote_code)
-    reference = None
-    if g.kl_coef > 0:
-        reference = ActorGroup(ReferenceWorker, 1, name="reference", num_cpus=cfg.reference.num_cpus,
-                               num_gpus=rl.gpus_per_rank(None), init_kwargs=dict(
-                                   model_path=model_path, reference=cfg.reference.model_dump(),
-                                   dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code))
-    reward = ActorGroup(RewardWorker, cfg.reward.num_workers, name="reward", num_cpus=cfg.reward.num_cpus,
-                        init_kwargs=dict(functions=[f.model_dump() for f in cfg.reward.functions]))
-    workers = rl.Workers(policy, rollout, reference, reward)
-    placement = {"policy": policy.call("node_id"), "rollout": rollout.call("node_id"),
-                 "reward": reward.call("node_id")}
-    print(f"[grpo] actors up in {time.perf_counter() - t0:.1f}s; nodes: "
-          + ", ".join(f"{k}={sorted({n[:8] for n in v})}" for k, v in placement.items()), flush=True)
-
-    heldout_ids = [render_prompt(tokenizer, ex.messages) for ex in heldout]
-    def evaluate() -> dict[str, float]:
-        if not heldout:
-            return {}
-        return rl.evaluate(rollout, reward, heldout, heldout_ids, tokenizer, ro.max_new_tokens, g.eval_samples,
-                           g.eval_temperature)
-
-    eval_before = evaluate()
-    logger = MetricsLogger(run_dir, cfg.logging, g.num_steps, "grpo")
-    if eval_before:
-        logger.log(0, eval_before, advance=False)
-    objective = Objective(
-        pg_coef=1.0, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator, entropy_coef=g.entropy_coef,
-        clip_low=g.clip_low, clip_high=g.clip_high, dual_clip=g.dual_clip, is_level=g.importance_sampling,
-        tis_cap=g.tis_cap, loss_agg=g.loss_agg, norm_const=float(ro.max_new_tokens),
-        temperature=ro.temperature if ro.temperature > 0 else 1.0,
-    )
-    stream = rl.prompt_stream(train, g.prompt_batch_size, cfg.data.shuffle, cfg.data.seed)
+    workers = rl.start_workers(cfg, model_path, optimizer_steps, max_len)
+    policy, rollout, reward, reference = workers.policy, workers.rollout, workers.reward, workers.reference
+    assert policy is not None and rollout is not None and reward is not None
     try:
+        placement = {"policy": policy.call("node_id"), "rollout": rollout.call("node_id"),
+                     "reward": reward.call("node_id")}
+        print(f"[grpo] actors up in {time.perf_counter() - t0:.1f}s; nodes: "
+              + ", ".join(f"{k}={sorted({n[:8] for n in v})}" for k, v in placement.items()), flush=True)
+
+        heldout_ids = [render_prompt(tokenizer, ex.messages) for ex in heldout]
+        def evaluate() -> dict[str, float]:
+            if not heldout:
+                return {}
+            return rl.evaluate(rollout, reward, heldout, heldout_ids, tokenizer, ro.max_new_tokens, g.eval_samples,
+                               g.eval_temperature)
+
+        eval_before = evaluate()
+        logger = MetricsLogger(run_dir, cfg.logging, g.num_steps, "grpo")
+        if eval_before:
+            logger.log(0, eval_before, advance=False)
+        objective = Objective(
+            pg_coef=1.0, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator, entropy_coef=g.entropy_coef,
+            clip_low=g.clip_low, clip_high=g.clip_high, dual_clip=g.dual_clip, is_level=g.importance_sampling,
+            tis_cap=g.tis_cap, loss_agg=g.loss_agg, norm_const=float(ro.max_new_tokens),
+            temperature=ro.temperature if ro.temperature > 0 else 1.0,
+        )
+        stream = rl.prompt_stream(train, g.prompt_batch_size, cfg.data.shuffle, cfg.data.seed)
+        world = cfg.policy.num_workers
         for step in range(1, g.num_steps + 1):
-            m: dict[str, float] = {}
-            t_step = time.perf_counter()
-            # 1. sample
+            timer = rl.PhaseTimer()
             prompts = next(stream)
-            t = time.perf_counter()
-            rollouts = rl.generate(rollout, [render_prompt(tokenizer, ex.messages) for ex in prompts],
-                                   g.samples_per_prompt)
-            m["time/generate"] = time.perf_counter() - t
-            n_tok = sum(len(r.response_ids) for r in rollouts)
-            m["perf/gen_tokens_per_s"] = n_tok / max(m["time/generate"], 1e-9)
-            # 2. score
-            t = time.perf_counter()
-            rewards, per_fn = rl.score(reward, rollouts, prompts, tokenizer)
-            lengths = torch.tensor([len(r.response_ids) for r in rollouts])
-            if g.overlong == "penalty":
-                rewards = rewards + overlong_penalty(lengths, ro.max_new_tokens, g.overlong_buffer,
-                                                     g.overlong_penalty)
-            m["time/reward"] = time.perf_counter() - t
-            # 3. advantages (pure function on the driver)
+            with timer("generate"):
+                rollouts = rl.generate(rollout, [render_prompt(tokenizer, ex.messages) for ex in prompts],
+                                       g.samples_per_prompt)
+            with timer("reward"):
+                rewards, per_fn = rl.score(reward, rollouts, prompts, tokenizer)
+                if g.overlong == "penalty":
+                    lengths = torch.tensor([len(r.response_ids) for r in rollouts])
+                    rewards = rewards + overlong_penalty(lengths, ro.max_new_tokens, g.overlong_buffer,
+                                                         g.overlong_penalty)
             adv = compute_advantages(g.advantage, rewards, g.samples_per_prompt, scale=g.scale_rewards)
-            m.update({f"reward/{k.removeprefix('reward_')}": v for k, v in adv.metrics.items()})
-            for name, vals in per_fn.items():
-                m[f"reward/{name}"] = sum(vals) / len(vals)
-            m["response/len_mean"] = float(lengths.float().mean())
-            m["response/truncated_frac"] = float(sum(r.truncated for r in rollouts) / len(rollouts))
             batch = rl.to_train_batch(rollouts, adv.advantages, mask_truncated=g.overlong == "mask")
             if g.dynamic_sampling:
-                std = rewards.view(-1, g.samples_per_prompt).std(dim=1)
-                keep = [i for i in range(len(rollouts)) if std[i // g.samples_per_prompt] > 0]
-                batch = batch.select(keep)
-                m["batch/kept_frac"] = len(keep) / len(rollouts)
-            batch = rl.split_for_ranks(batch, cfg.policy.num_workers)
-            if len(batch) == 0:
-                m["time/step"] = time.perf_counter() - t_step
-                logger.log(step, m)
-                continue
-            # 4. reference log-probs (only with a KL term)
-            if reference is not None:
-                t = time.perf_counter()
-                batch.ref_logprobs = reference.call_split("logprobs", batch.input_ids, objective.temperature)
-                batch.ref_logprobs = [x for part in batch.ref_logprobs for x in part]
-                m["time/reference"] = time.perf_counter() - t
-            # 5. old log-probs: only when the batch is used for several optimizer steps
-            minibatches = [list(range(s, min(s + train_size, len(batch)))) for s in range(0, len(batch), train_size)]
-            if g.updates_per_batch > 1 or len(minibatches) > 1:
-                t = time.perf_counter()
-                parts = policy.call_split("logprobs", batch.input_ids, objective.temperature)
-                batch.old_logprobs = [x for part in parts for x in part]
-                m["time/old_logprobs"] = time.perf_counter() - t
-            # 6. train
-            t = time.perf_counter()
-            train_metrics: list[dict[str, float]] = []
-            for _ in range(g.updates_per_batch):
-                for idx in minibatches:
-                    mb = rl.split_for_ranks(batch.select(idx), cfg.policy.num_workers)
-                    if len(mb) == 0:
-                        continue
-                    per_rank = policy.call_split("train_step", mb, objective.with_counts(mb))
-                    train_metrics.append(_reduce_ranks(per_rank))
-            m["time/train"] = time.perf_counter() - t
-            m.update(_mean_dicts(train_metrics))
-            # 7. weight sync
-            m["time/sync"] = rl.sync_weights(policy, rollout, ro.sync_bucket_mb)
+                batch = batch.select(rl.varied_groups(rewards, g.samples_per_prompt))
+            batch = rl.split_for_ranks(batch, world)
+            m = {**rl.rollout_metrics(rollouts, per_fn, timer), **rl.prefixed("reward/", adv.metrics),
+                 "batch/kept_frac": len(batch) / len(rollouts)}
+            if len(batch):
+                if reference is not None:
+                    with timer("reference"):
+                        batch.ref_logprobs = rl.logprobs(reference, batch, objective.temperature)
+                if g.updates_per_batch > 1 or len(batch) > train_size:  # the batch feeds several updates
+                    with timer("old_logprobs"):
+                        batch.old_logprobs = rl.logprobs(policy, batch, objective.temperature)
+                with timer("train"):
+                    m.update(rl.train(policy, batch, objective, train_size, g.updates_per_batch, world))
+                with timer("sync"):
+                    rl.sync_weights(policy, rollout, ro.sync_bucket_mb)
             if g.eval_every and step % g.eval_every == 0 and step < g.num_steps:
                 m.update(evaluate())
-            m["time/step"] = time.perf_counter() - t_step
+            m.update(timer.metrics())
             m["perf/samples_per_s"] = len(rollouts) / m["time/step"]
             logger.log(step, m)
         eval_after = evaluate()
@@ -196,21 +150,6 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
     finally:
         workers.shutdown()
     return GRPOResult(run_dir, logger.history, eval_before, eval_after, ckpt, placement)
-
-
-def _reduce_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """Sum the globally-normalized losses over ranks; average everything else."""
-    out: dict[str, float] = {}
-    for k in per_rank[0]:
-        vals = [d[k] for d in per_rank]
-        out[k] = sum(vals) if k.startswith(("loss/", "entropy", "train_tokens")) else sum(vals) / len(vals)
-    return out
-
-
-def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
-    if not rows:
-        return {}
-    return {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in rows[0]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ Each function is one phase of DESIGN.md's step; the loops in ``raylhf/grpo.py`` 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import time
@@ -15,14 +16,14 @@ from typing import Any
 import torch
 
 from actors.group import ActorGroup
-from raylhf.batch import Rollout, TrainBatch
+from raylhf.batch import Objective, Rollout, TrainBatch
 from raylhf.config.sections import PolicyConfig, RolloutConfig
 from raylhf.data import PromptExample
 
 
 @dataclass
 class Workers:
-    policy: ActorGroup
+    policy: ActorGroup | None = None
     rollout: ActorGroup | None = None
     reference: ActorGroup | None = None
     reward: ActorGroup | None = None
@@ -31,6 +32,33 @@ class Workers:
         for g in (self.policy, self.rollout, self.reference, self.reward):
             if g is not None:
                 g.shutdown()
+
+
+def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len: int) -> Workers:
+    """Every actor group of an RL run (policy, rollout, reference when kl_coef > 0, reward).
+
+    If one group fails to start, the groups already up are shut down before the error propagates.
+    """
+    from actors.reference import ReferenceWorker
+    from actors.reward import RewardWorker
+
+    w = Workers()
+    strategy, trust = cfg.ray.placement_strategy, cfg.model.trust_remote_code
+    try:
+        w.policy = start_policy(cfg.policy, model_path, cfg.model.dtype, optimizer_steps, cfg.seed, strategy, trust)
+        w.rollout = start_rollout(cfg.rollout, model_path, cfg.model.dtype, max_model_len, strategy, trust)
+        if cfg.grpo.kl_coef > 0:
+            w.reference = ActorGroup(
+                ReferenceWorker, 1, name="reference", num_cpus=cfg.reference.num_cpus, num_gpus=gpus_per_rank(None),
+                init_kwargs=dict(model_path=model_path, reference=cfg.reference.model_dump(), dtype=cfg.model.dtype,
+                                 trust_remote_code=trust),
+            )
+        w.reward = ActorGroup(RewardWorker, cfg.reward.num_workers, name="reward", num_cpus=cfg.reward.num_cpus,
+                              init_kwargs=dict(functions=[f.model_dump() for f in cfg.reward.functions]))
+    except BaseException:
+        w.shutdown()
+        raise
+    return w
 
 
 def gpus_per_rank(requested: float | None) -> float:
@@ -129,7 +157,7 @@ def evaluate(rollout: ActorGroup, reward: ActorGroup, examples: list[PromptExamp
     ``temperature`` (mean@k), plus greedy accuracy. Without an 'accuracy' reward, the mean total reward."""
 
     def run(n: int, temp: float) -> tuple[float, float, float]:
-        rolls = generate(rollout, prompt_ids, n, temperature=temp, max_new_tokens=max_new_tokens, seed=1234)
+        rolls = generate(rollout, prompt_ids, n, temperature=temp, max_new_tokens=max_new_tokens)
         total, per_fn = score(reward, rolls, examples, tokenizer)
         acc = per_fn.get("accuracy")
         value = float(sum(acc) / len(acc)) if acc else float(total.mean())
@@ -139,6 +167,71 @@ def evaluate(rollout: ActorGroup, reward: ActorGroup, examples: list[PromptExamp
     out = {"eval/accuracy": acc, "eval/reward": rew, "eval/response_len": length}
     if temperature > 0:
         out["eval/greedy_accuracy"] = run(1, 0.0)[0]
+    return out
+
+
+class PhaseTimer:
+    """``with timer("generate"): ...`` records ``time/generate``; ``time/step`` spans the timer's life."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[phase] = self.times.get(phase, 0.0) + time.perf_counter() - t
+
+    def metrics(self) -> dict[str, float]:
+        return {**{f"time/{k}": v for k, v in self.times.items()}, "time/step": time.perf_counter() - self.start}
+
+
+def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {prefix + k.removeprefix("reward_"): v for k, v in metrics.items()}
+
+
+def rollout_metrics(rollouts: list[Rollout], per_fn: dict[str, list[float]], timer: PhaseTimer) -> dict[str, float]:
+    n_tok = sum(len(r.response_ids) for r in rollouts)
+    out = {f"reward/{name}": sum(v) / len(v) for name, v in per_fn.items()}
+    out["response/len_mean"] = n_tok / max(1, len(rollouts))
+    out["response/truncated_frac"] = sum(r.truncated for r in rollouts) / max(1, len(rollouts))
+    out["perf/gen_tokens_per_s"] = n_tok / max(timer.times.get("generate", 0.0), 1e-9)
+    return out
+
+
+def varied_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
+    """Indices of the samples whose group's rewards are not all equal (dynamic sampling, DAPO)."""
+    std = rewards.view(-1, group_size).std(dim=1)
+    return [i for i in range(len(rewards)) if std[i // group_size] > 0]
+
+
+def logprobs(group: ActorGroup, batch: TrainBatch, temperature: float) -> list[torch.Tensor]:
+    """Log-probs of every sequence of the batch, spread over the group's ranks."""
+    parts = group.call_split("logprobs", batch.input_ids, temperature)
+    return [x for part in parts for x in part]
+
+
+def train(policy: ActorGroup, batch: TrainBatch, objective: Objective, train_size: int, updates: int,
+          world: int) -> dict[str, float]:
+    """``updates`` passes over the batch in optimizer steps of ``train_size`` sequences; mean metrics."""
+    rows = []
+    for _ in range(updates):
+        for s in range(0, len(batch), train_size):
+            mb = split_for_ranks(batch.select(list(range(s, min(s + train_size, len(batch))))), world)
+            if len(mb):
+                rows.append(reduce_ranks(policy.call_split("train_step", mb, objective.with_counts(mb))))
+    return {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in rows[0]} if rows else {}
+
+
+def reduce_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Sum the globally-normalized losses over ranks; average everything else."""
+    out: dict[str, float] = {}
+    for k in per_rank[0]:
+        vals = [d[k] for d in per_rank]
+        out[k] = sum(vals) if k.startswith(("loss/", "entropy", "train_tokens")) else sum(vals) / len(vals)
     return out
 
 

@@ -52,3 +52,9 @@ def test_reward_errors_are_clear(tmp_path: Path) -> None:
     f.write_text("def other(**kw):\n    return []\n")
     with pytest.raises(AttributeError, match=r"has no 'missing'.*other"):
         resolve_reward({"name": f"{f}:missing"})
+
+
+def test_shipped_example_reward_file_loads() -> None:
+    root = Path(__file__).resolve().parents[1]
+    fn = resolve_reward({"name": f"{root}/examples/rewards/brevity.py:brevity", "kwargs": {"max_tokens": 4}})
+    assert fn(prompts=["p"] * 3, completions=["", "", ""], completion_ids=[[1], [1] * 6, [1] * 9]) == [1.0, 0.5, 0.0]

@@ -63,3 +63,21 @@ def test_objective_pg_at_ratio_one_is_minus_advantage_mean() -> None:
     assert float(loss) == pytest.approx(-2.0)  # -(2 + 2) / 2
     loss.backward()
     assert logp.grad is not None and logp.grad.tolist() == [[0.0, -1.0, -1.0]]
+
+
+def test_varied_groups_drops_zero_std_groups() -> None:
+    from raylhf.rl import varied_groups
+
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])  # groups of 2: [1,1] [0,1] [0,0]
+    assert varied_groups(rewards, 2) == [2, 3]
+
+
+def test_phase_timer_accumulates() -> None:
+    from raylhf.rl import PhaseTimer
+
+    timer = PhaseTimer()
+    for _ in range(2):
+        with timer("generate"):
+            pass
+    m = timer.metrics()
+    assert set(m) == {"time/generate", "time/step"} and m["time/step"] >= m["time/generate"] >= 0

@@ -33,6 +33,11 @@ class DemoConfig(Section):
     sft_examples: int = Field(2000, ge=0, description="demonstrations used by the SFT warm-up")
     sft_lr: float = Field(1e-3, gt=0, description="learning rate of the SFT warm-up")
     max_operand: int = Field(50, gt=0, description="operands are drawn from [0, max_operand]")
+    sft_noise: float = Field(
+        0.4, ge=0, le=1,
+        description="fraction of warm-up demonstrations whose answer is off by one (a sloppy annotator); "
+        "imitation learns the slip, the exact-match verifier in GRPO removes it",
+    )
     cache_dir: str | None = Field(None, description="where the warm-up policy is cached; null: ~/.cache/raylhf")
 
 
