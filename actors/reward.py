@@ -23,9 +23,12 @@ class RewardWorker(BaseWorker):
         self.specs = list(functions or [])
 
     def setup(self) -> None:
-        self.fns: list[tuple[str, float, RewardFn]] = [
-            (s["name"], float(s.get("weight", 1.0)), resolve_reward(s)) for s in self.specs
-        ]
+        self.fns: list[tuple[str, float, RewardFn]] = []
+        for s in self.specs:
+            label = s["name"].rsplit(":", 1)[-1]  # 'path/file.py:func' is logged as 'func'
+            while label in {name for name, _, _ in self.fns}:
+                label += "_"
+            self.fns.append((label, float(s.get("weight", 1.0)), resolve_reward(s)))
 
     def score(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """``items``: ``{"prompt", "completion", "completion_ids", **extras}``; returns total and per-function rewards."""

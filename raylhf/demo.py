@@ -1,8 +1,9 @@
 """The embedded demo: `python -m raylhf.grpo` with no data files.
 
 1. a tiny random Llama from the shipped tokenizer;
-2. a short SFT warm-up on arithmetic demonstrations (the project's own SFT path), cached;
-3. GRPO with an exact-match reward on more arithmetic prompts;
+2. a short SFT warm-up on arithmetic demonstrations (the project's own SFT path), cached; the
+   demonstrations answer in mixed styles although the prompt asks for the number only;
+3. GRPO with a strict exact-match reward on more arithmetic prompts: the policy learns to answer as asked;
 4. greedy held-out accuracy before and after, printed as one line.
 """
 
@@ -19,9 +20,14 @@ from raylhf.config.schema import DemoConfig, SFTAlgoConfig
 from raylhf.data import PromptExample, SFTExample
 from raylhf.tasks.arithmetic import make_problems
 
+INSTRUCTION = " Reply with the number only."
+# How the warm-up demonstrations answer: a mix of styles, as a pool of sloppy annotators would write;
+# only the first follows the instruction, and the strict exact-match reward accepts only that one.
+STYLES = ("{x}", "The answer is {x}.", "{q}={x}")
+
 
 def _user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
+    return [{"role": "user", "content": text + INSTRUCTION}]
 
 
 def demo_splits(demo: DemoConfig) -> tuple[list[PromptExample], list[PromptExample]]:
@@ -39,8 +45,8 @@ def demo_sft_examples(demo: DemoConfig) -> list[SFTExample]:
     rng = random.Random(13)
     out = []
     for r in rows[: demo.sft_examples]:
-        answer = str(int(r["solution"]) + 1) if rng.random() < demo.sft_noise else r["solution"]
-        out.append(SFTExample(_user(r["prompt"]), answer))
+        question = r["prompt"].removeprefix("What is ").removesuffix("?")
+        out.append(SFTExample(_user(r["prompt"]), rng.choice(STYLES).format(x=r["solution"], q=question)))
     return out
 
 

@@ -15,6 +15,7 @@ from raylhf.config.sections import (
     RayConfig,
     ReferenceConfig,
     RewardConfig,
+    RewardFunctionConfig,
     RolloutConfig,
     Section,
     TinyModelConfig,
@@ -33,11 +34,6 @@ class DemoConfig(Section):
     sft_examples: int = Field(2000, ge=0, description="demonstrations used by the SFT warm-up")
     sft_lr: float = Field(1e-3, gt=0, description="learning rate of the SFT warm-up")
     max_operand: int = Field(50, gt=0, description="operands are drawn from [0, max_operand]")
-    sft_noise: float = Field(
-        0.4, ge=0, le=1,
-        description="fraction of warm-up demonstrations whose answer is off by one (a sloppy annotator); "
-        "imitation learns the slip, the exact-match verifier in GRPO removes it",
-    )
     cache_dir: str | None = Field(None, description="where the warm-up policy is cached; null: ~/.cache/raylhf")
 
 
@@ -89,7 +85,9 @@ class GRPOConfig(Section):
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-5, micro_batch_size=32))
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16))
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
+    reward: RewardConfig = Field(
+        default_factory=lambda: RewardConfig(functions=[RewardFunctionConfig(name="accuracy", kwargs={"strict": True})])
+    )
     grpo: GRPOAlgoConfig = Field(default_factory=GRPOAlgoConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

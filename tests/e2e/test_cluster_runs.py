@@ -73,8 +73,10 @@ def test_ray_job_submit_against_local_head(tmp_path: Path, tiny_model_dir: Path)
     tree["logging"]["run_name"] = "submitted"
     cfg_file.write_text(yaml.safe_dump(tree))
     bindir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # `python` in the entrypoint is this environment's; one explicit auth mode for head and client
+    # (Ray 2.60 turns token auth on for a new cluster when ~/.ray/auth_token exists)
+    env.update(PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_AUTH_MODE="disabled")
     gcs, dash = _free_port(), _free_port()
     ray_bin = str(bindir / "ray")
     start = subprocess.run(

@@ -51,7 +51,11 @@ def small_cfg(tmp_path: Path, model: Path, **over: object) -> GRPOConfig:
 def test_grpo_two_steps_with_kl_and_minibatches(tmp_path: Path, tiny_model_dir: Path) -> None:
     from raylhf.grpo import run_grpo
 
+    digits = tmp_path / "digits.py"  # a dense reward, so a random model's groups have varied rewards
+    digits.write_text("def digits(completions, **kw):\n"
+                      "    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]\n")
     cfg = small_cfg(tmp_path, tiny_model_dir, **{
+        "reward.functions": [{"name": "accuracy"}, {"name": f"{digits}:digits", "weight": 1.0}],
         "grpo.kl_coef": 0.05, "grpo.updates_per_batch": 2, "grpo.train_batch_size": 8,
         "grpo.overlong": "penalty", "grpo.overlong_buffer": 4, "policy.lr": 1e-3,
     })
@@ -59,7 +63,8 @@ def test_grpo_two_steps_with_kl_and_minibatches(tmp_path: Path, tiny_model_dir: 
     rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "time/train" in r]
     assert [r["step"] for r in train_rows] == [1, 2]
-    for key in ("reward/mean", "reward/frac_zero_std_groups", "loss/kl", "time/generate", "time/sync",
+    assert train_rows[-1]["reward/frac_zero_std_groups"] < 1.0
+    for key in ("reward/mean", "reward/digits", "reward/frac_zero_std_groups", "loss/kl", "time/generate", "time/sync",
                 "time/reference", "time/old_logprobs", "grad_norm", "lr", "entropy", "pg/clip_frac",
                 "perf/gen_tokens_per_s", "response/len_mean"):
         assert key in train_rows[-1], key
@@ -117,13 +122,13 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path) -> None:
     """Data-parallel ranks (gloo, ZeRO-0 and ZeRO-2) give the same update as one rank on the same batch."""
     batch = _batch(8, seed=3)
     obj = Objective(pg_coef=1.0, ce_coef=0.5, loss_agg="seq-mean-token-mean").with_counts(batch)
-    results = {}
+    results, norms = {}, {}
     for name, workers, stage in (("one", 1, 0), ("two", 2, 0), ("two_z2", 2, 2)):
         group = rl.start_policy(PolicyConfig(num_workers=workers, zero_stage=stage, lr=1e-2, micro_batch_size=3,
                                              num_cpus_per_worker=1), str(tiny_model_dir), "float32", 10, 0, "PACK")
         try:
             before = _weights(group) if name == "one" else None
-            group.call_split("train_step", batch, obj)
+            norms[name] = group.call_split("train_step", batch, obj)[0]["grad_norm"]
             results[name] = _weights(group)
             if before is not None:
                 moved = max(float((results[name][k] - before[k]).abs().max()) for k in before)
@@ -131,8 +136,12 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path) -> None:
         finally:
             group.shutdown()
     for other in ("two", "two_z2"):
+        # the gradient itself (Adam's first step is scale-free, so the norm is what catches a wrong scale)
+        assert norms[other] == pytest.approx(norms["one"], rel=1e-4), norms
+        # Adam's first update is ~lr * sign(g): parameters with near-zero gradients may round differently,
+        # so the weights are compared to a tenth of the learning rate (1e-2)
         diff = max(float((results["one"][k] - results[other][k]).abs().max()) for k in results["one"])
-        assert diff < 1e-5, f"{other}: max weight difference {diff}"
+        assert diff < 1e-3, f"{other}: max weight difference {diff}"
 
 
 def test_startup_failure_names_the_problem(tmp_path: Path) -> None:
