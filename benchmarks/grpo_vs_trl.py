@@ -57,9 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-6, help="learning rate (both sides)")
     p.add_argument("--trl-loss-type", default="dapo", choices=["dapo", "grpo"],
                    help="TRL loss_type; dapo = token mean over the whole batch, like raylhf's token-mean")
-    p.add_argument("--actor-threads", type=int, default=os.cpu_count() or 1,
-                   help="CPUs (torch threads) of raylhf's policy actor and of its vLLM engine; the two phases "
-                        "run one after the other, so each may use every core")
+    p.add_argument("--actor-threads", type=int, default=1,
+                   help="CPUs (torch threads) of raylhf's policy actor and of its vLLM engine (raylhf's "
+                        "defaults, policy.num_cpus_per_worker / rollout.num_cpus_per_engine, are 1)")
+    p.add_argument("--trl-threads", type=int, default=0,
+                   help="torch threads of the TRL process; 0 leaves torch's default (all cores)")
     p.add_argument("--skip-raylhf", action="store_true", help="run only TRL (debugging; no ratio line)")
     p.add_argument("--skip-trl", action="store_true", help="run only raylhf (debugging; no ratio line)")
     p.add_argument("--workdir", default=None, help="model, run dirs and results go here; default a temp dir")
@@ -177,6 +179,8 @@ def run_trl(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[str
 
     from raylhf.assets import load_tokenizer
 
+    if args.trl_threads > 0:
+        torch.set_num_threads(args.trl_threads)
     n = samples_per_step(args)
     gen_log: dict[int, dict[str, float]] = {}
 
@@ -373,6 +377,9 @@ def report(args: argparse.Namespace, n_params: int, results: dict[str, dict[str,
     if "trl" in results:
         print(f"TRL: GRPOTrainer, HF generate, one process ({results['trl']['threads']} torch threads), "
               f"loss_type={results['trl']['loss_type']}")
+    loads = ", ".join(f"{side} {res['loadavg_1min'][0]:.2f} -> {res['loadavg_1min'][1]:.2f}"
+                      for side, res in results.items() if "loadavg_1min" in res)
+    print(f"machine: {os.cpu_count()} CPUs; 1-min load average at the start -> end of each side: {loads}")
     print()
     print("per step (* = warm-up, not measured)")
     print(f"{'side':<7} {'step':>5} {'time_s':>8} {'gen_s':>8} {'rest_s':>8} {'len_mean':>9} {'tok/s':>8} "
@@ -419,7 +426,9 @@ def report(args: argparse.Namespace, n_params: int, results: dict[str, dict[str,
 def child(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     fn = run_raylhf if args.side == "raylhf" else run_trl
+    load_before = os.getloadavg()[0]
     res = fn(args, args.model_dir, workdir)
+    res["loadavg_1min"] = [load_before, os.getloadavg()[0]]
     Path(args.result).write_text(json.dumps(res, indent=1))
     return 0
 

@@ -55,13 +55,15 @@ def warmup_policy(cfg: GRPOConfig) -> str:
     from raylhf.runtime import cache_root
 
     sft_cfg = SFTConfig(
-        model=cfg.model, policy=cfg.policy.model_copy(update={"lr": cfg.demo.sft_lr, "micro_batch_size": 32,
+        model=cfg.model, policy=cfg.policy.model_copy(update={"lr": cfg.demo.sft_lr, "micro_batch_size": 32, "num_cpus_per_worker": 2,
                                                                  "lr_scheduler": "cosine", "warmup_steps": 10}),
         sft=SFTAlgoConfig(num_steps=max(1, cfg.demo.sft_steps), batch_size=32, max_length=64),
         logging=cfg.logging.model_copy(update={"run_name": None}), ray=cfg.ray, seed=cfg.seed,
     )
-    key_src = json.dumps({"sft": sft_cfg.model_dump(mode="json", exclude={"logging", "ray"}),
-                          "demo": cfg.demo.model_dump(mode="json", exclude={"cache_dir"})}, sort_keys=True)
+    examples = demo_sft_examples(cfg.demo)
+    key_src = json.dumps({"sft": sft_cfg.model_dump(mode="json", exclude={"logging": True, "ray": True,
+                                                                          "policy": {"num_cpus_per_worker"}}),
+                          "data": [[e.messages, e.response] for e in examples]}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     root = Path(cfg.demo.cache_dir) if cfg.demo.cache_dir else cache_root() / "demo"
     target = root / f"sft-warmup-{key}"
@@ -77,7 +79,7 @@ def warmup_policy(cfg: GRPOConfig) -> str:
 
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    run_sft(sft_cfg, examples=demo_sft_examples(cfg.demo), save_to=tmp)
+    run_sft(sft_cfg, examples=examples, save_to=tmp)
     tmp.rename(target)
     return str(target)
 

@@ -134,3 +134,8 @@ def test_cli_dry_run_and_typo_subprocess() -> None:
 def test_sft_config_rules() -> None:
     with pytest.raises(ConfigError, match=r"sft\.batch_size"):
         build_config(SFTConfig, overrides=[("policy.num_workers", 3)])
+
+
+def test_demo_yaml_spells_out_the_defaults() -> None:
+    spelled = build_config(GRPOConfig, [str(ROOT / "examples/configs/grpo_demo.yaml")])
+    assert spelled == GRPOConfig()

@@ -38,7 +38,7 @@ class DemoConfig(Section):
 
 
 class GRPOAlgoConfig(Section):
-    num_steps: int = Field(80, gt=0, description="training steps (one rollout batch each)")
+    num_steps: int = Field(40, gt=0, description="training steps (one rollout batch each)")
     prompt_batch_size: int = Field(16, gt=0, description="prompts per step")
     samples_per_prompt: int = Field(8, gt=0, description="completions per prompt (the group size G)")
     train_batch_size: int | None = Field(
@@ -82,7 +82,9 @@ class GRPOConfig(Section):
         default_factory=lambda: ModelConfig(tiny=TinyModelConfig(hidden_size=256, num_layers=4, intermediate_size=768))
     )
     data: DataConfig = Field(default_factory=DataConfig)
-    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-5, micro_batch_size=32))
+    # generation and training alternate, so each may use both cores of a small machine
+    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-5, micro_batch_size=32,
+                                                                      num_cpus_per_worker=2))
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16))
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     reward: RewardConfig = Field(

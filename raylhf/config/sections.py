@@ -106,8 +106,10 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory fraction")
     cpu_kvcache_gib: float = Field(1.0, gt=0, description="vLLM KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
     enforce_eager: bool = Field(True, description="disable CUDA graphs / compilation (required on CPU)")
-    weight_sync: Literal["auto", "object_store", "nccl"] = Field(
-        "auto", description="object_store: Ray objects + in-place reload (any device); nccl: GPU broadcast"
+    weight_sync: Literal["auto", "object_store"] = Field(
+        "auto",
+        description="object_store (what auto picks): bucketed Ray objects + in-place reload, any device and "
+        "across nodes; a GPU-direct NCCL path is not built yet",
     )
     sync_bucket_mb: int = Field(64, gt=0, description="weight-sync bucket size")
     num_cpus_per_engine: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine")
