@@ -22,7 +22,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 def set_threads(num_cpus: float) -> None:
     """Match torch's intra-op threads to the CPUs Ray reserved for this actor."""
     n = max(1, int(num_cpus))
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    os.environ["OMP_NUM_THREADS"] = str(n)  # Ray sets 1 for fractional actors; the reservation decides
     torch.set_num_threads(n)
 
 

@@ -17,6 +17,7 @@ ratio line go to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -57,9 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-6, help="learning rate (both sides)")
     p.add_argument("--trl-loss-type", default="dapo", choices=["dapo", "grpo"],
                    help="TRL loss_type; dapo = token mean over the whole batch, like raylhf's token-mean")
-    p.add_argument("--actor-threads", type=int, default=1,
-                   help="CPUs (torch threads) of raylhf's policy actor and of its vLLM engine (raylhf's "
-                        "defaults, policy.num_cpus_per_worker / rollout.num_cpus_per_engine, are 1)")
+    p.add_argument("--actor-threads", type=int, default=None,
+                   help="CPUs (torch threads) of both raylhf's policy actor and its vLLM engine; default: "
+                        "GRPOConfig's policy.num_cpus_per_worker and rollout.num_cpus_per_engine")
     p.add_argument("--trl-threads", type=int, default=0,
                    help="torch threads of the TRL process; 0 leaves torch's default (all cores)")
     p.add_argument("--skip-raylhf", action="store_true", help="run only TRL (debugging; no ratio line)")
@@ -120,21 +121,26 @@ def run_raylhf(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[
         ("policy.lr_scheduler", "constant"),
         ("policy.micro_batch_size", args.micro_batch_size),
         ("policy.precision", "fp32"),
-        ("policy.num_cpus_per_worker", float(args.actor_threads)),
         ("rollout.max_new_tokens", args.max_new_tokens),
         ("rollout.temperature", 1.0),
-        ("rollout.num_cpus_per_engine", float(args.actor_threads)),
         ("grpo.num_steps", total_steps(args)),
         ("grpo.prompt_batch_size", args.prompts_per_step),
         ("grpo.samples_per_prompt", args.samples_per_prompt),
         ("grpo.updates_per_batch", 1),
         ("grpo.kl_coef", 0.0),
         ("grpo.loss_agg", "token-mean"),
+        ("reward.functions", [{"name": "accuracy", "kwargs": {"strict": False}}]),  # as on the TRL side
         ("logging.run_dir", str(workdir / "runs")),
         ("logging.progress", False),
         ("logging.tensorboard", False),
         ("checkpoint.save_final", False),
     ]
+    # explicit, because overriding any policy.* / rollout.* key rebuilds that section from its class defaults
+    defaults = GRPOConfig()
+    policy_cpus = defaults.policy.num_cpus_per_worker if args.actor_threads is None else args.actor_threads
+    engine_cpus = defaults.rollout.num_cpus_per_engine if args.actor_threads is None else args.actor_threads
+    overrides += [("policy.num_cpus_per_worker", float(policy_cpus)),
+                  ("rollout.num_cpus_per_engine", float(engine_cpus))]
     cfg = build_config(GRPOConfig, overrides=overrides)
     t0 = time.perf_counter()
     try:
@@ -156,7 +162,9 @@ def run_raylhf(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[
             "samples": n,
             "gen_tokens": row["response/len_mean"] * n,
         })
-    return {"side": "raylhf", "steps": steps, "wall_s": wall, "threads": args.actor_threads,
+    threads = {"policy": max(1, int(cfg.policy.num_cpus_per_worker)),
+               "engine": max(1, int(cfg.rollout.num_cpus_per_engine))}
+    return {"side": "raylhf", "steps": steps, "wall_s": wall, "threads": threads,
             "run_dir": str(res.run_dir)}
 
 
@@ -372,10 +380,11 @@ def report(args: argparse.Namespace, n_params: int, results: dict[str, dict[str,
           f"max_new_tokens={args.max_new_tokens}, temperature=1.0, beta=0, 1 update/batch, lr={args.lr:g}, "
           f"micro_batch={args.micro_batch_size}; {args.warmup} warm-up + {args.steps} measured steps")
     if "raylhf" in results:
-        print(f"raylhf: vLLM engine + DeepSpeed policy actors ({results['raylhf']['threads']} threads each), "
-              "loss_agg=token-mean")
+        th = results["raylhf"]["threads"]
+        th_text = f"policy {th['policy']}, engine {th['engine']}" if isinstance(th, dict) else f"{th} each"
+        print(f"raylhf: vLLM engine + DeepSpeed policy actors (torch threads: {th_text}), loss_agg=token-mean")
     if "trl" in results:
-        print(f"TRL: GRPOTrainer, HF generate, one process ({results['trl']['threads']} torch threads), "
+        print(f"TRL: GRPOTrainer, HF generate, one process (torch threads: {results['trl']['threads']}), "
               f"loss_type={results['trl']['loss_type']}")
     loads = ", ".join(f"{side} {res['loadavg_1min'][0]:.2f} -> {res['loadavg_1min'][1]:.2f}"
                       for side, res in results.items() if "loadavg_1min" in res)
@@ -443,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="grpo_vs_trl-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"workdir {workdir}")
-    model_dir, n_params = prepare_model(args, workdir)
+    with contextlib.redirect_stdout(sys.stderr):  # import-time library warnings stay off the report
+        model_dir, n_params = prepare_model(args, workdir)
     log(f"model {model_dir}: {n_params / 1e6:.2f}M parameters")
     results: dict[str, dict[str, Any]] = {}
     if not args.skip_raylhf:

@@ -88,7 +88,7 @@ def test_workers_must_divide_train_batch() -> None:
 
 def test_tiny_head_dim_rule() -> None:
     with pytest.raises(ConfigError, match="head_dim"):
-        build_config(GRPOConfig, overrides=[("model.tiny.num_heads", 8)])
+        build_config(GRPOConfig, overrides=[("model.tiny.num_heads", 16)])
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
@@ -139,3 +139,10 @@ def test_sft_config_rules() -> None:
 def test_demo_yaml_spells_out_the_defaults() -> None:
     spelled = build_config(GRPOConfig, [str(ROOT / "examples/configs/grpo_demo.yaml")])
     assert spelled == GRPOConfig()
+
+
+def test_partial_section_keeps_the_parents_defaults() -> None:
+    cfg = build_config(GRPOConfig, overrides=[("policy.lr", 1e-6)])
+    assert cfg.policy.lr == 1e-6
+    assert cfg.policy.micro_batch_size == GRPOConfig().policy.micro_batch_size == 32  # not PolicyConfig's 8
+    assert cfg.reward == GRPOConfig().reward

@@ -184,7 +184,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def build_config(model: type[T], config_files: Sequence[str] = (), overrides: Sequence[tuple[str, Any]] = ()) -> T:
-    tree: dict[str, Any] = {}
+    # start from the resolved defaults, so a partial section keeps the defaults its parent chose for it
+    # (GRPOConfig's policy defaults differ from PolicyConfig's own)
+    tree: dict[str, Any] = model().model_dump(mode="json")
     for f in config_files:
         data = read_yaml(f)
         check_unknown_keys(model, data, f"config file {f}")

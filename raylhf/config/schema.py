@@ -85,7 +85,7 @@ class GRPOConfig(Section):
     # generation and training alternate, so each may use both cores of a small machine
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-5, micro_batch_size=32,
                                                                       num_cpus_per_worker=2))
-    rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16))
+    rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16, num_cpus_per_engine=2))
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     reward: RewardConfig = Field(
         default_factory=lambda: RewardConfig(functions=[RewardFunctionConfig(name="accuracy", kwargs={"strict": True})])
