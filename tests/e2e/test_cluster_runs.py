@@ -26,7 +26,8 @@ def _overrides(tmp_path: Path, model: Path) -> dict[str, object]:
     return {
         "model.path": str(model), "data.train_files": [str(train)],
         "grpo.num_steps": 1, "grpo.prompt_batch_size": 2, "grpo.samples_per_prompt": 4,
-        "rollout.max_new_tokens": 6, "logging.run_dir": str(tmp_path / "runs"), "logging.progress": False,
+        "rollout.max_new_tokens": 6, "rollout.num_cpus_per_engine": 1, "policy.num_cpus_per_worker": 1,
+        "logging.run_dir": str(tmp_path / "runs"), "logging.progress": False,
     }
 
 

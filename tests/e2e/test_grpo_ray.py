@@ -42,6 +42,7 @@ def small_cfg(tmp_path: Path, model: Path, **over: object) -> GRPOConfig:
         "data.columns": {"prompt": "question", "solution": "answer"},
         "grpo.num_steps": 2, "grpo.prompt_batch_size": 4, "grpo.samples_per_prompt": 4,
         "rollout.max_new_tokens": 8, "policy.micro_batch_size": 4,
+        "rollout.num_cpus_per_engine": 1, "policy.num_cpus_per_worker": 1,  # fits the 4-CPU test cluster
         "logging.run_dir": str(tmp_path / "runs"), "logging.progress": False,
     }
     base.update(over)
