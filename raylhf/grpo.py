@@ -136,6 +136,8 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
             m.update(timer.metrics())
             m["perf/samples_per_s"] = len(rollouts) / m["time/step"]
             logger.log(step, m)
+            if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < g.num_steps:
+                policy.call("save", str(run_dir / f"checkpoint-{step}"))
         eval_after = evaluate()
         if eval_after:
             logger.log(g.num_steps, eval_after, advance=False)

@@ -65,6 +65,8 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None
                  for k in per_rank[0] if not k.startswith("pg/")}
             m["time/step"] = time.perf_counter() - t
             logger.log(step, m)
+            if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < num_steps:
+                policy.call("save", str(run_dir / f"checkpoint-{step}"))
         target = Path(save_to) if save_to else run_dir / "checkpoint"
         if cfg.checkpoint.save_final or save_to:
             ckpt = policy.call("save", str(target))[0]

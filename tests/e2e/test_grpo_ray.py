@@ -58,7 +58,7 @@ def test_grpo_two_steps_with_kl_and_minibatches(tmp_path: Path, tiny_model_dir: 
     cfg = small_cfg(tmp_path, tiny_model_dir, **{
         "reward.functions": [{"name": "accuracy"}, {"name": f"{digits}:digits", "weight": 1.0}],
         "grpo.kl_coef": 0.05, "grpo.updates_per_batch": 2, "grpo.train_batch_size": 8,
-        "grpo.overlong": "penalty", "grpo.overlong_buffer": 4, "policy.lr": 1e-3,
+        "grpo.overlong": "penalty", "grpo.overlong_buffer": 4, "policy.lr": 1e-3, "checkpoint.save_every": 1,
     })
     res = run_grpo(cfg)
     rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -75,6 +75,7 @@ def test_grpo_two_steps_with_kl_and_minibatches(tmp_path: Path, tiny_model_dir: 
     assert 0.0 <= res.eval_before["eval/accuracy"] <= 1.0
     assert res.checkpoint and (Path(res.checkpoint) / "config.json").exists()
     assert (Path(res.checkpoint) / "tokenizer.json").exists()
+    assert (res.run_dir / "checkpoint-1" / "model.safetensors").exists()  # save_every=1, before the final
     assert (res.run_dir / "curves.png").exists()
     assert any((res.run_dir / "tensorboard").iterdir())
 
