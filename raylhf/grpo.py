@@ -6,6 +6,7 @@ DeepSpeed update(s) -> weight sync. Mode details live in the config, not in bran
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -158,6 +159,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = cli_entry(GRPOConfig, argv, "raylhf.grpo")
     if cfg is None:
         return 0
+    from raylhf.data import DataError
+
+    try:
+        return _run(cfg)
+    except DataError as e:  # bad data: one clear line, no traceback
+        print(f"raylhf.grpo: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(cfg: GRPOConfig) -> int:
     if not cfg.data.train_files:
         from raylhf.demo import run_demo
 

@@ -6,6 +6,7 @@ One policy group, no rollout / reward / reference; the objective is only the cro
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = cli_entry(SFTConfig, argv, "raylhf.sft")
     if cfg is None:
         return 0
+    from raylhf.data import DataError
+
+    try:
+        return _run(cfg)
+    except DataError as e:  # bad data: one clear line, no traceback
+        print(f"raylhf.sft: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(cfg: SFTConfig) -> int:
     if not cfg.data.train_files:
         from raylhf.demo import demo_sft_examples
 

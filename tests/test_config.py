@@ -146,3 +146,12 @@ def test_partial_section_keeps_the_parents_defaults() -> None:
     assert cfg.policy.lr == 1e-6
     assert cfg.policy.micro_batch_size == GRPOConfig().policy.micro_batch_size == 32  # not PolicyConfig's 8
     assert cfg.reward == GRPOConfig().reward
+
+
+def test_cli_bad_data_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "solution": "1"}\n{"prompt": "b", "solution": "2"}\n{broken\n')
+    r = subprocess.run([sys.executable, "-m", "raylhf.grpo", "--data.train_files", f"[{bad}]"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    assert f"{bad}, line 3" in r.stderr and "Traceback" not in r.stderr
