@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from actors.common import (
+    batched_logprobs,
     device,
     forward_logprobs,
     load_causal_lm,
@@ -161,8 +162,6 @@ class PolicyWorker(BaseWorker):
 
     @torch.no_grad()
     def logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0) -> list[torch.Tensor]:
-        from actors.common import batched_logprobs
-
         self.engine.eval()
         return batched_logprobs(self.engine, input_ids, self.micro, temperature)
 

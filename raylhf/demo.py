@@ -30,9 +30,13 @@ def _user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text + INSTRUCTION}]
 
 
+def _heldout_rows(demo: DemoConfig) -> list[dict[str, str]]:
+    return make_problems(demo.num_heldout, seed=11, max_operand=demo.max_operand)
+
+
 def demo_splits(demo: DemoConfig) -> tuple[list[PromptExample], list[PromptExample]]:
     """(train prompts, held-out prompts): disjoint problems."""
-    heldout_rows = make_problems(demo.num_heldout, seed=11, max_operand=demo.max_operand)
+    heldout_rows = _heldout_rows(demo)
     seen = {r["prompt"] for r in heldout_rows}
     train_rows = [r for r in make_problems(demo.num_train * 2, seed=10, max_operand=demo.max_operand) if r["prompt"] not in seen][: demo.num_train]
     to_ex = lambda rows: [PromptExample(_user(r["prompt"]), {"solution": r["solution"]}) for r in rows]  # noqa: E731
@@ -40,7 +44,7 @@ def demo_splits(demo: DemoConfig) -> tuple[list[PromptExample], list[PromptExamp
 
 
 def demo_sft_examples(demo: DemoConfig) -> list[SFTExample]:
-    heldout = {r["prompt"] for r in make_problems(demo.num_heldout, seed=11, max_operand=demo.max_operand)}
+    heldout = {r["prompt"] for r in _heldout_rows(demo)}
     rows = [r for r in make_problems(demo.sft_examples * 2, seed=12, max_operand=demo.max_operand) if r["prompt"] not in heldout]
     rng = random.Random(13)
     out = []

@@ -61,9 +61,7 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None
                 input_ids=[torch.tensor(encoded[i][0], dtype=torch.long) for i in idx],
                 loss_mask=[torch.tensor(encoded[i][1], dtype=torch.float32) for i in idx],
             )
-            per_rank = policy.call_split("train_step", batch, objective.with_counts(batch))
-            m = {k: sum(d[k] for d in per_rank) / (1 if k.startswith("loss/") else len(per_rank))
-                 for k in per_rank[0] if not k.startswith("pg/")}
+            m = rl.reduce_ranks(policy.call_split("train_step", batch, objective.with_counts(batch)))
             m["time/step"] = time.perf_counter() - t
             logger.log(step, m)
             if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < num_steps:
