@@ -1,4 +1,5 @@
-"""RewardWorker: scores completions with the configured reward functions (weighted sum)."""
+"""RewardWorker: scores completions with every configured reward (functions, plugin classes, remote
+endpoints, reward models) as a weighted sum, on one persistent event loop so async rewards overlap."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import time
 from typing import Any
 
 from actors.group import BaseWorker
-from rewards.registry import RewardFn, resolve_reward
+from rewards.aio import LoopThread
+from rewards.base import RewardBatch
+from rewards.registry import CombinedScorer, build_scorers
 
 
 class RewardWorker(BaseWorker):
@@ -18,33 +21,32 @@ class RewardWorker(BaseWorker):
         master_port: int = 0,
         *,
         functions: list[dict[str, Any]] | None = None,
+        remote: list[dict[str, Any]] | None = None,
+        models: list[dict[str, Any]] | None = None,
+        plugins: list[str] | None = None,
+        context: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(rank, world_size, master_addr, master_port)
-        self.specs = list(functions or [])
+        self.specs = dict(functions=list(functions or []), remote=list(remote or []), models=list(models or []),
+                          plugins=list(plugins or []))
+        self.context = dict(context or {})
 
     def setup(self) -> None:
-        self.fns: list[tuple[str, float, RewardFn]] = []
-        for s in self.specs:
-            label = s["name"].rsplit(":", 1)[-1]  # 'path/file.py:func' is logged as 'func'
-            while label in {name for name, _, _ in self.fns}:
-                label += "_"
-            self.fns.append((label, float(s.get("weight", 1.0)), resolve_reward(s)))
+        self.loop = LoopThread()
+        self.combined = CombinedScorer(build_scorers(**self.specs))
 
-    def score(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """``items``: ``{"prompt", "completion", "completion_ids", **extras}``; returns total and per-function rewards."""
+    def score(self, items: list[dict[str, Any]], step: int | None = None) -> dict[str, Any]:
+        """``items``: ``{"prompt", "completion", "completion_ids", "prompt_messages"?, "rendered_prompt"?,
+        **columns}``. Returns the total (None where nothing scored), per-reward values, PRM step scores,
+        the scorers' metrics and the time taken."""
         t0 = time.perf_counter()
-        prompts = [it["prompt"] for it in items]
-        completions = [it["completion"] for it in items]
-        completion_ids = [it["completion_ids"] for it in items]
-        extra_keys = sorted({k for it in items for k in it} - {"prompt", "completion", "completion_ids"})
-        columns = {k: [it.get(k) for it in items] for k in extra_keys}
-        total = [0.0] * len(items)
-        per_fn: dict[str, list[float]] = {}
-        for name, weight, fn in self.fns:
-            values = fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
-            values = [float("nan") if v is None else float(v) for v in values]
-            if len(values) != len(items):
-                raise ValueError(f"reward function {name!r} returned {len(values)} values for {len(items)} completions")
-            per_fn[name] = values
-            total = [t + weight * v for t, v in zip(total, values, strict=True)]
-        return {"total": total, "per_function": per_fn, "time": time.perf_counter() - t0}
+        context = {**self.context, **({"step": step} if step is not None else {})}
+        batch = RewardBatch.from_items(items, context)
+        out = self.loop.run(self.combined.score_all(batch))
+        out["metrics"] = self.combined.metrics()
+        out["time"] = time.perf_counter() - t0
+        return out
+
+    def close(self) -> None:
+        self.loop.run(self.combined.aclose(), timeout_s=10)
+        self.loop.close()

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "grpo": ("raylhf.grpo", "GRPO-family RL (vLLM rollouts, DeepSpeed policy, rewards)"),
     "sft": ("raylhf.sft", "supervised fine-tuning (the single-actor case)"),
+    "serve-reward": ("raylhf.serve_reward", "serve reward functions / a reward model over HTTP"),
+    "sample": ("raylhf.sample", "best-of-N sampling: N completions per prompt, scored; writes preference pairs"),
 }
 
 

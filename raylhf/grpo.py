@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from raylhf.config import GRPOConfig, cli_entry, to_yaml
 
 
@@ -33,14 +31,6 @@ def required_cpus(cfg: GRPOConfig) -> float:
     return (cfg.policy.num_workers * cfg.policy.num_cpus_per_worker
             + cfg.rollout.num_engines * cfg.rollout.num_cpus_per_engine
             + ref + cfg.reward.num_workers * cfg.reward.num_cpus)
-
-
-def overlong_penalty(lengths: torch.Tensor, max_new: int, buffer: int, penalty: float) -> torch.Tensor:
-    """DAPO soft overlong punishment: 0 until max_new - buffer, then a linear ramp to -penalty."""
-    if buffer <= 0:
-        return torch.zeros_like(lengths, dtype=torch.float32)
-    excess = (lengths.float() - (max_new - buffer)).clamp(min=0)
-    return -penalty * excess / buffer
 
 
 def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None = None,
@@ -109,17 +99,14 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
                 rollouts = rl.generate(rollout, [render_prompt(tokenizer, ex.messages) for ex in prompts],
                                        g.samples_per_prompt)
             with timer("reward"):
-                rewards, per_fn = rl.score(reward, rollouts, prompts, tokenizer)
-                if g.overlong == "penalty":
-                    lengths = torch.tensor([len(r.response_ids) for r in rollouts])
-                    rewards = rewards + overlong_penalty(lengths, ro.max_new_tokens, g.overlong_buffer,
-                                                         g.overlong_penalty)
+                scores = rl.score(reward, rollouts, prompts, tokenizer, step)
+            rewards = rl.fill_unscored(scores.total, g.samples_per_prompt)
             adv = compute_advantages(g.advantage, rewards, g.samples_per_prompt, scale=g.scale_rewards)
             batch = rl.to_train_batch(rollouts, adv.advantages, mask_truncated=g.overlong == "mask")
-            if g.dynamic_sampling:
-                batch = batch.select(rl.varied_groups(rewards, g.samples_per_prompt))
+            keep = rl.varied_groups(rewards, g.samples_per_prompt) if g.dynamic_sampling else range(len(batch))
+            batch = batch.select([i for i in keep if scores.scored[i]])  # unscored samples never reach the loss
             batch = rl.split_for_ranks(batch, world)
-            m = {**rl.rollout_metrics(rollouts, per_fn, timer), **rl.prefixed("reward/", adv.metrics),
+            m = {**rl.rollout_metrics(rollouts, scores, timer), **rl.prefixed("reward/", adv.metrics),
                  "batch/kept_frac": len(batch) / len(rollouts)}
             if len(batch):
                 if reference is not None:

@@ -17,7 +17,7 @@ import torch
 
 from actors.group import ActorGroup
 from raylhf.batch import Objective, Rollout, TrainBatch
-from raylhf.config.sections import PolicyConfig, RolloutConfig
+from raylhf.config.sections import PolicyConfig, RewardConfig, RolloutConfig
 from raylhf.data import PromptExample
 
 
@@ -40,7 +40,6 @@ def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len
     If one group fails to start, the groups already up are shut down before the error propagates.
     """
     from actors.reference import ReferenceWorker
-    from actors.reward import RewardWorker
 
     w = Workers()
     strategy, trust = cfg.ray.placement_strategy, cfg.model.trust_remote_code
@@ -53,12 +52,36 @@ def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len
                 init_kwargs=dict(model_path=model_path, reference=cfg.reference.model_dump(), dtype=cfg.model.dtype,
                                  trust_remote_code=trust),
             )
-        w.reward = ActorGroup(RewardWorker, cfg.reward.num_workers, name="reward", num_cpus=cfg.reward.num_cpus,
-                              init_kwargs=dict(functions=[f.model_dump() for f in cfg.reward.functions]))
+        w.reward = start_reward(cfg.reward, reward_context(cfg), extra_functions(cfg))
     except BaseException:
         w.shutdown()
         raise
     return w
+
+
+def extra_functions(cfg: Any) -> list[dict[str, Any]]:
+    """Rewards implied by the algorithm config: ``grpo.overlong=penalty`` adds the soft overlong reward."""
+    g = getattr(cfg, "grpo", None)
+    if g is not None and g.overlong == "penalty":
+        return [{"name": "soft_overlong", "kwargs": {"buffer": g.overlong_buffer, "penalty": g.overlong_penalty}}]
+    return []
+
+
+def reward_context(cfg: Any) -> dict[str, Any]:
+    """Run facts every reward may ask for by keyword (``max_new_tokens``)."""
+    return {"max_new_tokens": cfg.rollout.max_new_tokens}
+
+
+def start_reward(cfg: RewardConfig, context: dict[str, Any], extra: list[dict[str, Any]] | None = None,
+                 ) -> ActorGroup:
+    from actors.reward import RewardWorker
+
+    return ActorGroup(
+        RewardWorker, cfg.num_workers, name="reward", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+        init_kwargs=dict(functions=[f.model_dump() for f in cfg.functions] + list(extra or []),
+                         remote=[r.model_dump() for r in cfg.remote], models=[m.model_dump() for m in cfg.models],
+                         plugins=list(cfg.plugins), context=context),
+    )
 
 
 def gpus_per_rank(requested: float | None) -> float:
@@ -113,22 +136,71 @@ def generate(rollout: ActorGroup, prompt_ids: list[list[int]], n: int, **kw: Any
     return [r for part in parts for r in part]
 
 
-def score(reward: ActorGroup, rollouts: list[Rollout], examples: list[PromptExample], tokenizer: Any,
-          ) -> tuple[torch.Tensor, dict[str, list[float]]]:
-    """Total reward per rollout and the per-function values."""
+@dataclass
+class Scores:
+    """Rewards of one batch: ``total`` is NaN where no reward scored the completion (all returned None)."""
+
+    total: torch.Tensor
+    per_function: dict[str, list[float | None]]
+    steps: dict[str, list[list[float] | None]]
+    metrics: dict[str, float]
+
+    @property
+    def scored(self) -> torch.Tensor:
+        return ~torch.isnan(self.total)
+
+
+def reward_items(rollouts: list[Rollout], examples: list[PromptExample], tokenizer: Any) -> list[dict[str, Any]]:
+    """What the reward workers see of each rollout: prompt text and messages, completion, columns."""
+    rendered: dict[int, str] = {}
     items = []
     for r in rollouts:
         ex = examples[r.prompt_index]
+        if r.prompt_index not in rendered:
+            rendered[r.prompt_index] = tokenizer.decode(r.prompt_ids, skip_special_tokens=False)
         text = r.text or tokenizer.decode(r.response_ids, skip_special_tokens=True)
         prompt = ex.messages[-1]["content"] if ex.messages else ""
-        items.append({"prompt": prompt, "completion": text, "completion_ids": r.response_ids, **ex.extras})
-    parts = reward.call_split("score", items)
+        items.append({"prompt": prompt, "completion": text, "completion_ids": r.response_ids,
+                      "prompt_messages": ex.messages, "rendered_prompt": rendered[r.prompt_index], **ex.extras})
+    return items
+
+
+def score(reward: ActorGroup, rollouts: list[Rollout], examples: list[PromptExample], tokenizer: Any,
+          step: int | None = None) -> Scores:
+    """Total reward per rollout (NaN: not scored), per-reward values, PRM step scores and reward metrics."""
+    parts = reward.call_split("score", reward_items(rollouts, examples, tokenizer), step=step)
     total = [v for p in parts for v in p["total"]]
-    per_fn: dict[str, list[float]] = {}
+    per_fn: dict[str, list[float | None]] = {}
+    steps: dict[str, list[list[float] | None]] = {}
     for p in parts:
         for k, v in p["per_function"].items():
             per_fn.setdefault(k, []).extend(v)
-    return torch.tensor(total, dtype=torch.float32), per_fn
+        for k, v in p.get("steps", {}).items():
+            steps.setdefault(k, []).extend(v)
+    metrics = reduce_reward_metrics([p.get("metrics", {}) for p in parts])
+    t = torch.tensor([float("nan") if v is None else v for v in total], dtype=torch.float32)
+    return Scores(t, per_fn, steps, metrics)
+
+
+def reduce_reward_metrics(per_worker: list[dict[str, float]]) -> dict[str, float]:
+    """Counters add up over reward workers, latency percentiles take the worst worker."""
+    out: dict[str, float] = {}
+    for d in per_worker:
+        for k, v in d.items():
+            if k.endswith("_ms"):
+                out[k] = max(out.get(k, v), v)
+            else:
+                out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def fill_unscored(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Replace NaN (not scored) by the mean of the scored rewards of the same group (0 if none was scored),
+    so the advantage estimators see finite numbers; the driver drops those samples from the update."""
+    g = rewards.view(-1, group_size)
+    ok = ~torch.isnan(g)
+    mean = torch.where(ok, g, torch.zeros_like(g)).sum(1, keepdim=True) / ok.sum(1, keepdim=True).clamp(min=1)
+    return torch.where(ok, g, mean.expand_as(g)).reshape(-1)
 
 
 def to_train_batch(rollouts: list[Rollout], advantages: torch.Tensor, mask_truncated: bool = False) -> TrainBatch:
@@ -158,10 +230,12 @@ def evaluate(rollout: ActorGroup, reward: ActorGroup, examples: list[PromptExamp
 
     def run(n: int, temp: float) -> tuple[float, float, float]:
         rolls = generate(rollout, prompt_ids, n, temperature=temp, max_new_tokens=max_new_tokens)
-        total, per_fn = score(reward, rolls, examples, tokenizer)
-        acc = per_fn.get("accuracy")
-        value = float(sum(acc) / len(acc)) if acc else float(total.mean())
-        return value, float(total.mean()), sum(len(r.response_ids) for r in rolls) / max(1, len(rolls))
+        scores = score(reward, rolls, examples, tokenizer)
+        total = scores.total[scores.scored]
+        acc = [v for v in scores.per_function.get("accuracy", []) if v is not None]
+        mean_total = float(total.mean()) if len(total) else float("nan")
+        value = float(sum(acc) / len(acc)) if acc else mean_total
+        return value, mean_total, sum(len(r.response_ids) for r in rolls) / max(1, len(rolls))
 
     acc, rew, length = run(samples, temperature)
     out = {"eval/accuracy": acc, "eval/reward": rew, "eval/response_len": length}
@@ -193,9 +267,16 @@ def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {prefix + k.removeprefix("reward_"): v for k, v in metrics.items()}
 
 
-def rollout_metrics(rollouts: list[Rollout], per_fn: dict[str, list[float]], timer: PhaseTimer) -> dict[str, float]:
+def rollout_metrics(rollouts: list[Rollout], scores: Scores, timer: PhaseTimer) -> dict[str, float]:
     n_tok = sum(len(r.response_ids) for r in rollouts)
-    out = {f"reward/{name}": sum(v) / len(v) for name, v in per_fn.items()}
+    out: dict[str, float] = {}
+    for name, values in scores.per_function.items():
+        done = [v for v in values if v is not None]
+        out[f"reward/{name}"] = sum(done) / len(done) if done else float("nan")
+        if len(done) < len(values):
+            out[f"reward/{name}/unscored"] = float(len(values) - len(done))
+    out.update({f"reward/{k}": v for k, v in scores.metrics.items()})
+    out["reward/unscored_frac"] = float((~scores.scored).float().mean()) if len(rollouts) else 0.0
     out["response/len_mean"] = n_tok / max(1, len(rollouts))
     out["response/truncated_frac"] = sum(r.truncated for r in rollouts) / max(1, len(rollouts))
     out["perf/gen_tokens_per_s"] = n_tok / max(timer.times.get("generate", 0.0), 1e-9)

@@ -1,36 +1,122 @@
-"""Reward-function registry and loader.
+"""Reward registry, plugin loading and the adapters that turn every kind of reward into a ``Scorer``.
 
-A reward function follows TRL's convention::
+Names in ``reward.functions`` resolve, in order, to: a registered name (built-ins, ``@register_reward`` /
+``@register_orm`` / ``@register_prm`` in a plugin file, or a plugin file's module-level ``orms`` / ``prms``
+dicts), or ``path/to/file.py:attr`` / ``package.module:attr``. The object may be a TRL-style function,
+an ``async def`` function, or an ms-swift-style ORM/PRM class (instantiated once with the entry's ``kwargs``).
 
-    def my_reward(prompts: list[str], completions: list[str], completion_ids: list[list[int]], **columns) -> list[float]
-
-where ``columns`` holds the dataset's extra columns (e.g. ``solution``), one value per completion.
-Register built-ins with ``@register_reward("name")``; users point ``reward.functions[].name`` at
-``path/to/file.py:function`` or ``package.module:function``.
+Plugin files written for ms-swift (``from swift.plugin import ORM, orms``) load unchanged: when ms-swift is
+not installed, a small stand-in ``swift`` module provides ``ORM``, ``PRM``, ``AsyncORM``, ``orms``, ``prms``,
+``InferRequest`` and ``get_logger``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import importlib.util
+import inspect
+import logging
+import math
 import sys
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-RewardFn = Callable[..., list[float]]
-REWARDS: dict[str, RewardFn] = {}
+from rewards.base import ORM, PRM, AsyncORM, InferRequest, RewardBatch, Score, Scorer
+
+RewardFn = Callable[..., Any]
+REWARDS: dict[str, Any] = {}  # name -> function or ORM/PRM class
 
 
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    def deco(fn: RewardFn) -> RewardFn:
-        if name in REWARDS:
-            raise ValueError(f"reward {name!r} is already registered (by {REWARDS[name].__module__})")
-        REWARDS[name] = fn
-        return fn
+def _register(name: str, obj: Any, origin: str = "") -> None:
+    if name in REWARDS and REWARDS[name] is not obj:
+        prev = REWARDS[name]
+        raise ValueError(
+            f"reward {name!r} is already registered (by {getattr(prev, '__module__', '?')}){origin}; "
+            "rename yours"
+        )
+    REWARDS[name] = obj
+
+
+def register_reward(name: str) -> Callable[[Any], Any]:
+    """Decorator for a reward function or ORM/PRM class; the name then works in ``reward.functions``."""
+
+    def deco(obj: Any) -> Any:
+        _register(name, obj)
+        return obj
 
     return deco
+
+
+register_orm = register_reward
+register_prm = register_reward
+
+
+# ---------------------------------------------------------------- plugin files and the ms-swift stand-in
+
+def _install_swift_shim() -> None:
+    """Provide ``swift.plugin`` / ``swift.llm`` / ``swift.utils`` names when ms-swift is not installed."""
+    if "swift" in sys.modules or importlib.util.find_spec("swift") is not None:
+        return
+    plugin = types.ModuleType("swift.plugin")
+    plugin.ORM, plugin.PRM, plugin.AsyncORM = ORM, PRM, AsyncORM  # type: ignore[attr-defined]
+    plugin.orms, plugin.prms = {}, {}  # type: ignore[attr-defined]
+    llm = types.ModuleType("swift.llm")
+    llm.InferRequest = InferRequest  # type: ignore[attr-defined]
+    utils = types.ModuleType("swift.utils")
+    utils.get_logger = lambda *a, **k: logging.getLogger("swift")  # type: ignore[attr-defined]
+    root = types.ModuleType("swift")
+    root.__raylhf_shim__ = True  # type: ignore[attr-defined]
+    root.__path__ = []  # a package, so submodule imports resolve through sys.modules
+    root.plugin, root.llm, root.utils = plugin, llm, utils  # type: ignore[attr-defined]
+    sys.modules.update({"swift": root, "swift.plugin": plugin, "swift.plugin.orm": plugin,
+                        "swift.plugin.prm": plugin, "swift.llm": llm, "swift.utils": utils,
+                        "swift.rewards": plugin})
+
+
+def _import_target(target: str) -> types.ModuleType:
+    _install_swift_shim()
+    if target.endswith(".py"):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"reward file {target} does not exist")
+        mod_name = f"raylhf_user_{path.stem}_{abs(hash(str(path)))}"
+        if mod_name in sys.modules:
+            return sys.modules[mod_name]
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[mod_name]
+            raise
+        return module
+    return importlib.import_module(target)
+
+
+def _collect_dicts(module: types.ModuleType, origin: str) -> None:
+    for attr in ("orms", "prms"):
+        table = getattr(module, attr, None)
+        if isinstance(table, dict):
+            for name, obj in table.items():
+                _register(str(name), obj, f" and {origin} registers it again in its {attr!r} dict")
+    shim = sys.modules.get("swift.plugin")
+    if shim is not None and getattr(sys.modules.get("swift"), "__raylhf_shim__", False):
+        for attr in ("orms", "prms"):
+            for name, obj in getattr(shim, attr).items():
+                _register(str(name), obj, f" and {origin} adds it to swift.plugin.{attr}")
+
+
+def load_plugin(ref: str) -> types.ModuleType:
+    """Import a plugin file / module (``reward.plugins``): runs its decorators, collects ``orms``/``prms``."""
+    module = _import_target(ref)
+    _collect_dicts(module, ref)
+    return module
 
 
 def load_object(ref: str) -> Any:
@@ -38,39 +124,230 @@ def load_object(ref: str) -> Any:
     if ":" not in ref:
         raise ValueError(f"{ref!r} is not 'file.py:function' or 'package.module:function'")
     target, attr = ref.rsplit(":", 1)
-    if target.endswith(".py"):
-        path = Path(target).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"reward file {target} does not exist (from {ref!r})")
-        mod_name = f"raylhf_user_{path.stem}_{abs(hash(str(path)))}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
+    try:
+        module = _import_target(target)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e} (from {ref!r})") from e
+    _collect_dicts(module, target)
     if not hasattr(module, attr):
         public = [n for n in dir(module) if not n.startswith("_")]
         raise AttributeError(f"{target} has no {attr!r}; it defines: {', '.join(public)}")
     return getattr(module, attr)
 
 
-def resolve_reward(spec: dict[str, Any]) -> RewardFn:
-    """The callable for one ``reward.functions`` entry, with its kwargs bound."""
+def lookup(name: str) -> Any:
+    """The registered object or the ``file.py:attr`` target for a ``reward.functions`` name."""
     import rewards.orm  # noqa: F401  (registers the built-ins)
 
-    name = spec["name"]
-    kwargs = dict(spec.get("kwargs") or {})
     if name in REWARDS:
-        fn = REWARDS[name]
-    elif ":" in name:
-        fn = load_object(name)
-        if not callable(fn):
+        return REWARDS[name]
+    if ":" in name:
+        obj = load_object(name)
+        if not callable(obj):
             raise TypeError(f"reward.functions name={name!r} is not callable")
-    else:
-        raise ValueError(
-            f"unknown reward {name!r} in reward.functions; built-ins: {', '.join(sorted(REWARDS))}; "
-            "or give 'path/to/file.py:function'"
-        )
-    return functools.partial(fn, **kwargs) if kwargs else fn
+        return obj
+    raise ValueError(
+        f"unknown reward {name!r} in reward.functions; registered: {', '.join(sorted(REWARDS))}; "
+        "or give 'path/to/file.py:function', or load a plugin file with reward.plugins"
+    )
+
+
+def resolve_reward(spec: dict[str, Any]) -> RewardFn:
+    """The callable for one ``reward.functions`` entry: a function with its kwargs bound, or a class instance."""
+    obj = lookup(spec["name"])
+    kwargs = dict(spec.get("kwargs") or {})
+    if inspect.isclass(obj):
+        try:
+            return obj(**kwargs)
+        except TypeError as e:
+            raise TypeError(f"reward {spec['name']!r}: cannot construct {obj.__name__}(**{kwargs}): {e}") from e
+    return functools.partial(obj, **kwargs) if kwargs else obj
+
+
+# ---------------------------------------------------------------- adapters
+
+def _call_target(fn: Any) -> Callable[..., Any]:
+    if isinstance(fn, functools.partial):
+        return fn.func
+    if not inspect.isfunction(fn) and not inspect.ismethod(fn) and callable(fn):
+        return fn.__call__  # class instance
+    return fn
+
+
+def _signature(fn: Any) -> tuple[list[str], bool]:
+    """Parameter names (bound partial kwargs removed) and whether it takes ``**kwargs``."""
+    sig = inspect.signature(_call_target(fn))
+    bound = set(fn.keywords) if isinstance(fn, functools.partial) else set()
+    params = [p for p in sig.parameters.values() if p.name not in bound and p.name != "self"]
+    return [p.name for p in params if p.kind != p.VAR_KEYWORD and p.kind != p.VAR_POSITIONAL], any(
+        p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(_call_target(fn))
+
+
+class CallableScorer:
+    """A function or ORM/PRM instance as a Scorer.
+
+    Calling conventions (chosen by the first parameter's name):
+    ``infer_requests`` -> ms-swift's old shape ``(infer_requests, ground_truths=..., **kwargs)``;
+    anything else -> keywords ``prompts, completions, completion_ids`` (+ ``response_token_ids``, ``messages``,
+    ``prompt_messages``, ``ground_truths``), the dataset columns and the run context, each passed only where
+    the signature accepts it (all of them with ``**kwargs``).
+    """
+
+    def __init__(self, name: str, fn: Any, *, kind: str = "orm", ground_truth: str = "solution",
+                 aggregate: str = "min") -> None:
+        self.name, self.fn, self.kind = name, fn, kind
+        self.ground_truth, self.aggregate = ground_truth, aggregate
+        self.params, self.var_kw = _signature(fn)
+        self.bound = set(fn.keywords) if isinstance(fn, functools.partial) else set()  # config kwargs win
+        self.requests_style = bool(self.params) and self.params[0] == "infer_requests"
+        self.is_async = _is_async(fn)
+        self.last_steps: list[list[float] | None] = []
+
+    def _kwargs(self, batch: RewardBatch) -> dict[str, Any]:
+        offered: dict[str, Any] = {**batch.context, **batch.columns}
+        offered.update(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
+                       response_token_ids=batch.completion_ids, prompt_messages=batch.prompt_messages,
+                       messages=[batch.messages(i) for i in range(len(batch))])
+        if self.ground_truth in batch.columns:
+            offered["ground_truths"] = batch.columns[self.ground_truth]
+        if self.requests_style:
+            offered.pop("completions")
+            offered["infer_requests"] = batch.infer_requests()
+        if self.var_kw:
+            return {k: v for k, v in offered.items() if k not in self.bound}
+        return {k: v for k, v in offered.items() if k in self.params}
+
+    async def score(self, batch: RewardBatch) -> list[Score]:
+        kwargs = self._kwargs(batch)
+        if self.is_async:
+            raw = await self.fn(**kwargs)
+        else:
+            raw = await asyncio.to_thread(self.fn, **kwargs)
+            if inspect.isawaitable(raw):
+                raw = await raw
+        return self._normalize(raw, len(batch))
+
+    def _normalize(self, raw: Any, n: int) -> list[Score]:
+        from rewards.steps import aggregate_steps
+
+        try:
+            values = list(raw)
+        except TypeError:
+            raise TypeError(f"reward {self.name!r} returned {type(raw).__name__}, not a list of scores") from None
+        if len(values) != n:
+            raise ValueError(f"reward {self.name!r} returned {len(values)} values for {n} completions")
+        out: list[Score] = []
+        self.last_steps = []
+        for i, v in enumerate(values):
+            if isinstance(v, (list, tuple)) or (hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0):
+                steps = [self._finite(s, i) for s in (v.tolist() if hasattr(v, "tolist") else v)]
+                self.last_steps.append(steps)
+                out.append(aggregate_steps(steps, self.aggregate))
+            else:
+                self.last_steps.append(None)
+                out.append(None if v is None else self._finite(v, i))
+        return out
+
+    def _finite(self, v: Any, i: int) -> float:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(f"reward {self.name!r} returned {v!r} for completion {i}; expected a number "
+                            "(or None for 'not scored')") from None
+        if not math.isfinite(x):
+            raise ValueError(f"reward {self.name!r} returned {x} for completion {i}; return None to mark a "
+                             "completion as not scored")
+        return x
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    async def aclose(self) -> None:
+        return None
+
+
+def function_scorer(spec: dict[str, Any], label: str | None = None) -> CallableScorer:
+    obj = resolve_reward(spec)
+    kind = getattr(obj, "kind", "orm") if isinstance(obj, (ORM, PRM)) else "orm"
+    return CallableScorer(label or spec["name"].rsplit(":", 1)[-1], obj, kind=kind,
+                          ground_truth=spec.get("ground_truth", "solution"), aggregate=spec.get("aggregate", "min"))
+
+
+def _unique(label: str, taken: set[str]) -> str:
+    while label in taken:
+        label += "_"
+    return label
+
+
+def build_scorers(functions: Iterable[dict[str, Any]] = (), remote: Iterable[dict[str, Any]] = (),
+                  models: Iterable[dict[str, Any]] = (), plugins: Iterable[str] = ()) -> list[tuple[Scorer, float]]:
+    """Every configured reward as ``(scorer, weight)``; plugin files are loaded first."""
+    for ref in plugins:
+        load_plugin(ref)
+    out: list[tuple[Scorer, float]] = []
+    taken: set[str] = set()
+    for spec in functions:
+        label = _unique(spec["name"].rsplit(":", 1)[-1], taken)
+        taken.add(label)
+        out.append((function_scorer(spec, label), float(spec.get("weight", 1.0))))
+    for spec in remote:
+        from rewards.remote import RemoteReward
+
+        out.append((RemoteReward(spec), float(spec.get("weight", 1.0))))
+        taken.add(spec["name"])
+    for spec in models:
+        from rewards.model import SequenceRewardModel, StepTagPRM
+
+        cls = StepTagPRM if spec.get("kind", "orm") == "prm" else SequenceRewardModel
+        out.append((cls(spec), float(spec.get("weight", 1.0))))
+        taken.add(spec["name"])
+    return out
+
+
+class CombinedScorer:
+    """The weighted sum of several scorers, run concurrently. A scorer's ``None`` contributes nothing
+    (TRL's convention for rewards that do not apply to a sample); a completion no scorer scored is ``None``."""
+
+    def __init__(self, scorers: list[tuple[Scorer, float]], name: str = "reward") -> None:
+        if not scorers:
+            raise ValueError("no reward configured")
+        self.scorers, self.name = scorers, name
+        kinds = {s.kind for s, _ in scorers}
+        self.kind = "prm" if kinds == {"prm"} and len(scorers) == 1 else "orm"
+
+    async def score_all(self, batch: RewardBatch) -> dict[str, Any]:
+        results = await asyncio.gather(*(s.score(batch) for s, _ in self.scorers))
+        total: list[float | None] = [None] * len(batch)
+        per_fn: dict[str, list[float | None]] = {}
+        steps: dict[str, list[list[float] | None]] = {}
+        for (scorer, weight), values in zip(self.scorers, results, strict=True):
+            per_fn[scorer.name] = values  # type: ignore[assignment]
+            raw = getattr(scorer, "last_steps", None)
+            if scorer.kind == "prm" and raw:
+                steps[scorer.name] = raw
+            for i, v in enumerate(values):
+                if v is not None:
+                    total[i] = (total[i] or 0.0) + weight * float(v)  # type: ignore[arg-type]
+        return {"total": total, "per_function": per_fn, "steps": steps}
+
+    async def score(self, batch: RewardBatch) -> list[Score]:
+        if self.kind == "prm":  # a single PRM: its per-step lists (the reward server returns them)
+            scorer = self.scorers[0][0]
+            values = await scorer.score(batch)
+            raw = getattr(scorer, "last_steps", None)
+            return [r if r is not None else v for r, v in zip(raw, values, strict=True)] if raw else values
+        return (await self.score_all(batch))["total"]  # type: ignore[return-value]
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for s, _ in self.scorers:
+            out.update({f"{s.name}/{k}": v for k, v in s.metrics().items()})
+        return out
+
+    async def aclose(self) -> None:
+        for s, _ in self.scorers:
+            await s.aclose()

@@ -155,3 +155,18 @@ def test_cli_bad_data_is_one_clear_line(tmp_path: Path) -> None:
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2
     assert f"{bad}, line 3" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reward_section_rules() -> None:
+    remote = {"name": "judge", "url": "http://127.0.0.1:9/score"}
+    cfg = build_config(GRPOConfig, overrides=[("reward.functions", []), ("reward.remote", [remote])])
+    r = cfg.reward.remote[0]
+    assert (r.kind, r.protocol, r.weight, r.on_failure) == ("orm", "raylhf", 1.0, "raise")
+    with pytest.raises(ConfigError, match="no reward configured"):
+        build_config(GRPOConfig, overrides=[("reward.functions", [])])
+    with pytest.raises(ConfigError, match="must start with http"):
+        build_config(GRPOConfig, overrides=[("reward.remote", [{"name": "x", "url": "127.0.0.1:9"}])])
+    with pytest.raises(ConfigError, match=r"unique.*judge"):
+        build_config(GRPOConfig, overrides=[("reward.remote", [remote, remote])])
+    with pytest.raises(ConfigError, match="on_failure"):
+        build_config(GRPOConfig, overrides=[("reward.remote", [{**remote, "on_failure": "ignore"}])])

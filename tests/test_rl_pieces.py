@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from raylhf.batch import Objective, Rollout, TrainBatch
-from raylhf.grpo import overlong_penalty
 from raylhf.objective import objective_loss
-from raylhf.rl import prompt_stream, split_for_ranks, to_train_batch
+from raylhf.rl import fill_unscored, prompt_stream, reduce_reward_metrics, split_for_ranks, to_train_batch
 
 
 def test_to_train_batch_aligns_masks_and_advantages() -> None:
@@ -24,9 +23,18 @@ def test_to_train_batch_aligns_masks_and_advantages() -> None:
     assert b.num_tokens() == 3
 
 
-def test_overlong_penalty_ramp() -> None:
-    # max_new=10, buffer=4: no penalty up to 6 tokens, then -1/4 per token: 8 -> -0.5, 10 -> -1
-    assert overlong_penalty(torch.tensor([3, 6, 8, 10]), 10, 4, 1.0).tolist() == [0.0, 0.0, -0.5, -1.0]
+def test_fill_unscored_uses_the_group_mean_of_scored_samples() -> None:
+    nan = float("nan")
+    # group 1: scored 1.0 and 3.0 -> the unscored one becomes their mean 2.0; group 2: none scored -> 0.0
+    r = torch.tensor([1.0, nan, 3.0, nan, nan, nan])
+    assert fill_unscored(r, 3).tolist() == [1.0, 2.0, 3.0, 0.0, 0.0, 0.0]
+    assert fill_unscored(torch.tensor([0.5, 1.5]), 2).tolist() == [0.5, 1.5]
+
+
+def test_reduce_reward_metrics_adds_counters_and_takes_worst_latency() -> None:
+    out = reduce_reward_metrics([{"prm/failed_items": 2.0, "prm/latency_p95_ms": 30.0},
+                                 {"prm/failed_items": 1.0, "prm/latency_p95_ms": 50.0}])
+    assert out == {"prm/failed_items": 3.0, "prm/latency_p95_ms": 50.0}
 
 
 def test_prompt_stream_reshuffles_and_covers() -> None:

@@ -84,3 +84,31 @@ def cached_tiny_model(cache_dir: str | Path, cfg: TinyModelConfig | None = None)
         write_tiny_model(tmp, cfg)
         tmp.rename(out)
     return out
+
+
+def write_tiny_reward_model(
+    out_dir: str | Path, kind: str = "orm", cfg: TinyModelConfig | None = None, num_labels: int = 1
+) -> Path:
+    """Write a random-weight reward checkpoint plus the shipped tokenizer to ``out_dir`` (safetensors).
+
+    ``kind="orm"``: a sequence-classification Llama/Qwen2 with ``num_labels`` outputs (1 for a reward model)
+    and the pad token set; ``kind="prm"``: the tiny causal LM of ``write_tiny_model`` (a step-tag PRM).
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    if kind == "prm":
+        return write_tiny_model(out_dir, cfg)
+    if kind != "orm":
+        raise ValueError(f"kind must be 'orm' or 'prm', got {kind!r}")
+    cfg = cfg or TinyModelConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_cfg = tiny_model_config(cfg)
+    hf_cfg.num_labels = num_labels
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForSequenceClassification.from_config(hf_cfg, dtype=torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    for f in TOKENIZER_DIR.iterdir():
+        shutil.copy(f, out / f.name)
+    return out

@@ -66,7 +66,8 @@ class GRPOAlgoConfig(Section):
     entropy_coef: float = Field(0.0, description="entropy bonus coefficient")
     dynamic_sampling: bool = Field(False, description="drop groups whose rewards all agree (zero std)")
     overlong: Literal["none", "mask", "penalty"] = Field(
-        "none", description="truncated responses: keep, mask from the loss, or soft length penalty"
+        "none", description="truncated responses: keep, mask from the loss, or penalty (adds the soft_overlong reward with "
+        "overlong_buffer / overlong_penalty)"
     )
     overlong_buffer: int = Field(16, ge=0, description="tokens before max_new_tokens where the penalty starts")
     overlong_penalty: float = Field(1.0, ge=0, description="penalty at max_new_tokens (linear ramp)")
@@ -165,4 +166,30 @@ def _nearest_divisor(n: int, target: int) -> int:
     return min(divisors, key=lambda d: (abs(d - target), -d))
 
 
-CONFIGS: dict[str, type[Section]] = {"grpo": GRPOConfig, "sft": SFTConfig}
+class SampleAlgoConfig(Section):
+    num_samples: int = Field(8, gt=0, description="completions per prompt (N of best-of-N)")
+    prompt_batch_size: int = Field(32, gt=0, description="prompts per generate/score round (one write each)")
+    output_dir: str = Field(
+        "samples", description="writes samples.jsonl (every completion and its scores) and pairs.jsonl "
+        "(chosen/rejected per prompt); rerunning with the same dir skips prompts already written"
+    )
+    min_margin: float = Field(
+        0.0, ge=0, description="a pair needs best - worst reward > min_margin; ties (and smaller gaps) are skipped"
+    )
+    max_prompts: int | None = Field(None, gt=0, description="sample only the first N prompts")
+
+
+class SampleConfig(Section):
+    """`raylhf sample`: best-of-N sampling on the rollout actors, scored on the reward actors (swift sample)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=64))
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    sample: SampleAlgoConfig = Field(default_factory=SampleAlgoConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    seed: int = Field(1, description="global seed")
+
+
+CONFIGS: dict[str, type[Section]] = {"grpo": GRPOConfig, "sft": SFTConfig, "sample": SampleConfig}

@@ -121,20 +121,100 @@ class ReferenceConfig(Section):
     micro_batch_size: int = Field(16, gt=0, description="sequences per forward")
 
 
+PRMAggregate = Literal["min", "last", "mean", "prod"]
+
+
 class RewardFunctionConfig(Section):
-    name: str = Field(description="registered reward name, 'file.py:function', or 'remote' with url")
+    name: str = Field(
+        description="built-in reward (accuracy, exact_match, format, soft_overlong, repetition, cosine, length, ...), "
+        "a name registered by a plugin file in reward.plugins, 'file.py:function_or_class' or 'module:attr'"
+    )
     weight: float = Field(1.0, description="weight in the summed reward")
-    url: str | None = Field(None, description="HTTP endpoint for remote rewards")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the function")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments: bound to a function, or passed to a class's constructor"
+    )
+    ground_truth: str = Field(
+        "solution", description="dataset column passed as ground_truths to ms-swift-style ORM classes"
+    )
+    aggregate: PRMAggregate = Field("min", description="how a PRM's per-step scores become one reward")
+
+
+class RemoteRewardConfig(Section):
+    name: str = Field(description="label of this reward in the metrics (reward/<name>)")
+    url: str = Field(description="endpoint URL, e.g. http://127.0.0.1:8000/score (http or https)")
+    kind: Literal["orm", "prm"] = Field("orm", description="orm: one score per completion; prm: scores per step")
+    protocol: Literal["raylhf", "openrlhf"] = Field(
+        "raylhf",
+        description="raylhf: POST {items:[{prompt, completion, messages, columns}]} -> {rewards}; openrlhf: POST "
+        "{query, prompts, labels} -> {rewards} (docs/rewards.md)",
+    )
+    weight: float = Field(1.0, description="weight in the summed reward")
+    token_env: str | None = Field(
+        None, description="environment variable holding the bearer token (the token itself never enters the config)"
+    )
+    timeout_s: float = Field(60.0, gt=0, description="per-request timeout (seconds)")
+    retries: int = Field(3, ge=0, description="retries after a timeout, connection error, 429 or 5xx (backoff + jitter)")
+    max_concurrency: int = Field(16, gt=0, description="requests in flight at once")
+    batch_size: int = Field(32, gt=0, description="completions per request")
+    on_failure: Literal["raise", "zero", "skip"] = Field(
+        "raise", description="after the retries: raise (stop the run), zero (score 0.0), skip (not scored: None)"
+    )
+    label_column: str = Field("solution", description="dataset column sent as the label / ground truth")
+    aggregate: PRMAggregate = Field("min", description="kind=prm: how per-step scores become one reward")
+    verify_tls: bool = Field(True, description="verify HTTPS certificates")
+
+    @model_validator(mode="after")
+    def _url(self) -> RemoteRewardConfig:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url {self.url!r} of remote reward {self.name!r} must start with http:// or https://")
+        return self
+
+
+class RewardModelConfig(Section):
+    name: str = Field(description="label of this reward in the metrics (reward/<name>)")
+    path: str = Field(description="HF checkpoint directory or hub id")
+    kind: Literal["orm", "prm"] = Field(
+        "orm", description="orm: sequence-classification reward model; prm: step-tag PRM (score at each step end)"
+    )
+    weight: float = Field(1.0, description="weight in the summed reward")
+    batch_size: int = Field(16, gt=0, description="completions per forward")
+    max_length: int = Field(1024, gt=0, description="prompt + completion tokens; longer inputs are truncated on the left")
+    step_separator: str = Field("\n\n", description="kind=prm: text between steps of a completion")
+    step_tag: str = Field("\n\n", description="kind=prm: the token string appended after every step")
+    positive_token: str = Field("+", description="kind=prm: the token whose probability is the step score")
+    negative_token: str | None = Field(
+        "-", description="kind=prm: score = p(positive) / (p(positive)+p(negative)); null: softmax over the vocab"
+    )
+    aggregate: PRMAggregate = Field("min", description="kind=prm: how per-step scores become one reward")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype")
 
 
 class RewardConfig(Section):
     functions: list[RewardFunctionConfig] = Field(
         default_factory=lambda: [RewardFunctionConfig(name="accuracy")],
-        description="reward functions; the reward is their weighted sum",
+        description="reward functions / plugin classes; the reward is the weighted sum of everything configured",
+    )
+    remote: list[RemoteRewardConfig] = Field(default_factory=list, description="remote HTTP reward endpoints")
+    models: list[RewardModelConfig] = Field(default_factory=list, description="reward models run in the reward actors")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="plugin files (or modules) loaded first; their orms/prms dicts and @register_* names work in "
+        "reward.functions",
     )
     num_workers: int = Field(1, gt=0, description="reward actors")
     num_cpus: float = Field(0.25, gt=0, description="Ray CPUs per reward actor")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per reward actor (for reward models)")
+
+    @model_validator(mode="after")
+    def _any(self) -> RewardConfig:
+        if not (self.functions or self.remote or self.models):
+            raise ValueError("no reward configured: give reward.functions, reward.remote or reward.models")
+        names = [f.name.rsplit(":", 1)[-1] for f in self.functions] + [r.name for r in self.remote] + [
+            m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1} - {f.name.rsplit(":", 1)[-1] for f in self.functions})
+        if dup:
+            raise ValueError(f"reward names must be unique across reward.remote / reward.models: {dup}")
+        return self
 
 
 class LoggingConfig(Section):

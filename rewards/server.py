@@ -1,0 +1,234 @@
+"""The reward server behind ``raylhf serve-reward``: any ``Scorer`` over HTTP (FastAPI + uvicorn).
+
+* ``POST /score``      raylhf v1 protocol (``rewards/protocol.py``)
+* ``POST /get_reward`` OpenRLHF's protocol, so OpenRLHF's ``--remote_rm_url`` can use it unchanged
+* ``GET  /health``     no auth: ``{"status": "ok", "name", "kind"}``
+
+With a token, both POST routes need ``Authorization: Bearer <token>`` (401 otherwise). Bodies over
+``max_body_bytes`` and requests over ``max_items`` get 413, schema errors 422 naming the field, scorer errors
+500 with the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import socket
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from rewards.base import RewardBatch, Score, Scorer
+from rewards.protocol import (
+    OpenRLHFRequest,
+    ScoreRequest,
+    batch_from_openrlhf_request,
+    batch_from_score_request,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+class _Invalid(Exception):
+    def __init__(self, detail: str, errors: list[dict[str, str]]) -> None:
+        super().__init__(detail)
+        self.detail, self.errors = detail, errors
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+
+
+def _check_auth(request: Request, token: str | None) -> None:
+    if token is None:
+        return
+    challenge = {"WWW-Authenticate": "Bearer"}
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise _HTTPError(401, "missing bearer token: send the header 'Authorization: Bearer <token>' "
+                              "(clients: set token_env to the variable holding it)", challenge)
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise _HTTPError(401, "invalid bearer token: it does not match the server's token", challenge)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) one over ``limit`` bytes: by Content-Length before reading, then by size."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise _HTTPError(400, f"invalid Content-Length header {declared!r}") from None
+        if size > limit:
+            raise _HTTPError(413, f"request body of {size} bytes is over the server's limit of {limit} "
+                                  "bytes; send fewer items per request (client: lower batch_size)")
+    buf = bytearray()
+    async for part in request.stream():
+        buf += part
+        if len(buf) > limit:
+            raise _HTTPError(413, f"request body is over the server's limit of {limit} bytes; send fewer "
+                                  "items per request (client: lower batch_size)")
+    return bytes(buf)
+
+
+def _validation_detail(err: ValidationError) -> tuple[str, list[dict[str, str]]]:
+    errors = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        errors.append({"field": loc, "msg": e["msg"].removeprefix("Value error, ")})
+    text = "; ".join(f"'{e['field']}': {e['msg']}" if e["field"] else e["msg"] for e in errors[:5])
+    if len(errors) > 5:
+        text += f"; ... {len(errors) - 5} more"
+    return f"invalid request: {text}", errors
+
+
+def _parse(body: bytes, model: type[BaseModel], list_field: str, max_items: int) -> Any:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _HTTPError(400, f"request body is not valid JSON: {e}") from None
+    entries = data.get(list_field) if isinstance(data, dict) else None
+    if isinstance(entries, list) and len(entries) > max_items:
+        raise _HTTPError(413, f"'{list_field}' has {len(entries)} entries, over the server's limit of "
+                              f"{max_items}; send fewer per request (client: lower batch_size)")
+    return model.model_validate(data)
+
+
+def _wire_score(s: Score, steps: bool, aggregate: str) -> Score:
+    """A score as JSON can carry it: non-finite -> null; per-step lists kept (steps) or aggregated."""
+    if isinstance(s, (list, tuple)):
+        values = [float(x) for x in s]
+        if steps:
+            return values if all(math.isfinite(x) for x in values) else None
+        from rewards.steps import aggregate_steps
+
+        s = aggregate_steps(values, aggregate)
+    if s is None:
+        return None
+    s = float(s)
+    return s if math.isfinite(s) else None
+
+
+def _finite_metrics(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, float] = {}
+    for k, v in raw.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[str(k)] = float(v)
+    return out
+
+
+def create_app(scorer: Scorer, *, token: str | None, max_items: int = 4096, max_body_bytes: int = 32 << 20,
+               label_column: str = "solution", aggregate: str = "min") -> FastAPI:
+    """The reward server app for ``scorer``. ``token``: required bearer token (None: no auth);
+    ``label_column``: column the request labels fill; ``aggregate``: how per-step scores become one number
+    where the protocol wants one (OpenRLHF, raylhf with kind=orm)."""
+    token = token or None
+    app = FastAPI(title=f"raylhf reward server ({scorer.name})", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    async def run(request: Request, model: type[BaseModel], list_field: str) -> tuple[Any, list[Score]]:
+        _check_auth(request, token)
+        body = await _read_body(request, max_body_bytes)
+        try:
+            req = _parse(body, model, list_field, max_items)
+        except ValidationError as e:
+            detail, errors = _validation_detail(e)
+            raise _Invalid(detail, errors) from None
+        batch: RewardBatch = (batch_from_score_request(req, label_column) if isinstance(req, ScoreRequest)
+                              else batch_from_openrlhf_request(req, label_column))
+        try:
+            scores = list(await scorer.score(batch))
+        except Exception as e:
+            log.exception("scorer %r failed", scorer.name)
+            raise _HTTPError(500, f"scorer {scorer.name!r} failed: {type(e).__name__}: {e}") from None
+        if len(scores) != len(batch):
+            raise _HTTPError(500, f"scorer {scorer.name!r} returned {len(scores)} scores for "
+                                  f"{len(batch)} items")
+        return req, scores
+
+    async def handle(request: Request, model: type[BaseModel], list_field: str) -> JSONResponse:
+        try:
+            req, scores = await run(request, model, list_field)
+        except _Invalid as e:
+            return _error(422, e.detail, errors=e.errors)
+        except _HTTPError as e:
+            return _error(e.status, e.detail, e.headers)
+        try:
+            metrics = _finite_metrics(scorer.metrics())
+        except Exception:  # metrics are a bonus, never a failed request
+            log.exception("scorer %r metrics() failed", scorer.name)
+            metrics = {}
+        if isinstance(req, ScoreRequest):
+            rewards = [_wire_score(s, req.kind == "prm", aggregate) for s in scores]
+            return JSONResponse({"rewards": rewards, "metrics": metrics})
+        rewards = [_wire_score(s, False, aggregate) for s in scores]
+        return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": {}})
+
+    @app.post("/score")
+    async def score(request: Request) -> JSONResponse:
+        return await handle(request, ScoreRequest, "items")
+
+    @app.post("/get_reward")
+    async def get_reward(request: Request) -> JSONResponse:
+        return await handle(request, OpenRLHFRequest, "query")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "name": scorer.name, "kind": scorer.kind}
+
+    return app
+
+
+def format_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on host:port (port 0: a free one); a clear OSError when that fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on {format_url(host, port)}: {e.strerror or e}; choose "
+                               "another port (--port) or host (--host)") from None
+    return sock
+
+
+async def serve(app: FastAPI, host: str, port: int, *, auth: bool, log_level: str = "warning") -> None:
+    """Run ``app`` with uvicorn until SIGINT/SIGTERM; prints the ready line once listening (port 0: any free
+    port). A host/port that cannot be bound raises OSError before anything starts."""
+    import uvicorn
+
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound, log_level=log_level, access_log=False,
+                                           lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                await task
+                raise RuntimeError(f"the reward server on {format_url(host, bound)} stopped while starting")
+            await asyncio.sleep(0.02)
+        auth_state = "on" if auth else "off"
+        print(f"[serve-reward] listening on {format_url(host, bound)} (auth: {auth_state})", flush=True)
+        await task
+    finally:
+        sock.close()
