@@ -25,13 +25,20 @@ class RewardWorker(BaseWorker):
         models: list[dict[str, Any]] | None = None,
         plugins: list[str] | None = None,
         context: dict[str, Any] | None = None,
+        secrets: dict[str, str] | None = None,
     ) -> None:
         super().__init__(rank, world_size, master_addr, master_port)
         self.specs = dict(functions=list(functions or []), remote=list(remote or []), models=list(models or []),
                           plugins=list(plugins or []))
         self.context = dict(context or {})
+        self._secrets = dict(secrets or {})  # token_env -> token, from the driver's environment
 
     def setup(self) -> None:
+        import os
+
+        for name, value in self._secrets.items():  # the worker's own environment wins
+            os.environ.setdefault(name, value)
+        self._secrets.clear()
         self.loop = LoopThread()
         self.combined = CombinedScorer(build_scorers(**self.specs))
 

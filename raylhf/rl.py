@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -76,11 +77,14 @@ def start_reward(cfg: RewardConfig, context: dict[str, Any], extra: list[dict[st
                  ) -> ActorGroup:
     from actors.reward import RewardWorker
 
+    # tokens named by reward.remote[].token_env travel from the driver's environment to the reward actors
+    # (never through the config or a log line); a variable set on the workers themselves wins
+    secrets = {r.token_env: os.environ[r.token_env] for r in cfg.remote if r.token_env and r.token_env in os.environ}
     return ActorGroup(
         RewardWorker, cfg.num_workers, name="reward", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
         init_kwargs=dict(functions=[f.model_dump() for f in cfg.functions] + list(extra or []),
                          remote=[r.model_dump() for r in cfg.remote], models=[m.model_dump() for m in cfg.models],
-                         plugins=list(cfg.plugins), context=context),
+                         plugins=list(cfg.plugins), context=context, secrets=secrets),
     )
 
 

@@ -193,3 +193,12 @@ class SampleConfig(Section):
 
 
 CONFIGS: dict[str, type[Section]] = {"grpo": GRPOConfig, "sft": SFTConfig, "sample": SampleConfig}
+
+
+def config_class(prefix: str) -> type[Section] | None:
+    """The config class for an example file named ``<prefix>_*.yaml`` (``serve``: the reward server)."""
+    if prefix == "serve":
+        from raylhf.serve_reward import ServeRewardConfig
+
+        return ServeRewardConfig
+    return CONFIGS.get(prefix)
