@@ -2,7 +2,8 @@
 
 Serves ``POST /score`` (raylhf protocol), ``POST /get_reward`` (OpenRLHF's ``--remote_rm_url``) and
 ``GET /health``; see docs/rewards.md. The bearer token comes from the environment variable ``token_env``
-(default RAYLHF_REWARD_TOKEN): set it and every POST needs ``Authorization: Bearer <token>``.
+(default RAYLHF_REWARD_TOKEN): set it and every POST needs ``Authorization: Bearer <token>``. With
+``ssl_certfile`` and ``ssl_keyfile`` it serves HTTPS.
 """
 
 from __future__ import annotations
@@ -50,11 +51,29 @@ class ServeRewardConfig(Section):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "warning", description="uvicorn log level"
     )
+    ssl_certfile: str | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; needs ssl_keyfile (both or neither)"
+    )
+    ssl_keyfile: str | None = Field(None, description="PEM private key (unencrypted) of ssl_certfile")
 
     @model_validator(mode="after")
     def _something(self) -> ServeRewardConfig:
         if not self.functions and self.model is None:
             raise ValueError("nothing to serve: give functions and/or model")
+        return self
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServeRewardConfig:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            given, missing = (("ssl_certfile", "ssl_keyfile") if self.ssl_keyfile is None
+                              else ("ssl_keyfile", "ssl_certfile"))
+            raise ValueError(f"{given} is set but {missing} is not: HTTPS needs both ssl_certfile (the PEM "
+                             "certificate) and ssl_keyfile (its PEM private key); give both, or neither "
+                             "for HTTP")
+        for name in ("ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name} {path!r} does not exist or is not a file")
         return self
 
 
@@ -89,7 +108,8 @@ async def _serve(cfg: ServeRewardConfig, scorer: Any, token: str | None) -> None
                      max_body_bytes=int(cfg.max_body_mb * (1 << 20)), label_column=cfg.label_column,
                      aggregate=cfg.aggregate)
     try:
-        await serve(app, cfg.host, cfg.port, auth=token is not None, log_level=cfg.log_level)
+        await serve(app, cfg.host, cfg.port, auth=token is not None, log_level=cfg.log_level,
+                    ssl_certfile=cfg.ssl_certfile, ssl_keyfile=cfg.ssl_keyfile)
     finally:
         await scorer.aclose()
 
@@ -105,6 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"can reach port {cfg.port} can use this server.\n[serve-reward] Set "
               f"{cfg.token_env or 'token_env'} to a secret token to require it.\n{bar}",
               file=sys.stderr, flush=True)
+    if cfg.ssl_certfile is not None and cfg.ssl_keyfile is not None:
+        from rewards.server import check_tls_files
+
+        try:
+            check_tls_files(cfg.ssl_certfile, cfg.ssl_keyfile)  # before building (maybe loading) the rewards
+        except OSError as e:
+            print(f"{PROG}: error: {e.strerror or e}", file=sys.stderr)
+            return 2
     try:
         scorer = build_scorer(cfg)
     except (ValueError, TypeError, KeyError, AttributeError, ImportError, OSError) as e:

@@ -2,8 +2,10 @@
 
 The batch is split into chunks of ``batch_size`` sent concurrently (at most ``max_concurrency`` in flight) and
 reassembled in order. Timeouts, connection errors, 429 and 5xx are retried with exponential backoff and full
-jitter; other 4xx, invalid JSON and a wrong number of scores are not. What is left failing goes through
-``on_failure``: raise a ``RemoteRewardError``, or score that chunk's items 0.0 (zero) or None (skip).
+jitter; other 4xx, TLS errors (e.g. an untrusted certificate), invalid JSON and a wrong number of scores are
+not. What is left failing goes through ``on_failure``: raise a ``RemoteRewardError``, or score that chunk's
+items 0.0 (zero) or None (skip). HTTPS certificates are checked against the system's CAs, or against
+``ca_file`` (e.g. a self-signed server certificate); ``verify_tls: false`` turns the check off.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import math
 import os
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Mapping
 from typing import Any
@@ -79,6 +82,7 @@ class RemoteReward:
         self.url: str = cfg.url
         self.endpoint = f"remote reward {cfg.name!r} ({_display_url(cfg.url)})"
         self._token = self._read_token(cfg)
+        self._ssl_setting()  # a bad ca_file fails here, not at the first request
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.last_steps: list[Score] = []
@@ -100,6 +104,23 @@ class RemoteReward:
                 "(in the environment of the reward workers) or remove token_env"
             )
         return token
+
+    def _ssl_setting(self) -> ssl.SSLContext | bool | None:
+        """aiohttp's ``ssl=``: None (verify against the system's CAs), False (verify_tls: false) or a context
+        trusting ``ca_file``. Built per session: an SSLContext does not pickle."""
+        cfg = self.config
+        if not cfg.verify_tls:
+            return False
+        if cfg.ca_file is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=cfg.ca_file)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            problem = ("no such file" if isinstance(e, FileNotFoundError)
+                       else f"{type(e).__name__}: {e}; it must hold PEM certificates")
+            raise RemoteRewardError(f"remote reward {cfg.name!r}: cannot load ca_file {cfg.ca_file!r} "
+                                    f"({problem}); give a PEM file with the server's certificate or its CA"
+                                    ) from None
 
     def __repr__(self) -> str:
         auth = f"bearer token from ${self.config.token_env}" if self._token else "none"
@@ -141,8 +162,7 @@ class RemoteReward:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             await self._discard_session()
-            connector = aiohttp.TCPConnector(limit=self.config.max_concurrency,
-                                             ssl=None if self.config.verify_tls else False)
+            connector = aiohttp.TCPConnector(limit=self.config.max_concurrency, ssl=self._ssl_setting())
             self._session = aiohttp.ClientSession(connector=connector)
             self._loop = loop
             self._sem = asyncio.Semaphore(self.config.max_concurrency)
@@ -219,6 +239,19 @@ class RemoteReward:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _certificate_problem(self, e: aiohttp.ClientConnectorCertificateError) -> str:
+        cert_error = e.certificate_error
+        reason = getattr(cert_error, "verify_message", None) or str(cert_error)
+        ca_file = self.config.ca_file
+        if ca_file is None:
+            trust = ("the system's CAs do not trust it. Set ca_file to a PEM file with the server's "
+                     "certificate (e.g. its self-signed one) or its CA")
+        else:
+            trust = (f"ca_file {ca_file!r} does not trust it (or it is not valid for this host). Set ca_file "
+                     "to a PEM file with the server's certificate or its CA")
+        return (f"{self.endpoint}: TLS error, not retried: the server's certificate failed verification "
+                f"({reason}); {trust}, or set verify_tls: false on a trusted network")
+
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "User-Agent": "raylhf-remote-reward"}
         if self._token:
@@ -242,10 +275,17 @@ class RemoteReward:
                     raw = await resp.read()
             except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
                 raise _Transient(f"no complete answer within timeout_s={cfg.timeout_s:g}") from None
+            except aiohttp.ClientConnectorCertificateError as e:  # not transient: never retried
+                raise RemoteRewardError(self._redact(self._certificate_problem(e))) from None
             except aiohttp.ClientSSLError as e:
                 raise RemoteRewardError(self._redact(
-                    f"{self.endpoint}: TLS error ({type(e).__name__}: {e}); fix the server certificate, or "
-                    "set verify_tls: false for a self-signed one on a trusted network")) from None
+                    f"{self.endpoint}: TLS error, not retried ({type(e).__name__}: {e}); if the server "
+                    "speaks plain HTTP use an http:// url, otherwise check its certificate, set ca_file to a "
+                    "PEM file that trusts it, or set verify_tls: false on a trusted network")) from None
+            except aiohttp.ServerDisconnectedError as e:
+                hint = ("; if the server speaks HTTPS, the url must start with https://"
+                        if urlsplit(cfg.url).scheme == "http" else "")
+                raise _Transient(f"request failed ({type(e).__name__}: {e}){hint}") from None
             except aiohttp.ClientError as e:
                 raise _Transient(f"request failed ({type(e).__name__}: {e})") from None
             latency_ms = (time.perf_counter() - t0) * 1000

@@ -6,17 +6,20 @@
 
 With a token, both POST routes need ``Authorization: Bearer <token>`` (401 otherwise). Bodies over
 ``max_body_bytes`` and requests over ``max_items`` get 413, schema errors 422 naming the field, scorer errors
-500 with the message.
+500 with the message. With a certificate and key (``serve(ssl_certfile=, ssl_keyfile=)``) it serves HTTPS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
 import logging
 import math
+import os
 import socket
+import ssl
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -193,8 +196,22 @@ def create_app(scorer: Scorer, *, token: str | None, max_items: int = 4096, max_
     return app
 
 
-def format_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def format_url(host: str, port: int, *, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def check_tls_files(certfile: str, keyfile: str) -> None:
+    """Load the certificate chain and key once, so a bad pair fails before anything starts (clear OSError)."""
+    for field, path in (("ssl_certfile", certfile), ("ssl_keyfile", keyfile)):
+        if not os.path.isfile(path):
+            raise OSError(errno.ENOENT, f"{field} {path!r}: no such file")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as e:
+        raise OSError(errno.EINVAL, f"cannot load the TLS certificate (ssl_certfile {certfile!r}) and key "
+                                    f"(ssl_keyfile {keyfile!r}): {e}; they must be PEM files, the key "
+                                    "unencrypted and matching the certificate") from None
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -211,24 +228,35 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(app: FastAPI, host: str, port: int, *, auth: bool, log_level: str = "warning") -> None:
+async def serve(app: FastAPI, host: str, port: int, *, auth: bool, log_level: str = "warning",
+                ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
     """Run ``app`` with uvicorn until SIGINT/SIGTERM; prints the ready line once listening (port 0: any free
-    port). A host/port that cannot be bound raises OSError before anything starts."""
+    port). With ``ssl_certfile`` and ``ssl_keyfile`` (PEM; both or neither) it serves HTTPS. A host/port that
+    cannot be bound, or a certificate/key that cannot be loaded, raises OSError before anything starts."""
     import uvicorn
 
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise ValueError("ssl_certfile and ssl_keyfile go together: give both (HTTPS) or neither (HTTP)")
+    tls = False
+    if ssl_certfile is not None and ssl_keyfile is not None:
+        check_tls_files(ssl_certfile, ssl_keyfile)
+        tls = True
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound, log_level=log_level, access_log=False,
-                                           lifespan="off"))
+                                           lifespan="off", ssl_certfile=ssl_certfile,
+                                           ssl_keyfile=ssl_keyfile))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
             if task.done():
                 await task
-                raise RuntimeError(f"the reward server on {format_url(host, bound)} stopped while starting")
+                raise RuntimeError(f"the reward server on {format_url(host, bound, tls=tls)} stopped while "
+                                   "starting")
             await asyncio.sleep(0.02)
         auth_state = "on" if auth else "off"
-        print(f"[serve-reward] listening on {format_url(host, bound)} (auth: {auth_state})", flush=True)
+        print(f"[serve-reward] listening on {format_url(host, bound, tls=tls)} (auth: {auth_state})",
+              flush=True)
         await task
     finally:
         sock.close()

@@ -162,6 +162,11 @@ class RemoteRewardConfig(Section):
     label_column: str = Field("solution", description="dataset column sent as the label / ground truth")
     aggregate: PRMAggregate = Field("min", description="kind=prm: how per-step scores become one reward")
     verify_tls: bool = Field(True, description="verify HTTPS certificates")
+    ca_file: str | None = Field(
+        None,
+        description="PEM file of the certificates / CAs to trust instead of the system's, e.g. the server's "
+        "self-signed certificate (a path on the reward workers' machines); unused with verify_tls: false",
+    )
 
     @model_validator(mode="after")
     def _url(self) -> RemoteRewardConfig:

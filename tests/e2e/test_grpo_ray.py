@@ -15,19 +15,10 @@ from actors.group import ActorGroup, WorkerError
 from raylhf import rl
 from raylhf.batch import Objective, TrainBatch
 from raylhf.config import GRPOConfig, build_config
-from raylhf.config.sections import PolicyConfig, RayConfig, RolloutConfig
-from raylhf.runtime import init_ray
+from raylhf.config.sections import PolicyConfig, RolloutConfig
 from raylhf.tasks.arithmetic import make_problems, write_jsonl
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.shutdown()
-    init_ray(RayConfig(num_cpus=4), 4)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def small_cfg(tmp_path: Path, model: Path, **over: object) -> GRPOConfig:

@@ -17,22 +17,12 @@ import pytest
 import ray
 
 from raylhf.config import GRPOConfig, build_config
-from raylhf.config.sections import RayConfig
 from raylhf.data import load_preference_dataset
-from raylhf.runtime import init_ray
 from raylhf.tasks.arithmetic import make_problems, write_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "e2e-secret-token"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.shutdown()
-    init_ray(RayConfig(num_cpus=4), 4)
-    yield
-    ray.shutdown()
 
 
 def _free_port() -> int:
