@@ -60,6 +60,41 @@ def test_grpo_batch_and_none_scale_by_hand() -> None:
     close(res.advantages, [2 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0])
 
 
+# TRL 1.16 ``GRPOTrainer._generate_and_score_completions`` (multi_objective_aggregation="sum_then_normalize"),
+# inline code that cannot be called without a model and generation: hand-derived values, not a parity call:
+#     mean = nanmean(r.view(-1, G), dim=1)     # always the group mean
+#     std  = nanstd(r.view(-1, G), dim=1)      # scale_rewards "group" (and "none", where it is only logged)
+#          = nanstd(r)                         # scale_rewards "batch": one std over all N rewards
+#     A = r - mean;  if scale_rewards != "none": A = A / (std + 1e-4)
+# ``nanstd`` is Bessel-corrected (checked against TRL in test_trl_parity.py); eps is added to the std, not
+# under the square root. Rewards: two groups of 3, in shuffled order, with different means and stds:
+#   group 0 = (4, 0, 2): mean 2; centred (2, -2, 0); squares 4 + 4 + 0 = 8; var 8 / (3 - 1) = 4 -> std 2
+#   group 1 = (5, 11, 8): mean 8; centred (-3, 3, 0); squares 9 + 9 + 0 = 18; var 18 / 2 = 9  -> std 3
+#   batch: mean 30 / 6 = 5; deviations (-1, -5, -3, 0, 6, 3); squares 1 + 25 + 9 + 0 + 36 + 9 = 80;
+#          var 80 / (6 - 1) = 16 -> std 4
+# (biased stds would be 1.633 / 2.449 / 3.651; sqrt(var + eps) would give 2.000025 instead of 2.0001)
+TRL_GRPO_REWARDS = [4.0, 0.0, 2.0, 5.0, 11.0, 8.0]
+TRL_GRPO_EXPECTED = {
+    # centred by the group mean, divided by the group's own std + eps
+    "group": [2 / 2.0001, -2 / 2.0001, 0.0, -3 / 3.0001, 3 / 3.0001, 0.0],
+    # centred by the group mean (not the batch mean 5), divided by the batch std + eps
+    "batch": [2 / 4.0001, -2 / 4.0001, 0.0, -3 / 4.0001, 3 / 4.0001, 0.0],
+    # Dr.GRPO: centred only
+    "none": [2.0, -2.0, 0.0, -3.0, 3.0, 0.0],
+}
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_grpo_trl_convention_by_hand(scale: str) -> None:
+    rewards = torch.tensor(TRL_GRPO_REWARDS, dtype=torch.float64)
+    adv = grpo_advantages(rewards, 3, scale=scale, eps=1e-4).advantages  # type: ignore[arg-type]
+    torch.testing.assert_close(adv, torch.tensor(TRL_GRPO_EXPECTED[scale], dtype=torch.float64))
+    # a zero-std group: TRL gives (r - mean) / (0 + 1e-4) = 0, and so do we (exactly, for every scale)
+    const = torch.full((3,), 0.25, dtype=torch.float64)
+    adv = grpo_advantages(const, 3, scale=scale, eps=1e-4).advantages  # type: ignore[arg-type]
+    assert torch.equal(adv, torch.zeros(3, dtype=torch.float64))
+
+
 def test_grpo_group_size_one_and_constant_large_rewards() -> None:
     # groups of size 1: no variance, advantage 0, reported as zero-std groups; never nan
     for name in ("grpo", "rloo", "reinforce++-baseline"):
@@ -94,6 +129,20 @@ def test_rloo_by_hand() -> None:
     # group sum 2; leave-one-out baselines (2 - r_i) / 3 = (1/3, 2/3, 2/3, 1/3)
     # A = r - baseline = (2/3, -2/3, -2/3, 2/3)  [= 4/3 * (r - 0.5)]
     close(res.advantages, [2 / 3, -2 / 3, -2 / 3, 2 / 3])
+
+
+def test_rloo_trl_convention_by_hand() -> None:
+    """TRL 1.16 ``RLOOTrainer._generate_and_score_completions`` (inline code; default
+    ``normalize_advantages=False``; the KL penalty is folded into the reward before this point):
+    ``baseline = (group_sum - r) / (G - 1)``, ``A = r - baseline``; no std scaling, no eps."""
+    rewards = torch.tensor([2.0, 0.0, 1.0, 5.0, 3.0, 3.0, 3.0, 3.0], dtype=torch.float64)
+    res = rloo_advantages(rewards, group_size=4)
+    # group 0 = (2, 0, 1, 5): sum 8; baselines (8 - r) / 3 = (6/3, 8/3, 7/3, 3/3) = (2, 8/3, 7/3, 1)
+    #   A = r - baseline = (0, -8/3, -4/3, 4)   [check: 4/3 * (r - mean 2) = 4/3 * (0, -2, -1, 3)]
+    # group 1 = (3, 3, 3, 3): baselines (12 - 3) / 3 = 3 -> A = 0 exactly
+    expected = [0.0, -8 / 3, -4 / 3, 4.0, 0.0, 0.0, 0.0, 0.0]
+    torch.testing.assert_close(res.advantages, torch.tensor(expected, dtype=torch.float64))
+    assert torch.equal(res.advantages[4:], torch.zeros(4, dtype=torch.float64))
 
 
 def test_reinforce_pp_by_hand() -> None:

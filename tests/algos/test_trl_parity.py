@@ -1,41 +1,47 @@
-"""Numerical parity with TRL (installed, trl 1.x) on random inputs.
+"""Numerical parity with TRL (installed, pinned to ``TRL_TESTED``) on random inputs.
 
 Where TRL exposes the computation as a function (``GKDTrainer.generalized_jsd_loss``, ``CPOTrainer.cpo_loss``,
 ``ORPOTrainer.odds_ratio_loss``) it is called directly, with a ``SimpleNamespace`` standing in for ``self``.
 DPO, KTO and the reward-model loss only exist inside ``_compute_loss`` / ``compute_loss``; those methods are
 called on a stand-in ``self`` with a stand-in *model* that returns the given per-token log-probs (or
-reward logits) -- the loss code that runs is TRL's own. GRPO / RLOO advantages are inline in TRL's
-``_generate_and_score_completions`` (not callable without a model and generation); the formula is
-reproduced below from TRL 1.x and compared, using TRL's own ``nanstd`` helper.
+reward logits) -- the loss code that runs is TRL's own.
 
-If TRL's internals change so that a stand-in no longer fits, the comparison is skipped (with the reason)
-rather than failing the suite; a numerical mismatch always fails.
+The stand-ins mirror TRL's internals as of ``TRL_TESTED``. If a TRL upgrade changes them so that a stand-in
+no longer fits, the test FAILS (never skips) with a message naming the version and what to update, and
+``test_installed_trl_is_the_tested_version`` fails as soon as the installed major.minor differs, so moving
+to a new TRL is a deliberate act (bump ``TRL_TESTED``, the ``dev`` pin in pyproject.toml, and the stand-ins).
+TRL is a hard dependency: without it this module errors at collection instead of being skipped.
+
+GRPO / RLOO advantages are inline in TRL's ``_generate_and_score_completions`` (not callable without a
+model and generation), so they are pinned by hand-derived values in ``test_advantages.py``
+(``test_*_trl_convention_by_hand``); here only the convention they rely on (TRL's ``nanstd`` is the
+Bessel-corrected std) is checked against TRL itself.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+import trl  # a hard dependency of raylhf: a missing TRL must error, not skip the module
 
 from raylhf.algos import (
     bradley_terry_loss,
     cpo_loss,
     dpo_loss,
     generalized_jsd,
-    grpo_advantages,
     kto_loss,
     kto_reference_point,
     orpo_loss,
-    rloo_advantages,
     simpo_loss,
 )
 
-trl = pytest.importorskip("trl")
+TRL_TESTED = "1.16"  # the TRL major.minor the stand-ins below are written against (keep the dev pin in sync)
 
 CPU = torch.device("cpu")
 
@@ -58,11 +64,21 @@ def _metrics_store() -> defaultdict:
     return defaultdict(lambda: defaultdict(list))
 
 
-def _call_trl(fn: Callable[[], Any]) -> Any:
+def _trl_major_minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def _call_trl(fn: Callable[[], Any], what: str) -> Any:
+    """Run TRL code on a stand-in; if the stand-in no longer fits TRL's internals, FAIL (never skip)."""
     try:
         return fn()
     except (AttributeError, KeyError, TypeError, ImportError) as exc:  # stand-in no longer matches TRL
-        pytest.skip(f"TRL internals changed, stand-in does not fit: {type(exc).__name__}: {exc}")
+        pytest.fail(
+            f"{what}: the stand-in no longer fits TRL's internals ({type(exc).__name__}: {exc}). "
+            f"These parity tests are written against TRL {TRL_TESTED}.x, installed is trl {trl.__version__}. "
+            f"Update the stand-in in {Path(__file__).name} to the installed TRL's {what} "
+            "(and TRL_TESTED plus the dev pin in pyproject.toml), do not skip the comparison."
+        )
 
 
 def _fake_lm(per_token_logps: torch.Tensor) -> Callable[..., SimpleNamespace]:
@@ -120,7 +136,9 @@ def test_dpo_matches_trl(loss_type: str) -> None:
         "ref_chosen_logps": ref[:b],
         "ref_rejected_logps": ref[b:],
     }
-    trl_loss = _call_trl(lambda: DPOTrainer._compute_loss(stand_in, _fake_lm(logps), inputs, False))
+    trl_loss = _call_trl(
+        lambda: DPOTrainer._compute_loss(stand_in, _fake_lm(logps), inputs, False), "DPOTrainer._compute_loss"
+    )
 
     seq = logps.sum(dim=1)
     if loss_type == "ipo":  # TRL's IPO works on per-token averaged log-ratios
@@ -151,14 +169,16 @@ def test_cpo_family_matches_trl_cpo_loss(loss_type: str) -> None:
         simpo_gamma=gamma,
         accelerator=_Accelerator(),
     )
-    trl_losses, trl_c, trl_r = _call_trl(lambda: CPOTrainer.cpo_loss(ns, pc, pr))
+    trl_losses, trl_c, trl_r = _call_trl(lambda: CPOTrainer.cpo_loss(ns, pc, pr), "CPOTrainer.cpo_loss")
     if loss_type == "simpo":  # TRL's simpo: -log sigmoid(beta * (c - r) - gamma), on averaged log-probs
         ours, m = simpo_loss(pc, pr, beta=beta, gamma=gamma, label_smoothing=smoothing)
     elif loss_type == "sigmoid":
         ours, m = cpo_loss(pc, pr, beta=beta, label_smoothing=smoothing)
         # conservative DPO: the same smoothed logistic on the reference-adjusted margin
         ref_c, ref_r = -torch.rand(2, 6, generator=gen, dtype=torch.float64)
-        trl_cdpo, _, _ = CPOTrainer.cpo_loss(ns, pc - ref_c, pr - ref_r)
+        trl_cdpo, _, _ = _call_trl(
+            lambda: CPOTrainer.cpo_loss(ns, pc - ref_c, pr - ref_r), "CPOTrainer.cpo_loss"
+        )
         cdpo, _ = dpo_loss(pc, pr, ref_c, ref_r, beta=beta, label_smoothing=smoothing)
         torch.testing.assert_close(cdpo, trl_cdpo)
     else:  # hinge / ipo without a reference == DPO with a zero reference
@@ -175,7 +195,9 @@ def test_orpo_matches_trl_odds_ratio_loss() -> None:
     gen = torch.Generator().manual_seed(3)
     pc, pr = -torch.rand(2, 6, generator=gen, dtype=torch.float64) * 2.0 - 0.01  # averaged log-probs < 0
     ns = SimpleNamespace(beta=0.25, accelerator=_Accelerator())
-    trl_terms, trl_c, _, trl_ratio, trl_log_odds = _call_trl(lambda: ORPOTrainer.odds_ratio_loss(ns, pc, pr))
+    trl_terms, trl_c, _, trl_ratio, trl_log_odds = _call_trl(
+        lambda: ORPOTrainer.odds_ratio_loss(ns, pc, pr), "ORPOTrainer.odds_ratio_loss"
+    )
     nll = torch.rand(6, generator=gen, dtype=torch.float64)
     ours, m = orpo_loss(pc, pr, beta=0.25, chosen_nll=nll)
     # TRL returns beta * log sigmoid(log_odds), to be subtracted from the NLL (TRL computes in float32)
@@ -221,7 +243,9 @@ def test_kto_matches_trl() -> None:
         "ref_logps": ref,
         "ref_KL_logps": kl_ref,
     }
-    trl_loss = _call_trl(lambda: KTOTrainer._compute_loss(stand_in, _fake_lm(logps), inputs, False))
+    trl_loss = _call_trl(
+        lambda: KTOTrainer._compute_loss(stand_in, _fake_lm(logps), inputs, False), "KTOTrainer._compute_loss"
+    )
     z0 = kto_reference_point(kl_policy, kl_ref)
     losses, m = kto_loss(
         logps.sum(1), ref, labels, z0, beta=0.2, desirable_weight=1.0, undesirable_weight=1.5
@@ -258,7 +282,9 @@ def test_bradley_terry_matches_trl_reward_trainer(with_margin: bool) -> None:
     def model(**_: Any) -> SimpleNamespace:
         return SimpleNamespace(logits=logits)
 
-    trl_loss = _call_trl(lambda: RewardTrainer.compute_loss(stand_in, model, inputs))
+    trl_loss = _call_trl(
+        lambda: RewardTrainer.compute_loss(stand_in, model, inputs), "RewardTrainer.compute_loss"
+    )
     rc, rr = logits.squeeze(-1).chunk(2)
     losses, m = bradley_terry_loss(rc, rr, margin=margin if with_margin else None, center_coef=0.01)
     torch.testing.assert_close(losses.mean(), trl_loss)
@@ -281,13 +307,17 @@ def test_generalized_jsd_matches_trl_gkd(beta: float, temperature: float) -> Non
     trl_loss = _call_trl(
         lambda: GKDTrainer.generalized_jsd_loss(
             student, teacher, labels=labels, beta=beta, temperature=temperature
-        )
+        ),
+        "GKDTrainer.generalized_jsd_loss",
     )
     ours, _ = generalized_jsd(student, teacher, labels != -100, beta=beta, temperature=temperature)
     torch.testing.assert_close(ours, trl_loss)
     # the global-count normalizer matches TRL's num_items_in_batch
-    trl_global = GKDTrainer.generalized_jsd_loss(
-        student, teacher, labels=labels, beta=beta, temperature=temperature, num_items_in_batch=11
+    trl_global = _call_trl(
+        lambda: GKDTrainer.generalized_jsd_loss(
+            student, teacher, labels=labels, beta=beta, temperature=temperature, num_items_in_batch=11
+        ),
+        "GKDTrainer.generalized_jsd_loss",
     )
     ours_global, _ = generalized_jsd(
         student, teacher, labels != -100, beta=beta, temperature=temperature, global_count=11
@@ -298,39 +328,76 @@ def test_generalized_jsd_matches_trl_gkd(beta: float, temperature: float) -> Non
 # ------------------------------------------------------------------------------------------------ GRPO / RLOO
 
 
-def _trl_grpo_advantages(rewards: torch.Tensor, g: int, scale: str) -> torch.Tensor:
-    """TRL 1.x ``GRPOTrainer._generate_and_score_completions`` (``multi_objective_aggregation=
-    "sum_then_normalize"``), which is inline code, not a function::
-
-        mean = nanmean(rewards.view(-1, G), dim=1).repeat_interleave(G)
-        std  = nanstd(rewards.view(-1, G), dim=1).repeat_interleave(G)   # "group" / "none"
-             = nanstd(rewards).expand_as(rewards)                         # "batch"
-        advantages = rewards - mean
-        if scale != "none": advantages = advantages / (std + 1e-4)
-
-    ``nanstd`` (Bessel-corrected) is TRL's own helper.
-    """
+def test_trl_nanstd_is_bessel_corrected() -> None:
+    """TRL's GRPO/RLOO advantages (inline code, not callable) scale by ``nanstd``; the hand-derived values in
+    ``test_advantages.py::test_grpo_trl_convention_by_hand`` assume it is the unbiased (n - 1) std."""
     from trl.trainer.utils import nanstd
 
-    mean = torch.nanmean(rewards.view(-1, g), dim=1).repeat_interleave(g)
-    std = nanstd(rewards.view(-1, g), dim=1).repeat_interleave(g) if scale != "batch" else nanstd(rewards)
-    adv = rewards - mean
-    return adv if scale == "none" else adv / (std + 1e-4)
+    rewards = torch.tensor([[4.0, 0.0, 2.0], [5.0, 11.0, 8.0]], dtype=torch.float64)
+    # row 0: mean 2, squares 4 + 4 + 0 = 8, 8 / (3 - 1) = 4 -> 2  (biased would be sqrt(8 / 3) = 1.633)
+    # row 1: mean 8, squares 9 + 9 + 0 = 18, 18 / 2 = 9 -> 3
+    # all 6: mean 5, squares 1 + 25 + 9 + 0 + 36 + 9 = 80, 80 / 5 = 16 -> 4
+    per_group = _call_trl(lambda: nanstd(rewards, dim=1), "trl.trainer.utils.nanstd")
+    torch.testing.assert_close(per_group, torch.tensor([2.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        _call_trl(lambda: nanstd(rewards), "trl.trainer.utils.nanstd"), torch.tensor(4.0, dtype=torch.float64)
+    )
 
 
-@pytest.mark.parametrize("scale", ["group", "batch", "none"])
-def test_grpo_advantages_match_trl_formula(scale: str) -> None:
-    gen = torch.Generator().manual_seed(7)
-    rewards = torch.rand(4 * 5, generator=gen, dtype=torch.float64)
-    rewards[5:10] = 0.25  # a zero-std group: TRL gives (r - r) / (0 + 1e-4) = 0 as well
-    ours = grpo_advantages(rewards, 5, scale=scale, eps=1e-4).advantages  # type: ignore[arg-type]
-    torch.testing.assert_close(ours, _trl_grpo_advantages(rewards, 5, scale))
+# --------------------------------------------------------------------------------------------- the pin itself
 
 
-def test_rloo_advantages_match_trl_formula() -> None:
-    """TRL 1.x ``RLOOTrainer``: ``baseline = (group_sum - r) / (G - 1)``; ``A = r - baseline`` (inline)."""
-    gen = torch.Generator().manual_seed(8)
-    rewards = torch.rand(3 * 4, generator=gen, dtype=torch.float64)
-    grouped = rewards.view(-1, 4)
-    expected = (grouped - (grouped.sum(dim=1, keepdim=True) - grouped) / 3).view(-1)
-    torch.testing.assert_close(rloo_advantages(rewards, 4).advantages, expected)
+def _check_trl_version(installed: str) -> None:
+    if _trl_major_minor(installed) != TRL_TESTED:
+        pytest.fail(
+            f"installed trl {installed} is not the TRL these parity tests are written against "
+            f"(TRL_TESTED = {TRL_TESTED!r}). Upgrading TRL is deliberate: check the stand-ins in "
+            f"{Path(__file__).name} against the new TRL internals, then bump TRL_TESTED and the "
+            "trl pin in the dev extras of pyproject.toml."
+        )
+
+
+def test_installed_trl_is_the_tested_version() -> None:
+    _check_trl_version(trl.__version__)
+
+
+def test_version_check_names_the_versions() -> None:
+    _check_trl_version(f"{TRL_TESTED}.3")
+    _check_trl_version(f"{TRL_TESTED}.0.dev0")
+    with pytest.raises(pytest.fail.Exception, match=rf"trl 99\.0\.0 .*TRL_TESTED = '{TRL_TESTED}'"):
+        _check_trl_version("99.0.0")
+
+
+def _outcome(fn: Callable[[], Any]) -> BaseException | None:
+    """What ``fn`` raised, including pytest's ``Skipped`` / ``Failed`` outcomes (BaseException subclasses)."""
+    try:
+        fn()
+    except BaseException as exc:  # the point is to see skips too
+        return exc
+    return None
+
+
+def test_stand_in_that_no_longer_fits_trl_fails_not_skips() -> None:
+    """Regression: a stand-in mismatch used to be turned into ``pytest.skip``, so a TRL upgrade that renamed
+    an attribute silently turned the parity tests into skips. Here real TRL code
+    (``ORPOTrainer.odds_ratio_loss``) runs on a stand-in that lacks an attribute it reads (as after a rename
+    in TRL): the test must fail."""
+    from trl.experimental.orpo import ORPOTrainer
+
+    pc = torch.tensor([-0.5, -1.0], dtype=torch.float64)
+    broken = SimpleNamespace(accelerator=_Accelerator())  # no ``beta``
+    exc = _outcome(lambda: _call_trl(lambda: ORPOTrainer.odds_ratio_loss(broken, pc, pc), "odds_ratio_loss"))
+    assert isinstance(exc, pytest.fail.Exception), f"expected a test failure, got {exc!r}"
+    msg = str(exc)
+    assert f"TRL {TRL_TESTED}.x" in msg and f"trl {trl.__version__}" in msg
+    assert "AttributeError" in msg and "beta" in msg and "odds_ratio_loss" in msg
+
+
+@pytest.mark.parametrize("error", [AttributeError("a"), KeyError("k"), TypeError("t"), ImportError("i")])
+def test_every_stand_in_mismatch_fails_not_skips(error: Exception) -> None:
+    def trl_code() -> None:
+        raise error
+
+    exc = _outcome(lambda: _call_trl(trl_code, "SomeTrainer.some_loss"))
+    assert isinstance(exc, pytest.fail.Exception), f"expected a test failure, got {exc!r}"
+    assert type(error).__name__ in str(exc) and "SomeTrainer.some_loss" in str(exc)
