@@ -29,9 +29,8 @@ from actors.common import (
 )
 from actors.group import BaseWorker
 from raylhf.batch import Objective, TrainBatch
+from raylhf.metrics import SUM_METRICS, reduce_metrics
 from raylhf.objective import objective_loss
-
-SUM_METRICS = ("loss/", "entropy")
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):  # -> Callable[[int], float]
@@ -108,14 +107,14 @@ class PolicyWorker(BaseWorker):
 
     # ---- compute --------------------------------------------------------------------------------
     def train_step(self, batch: TrainBatch, obj: Objective) -> dict[str, float]:
-        """One optimizer step on this rank's shard; returns summed / token-averaged metrics."""
+        """One optimizer step on this rank's shard; its metrics reduced over the micro-batches
+        (``raylhf.metrics.reduce_metrics``: losses summed, maxima / minima as such, the rest token-weighted)."""
         t0 = time.perf_counter()
         self.engine.train()
         dev = self.engine.device
         groups = list(micro_batches([len(x) for x in batch.input_ids], self.micro))
-        sums: dict[str, float] = {}
-        weighted: dict[str, float] = {}
-        total_w = 0.0
+        rows: list[dict[str, float]] = []
+        tokens: list[float] = []
         for k, idx in enumerate(groups):
             sub = batch.select(idx)
             self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
@@ -134,23 +133,18 @@ class PolicyWorker(BaseWorker):
                 ce_weights=padded(sub.ce_weights),
             )
             self.engine.backward(loss * self.world_size)
-            w = float(mask.sum())
-            total_w += w
-            for key, v in m.items():
-                if key.startswith(SUM_METRICS):
-                    sums[key] = sums.get(key, 0.0) + v
-                else:
-                    weighted[key] = weighted.get(key, 0.0) + v * w
+            rows.append(m)
+            tokens.append(float(mask.sum()))
         grad_norm = self._grad_norm() if int(self.cfg.get("zero_stage", 0)) == 0 else None
+        lr = float(self.scheduler.get_last_lr()[0])  # the rate this step uses (engine.step advances the scheduler)
         self.engine.step()
         self.steps_done += 1
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
-        out = dict(sums)
-        out.update({k: v / max(total_w, 1.0) for k, v in weighted.items()})
+        out = reduce_metrics(rows, tokens, SUM_METRICS)
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        out["lr"] = float(self.scheduler.get_last_lr()[0])
-        out["train_tokens"] = total_w
+        out["lr"] = lr
+        out["train_tokens"] = sum(tokens)
         out["time/train_step_rank"] = time.perf_counter() - t0
         return out
 

@@ -63,6 +63,10 @@ class TrainBatch:
     def num_tokens(self) -> int:
         return int(sum(float(m.sum()) for m in self.loss_mask))
 
+    def num_trained_seqs(self) -> int:
+        """Sequences with at least one trained token (a fully masked one is no sequence of the loss)."""
+        return sum(1 for m in self.loss_mask if float(m.sum()) > 0)
+
 
 @dataclass
 class Objective:
@@ -87,4 +91,9 @@ class Objective:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_counts(self, batch: TrainBatch) -> Objective:
-        return replace(self, global_tokens=float(batch.num_tokens()), global_seqs=float(len(batch)))
+        """This objective with the global normalizers of one optimizer step over ``batch``.
+
+        They match :func:`raylhf.algos.aggregate.count_tokens_and_seqs`: trained tokens, and sequences with
+        at least one trained token (fully masked ones, e.g. ``grpo.overlong=mask``, count for nothing).
+        """
+        return replace(self, global_tokens=float(batch.num_tokens()), global_seqs=float(batch.num_trained_seqs()))

@@ -20,6 +20,7 @@ from actors.group import ActorGroup
 from raylhf.batch import Objective, Rollout, TrainBatch
 from raylhf.config.sections import PolicyConfig, RewardConfig, RolloutConfig
 from raylhf.data import PromptExample
+from raylhf.metrics import RANK_SUM_METRICS, reduce_metrics
 
 
 @dataclass
@@ -208,6 +209,10 @@ def fill_unscored(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def to_train_batch(rollouts: list[Rollout], advantages: torch.Tensor, mask_truncated: bool = False) -> TrainBatch:
+    bad = (~torch.isfinite(advantages)).nonzero().flatten().tolist()
+    if bad:  # never let a NaN reach the loss: unscored samples are filled and dropped before this point
+        raise ValueError(f"non-finite advantages for samples {bad[:8]} (of {len(advantages)}): a reward or the "
+                         "advantage estimator produced NaN/inf; rewards mark unscored completions with None")
     ids, mask, adv, rlp = [], [], [], []
     for r, a in zip(rollouts, advantages.tolist(), strict=True):
         p, n = len(r.prompt_ids), len(r.response_ids)
@@ -301,23 +306,24 @@ def logprobs(group: ActorGroup, batch: TrainBatch, temperature: float) -> list[t
 
 def train(policy: ActorGroup, batch: TrainBatch, objective: Objective, train_size: int, updates: int,
           world: int) -> dict[str, float]:
-    """``updates`` passes over the batch in optimizer steps of ``train_size`` sequences; mean metrics."""
+    """``updates`` passes over the batch in optimizer steps of ``train_size`` sequences.
+
+    Metrics: each step's ranks reduced by :func:`reduce_ranks`, then the steps by
+    :func:`raylhf.metrics.reduce_metrics` (per-step values averaged, maxima / minima as such)."""
     rows = []
     for _ in range(updates):
         for s in range(0, len(batch), train_size):
             mb = split_for_ranks(batch.select(list(range(s, min(s + train_size, len(batch))))), world)
             if len(mb):
                 rows.append(reduce_ranks(policy.call_split("train_step", mb, objective.with_counts(mb))))
-    return {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in rows[0]} if rows else {}
+    return reduce_metrics(rows)
 
 
 def reduce_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """Sum the globally-normalized losses over ranks; average everything else."""
-    out: dict[str, float] = {}
-    for k in per_rank[0]:
-        vals = [d[k] for d in per_rank]
-        out[k] = sum(vals) if k.startswith(("loss/", "entropy", "train_tokens")) else sum(vals) / len(vals)
-    return out
+    """One optimizer step's metrics from its ranks': globally normalized losses and ``train_tokens`` add up,
+    maxima / minima take the max / min, everything else is averaged weighted by each rank's ``train_tokens``."""
+    weights = [d["train_tokens"] for d in per_rank] if all("train_tokens" in d for d in per_rank) else None
+    return reduce_metrics(per_rank, weights, RANK_SUM_METRICS)
 
 
 def split_for_ranks(batch: TrainBatch, world: int) -> TrainBatch:

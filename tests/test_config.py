@@ -91,6 +91,39 @@ def test_tiny_head_dim_rule() -> None:
         build_config(GRPOConfig, overrides=[("model.tiny.num_heads", 16)])
 
 
+def test_tiny_kv_heads_must_divide_heads() -> None:
+    with pytest.raises(ConfigError) as e:
+        build_config(GRPOConfig, overrides=[("model.tiny.num_kv_heads", 3)])
+    msg = str(e.value)
+    assert "model.tiny" in msg and "num_heads (4)" in msg and "num_kv_heads (3)" in msg
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
+def test_group_advantages_need_two_samples_per_prompt(advantage: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        build_config(GRPOConfig, overrides=[("grpo.advantage", advantage), ("grpo.samples_per_prompt", 1),
+                                            ("grpo.train_batch_size", None)])
+    msg = str(e.value)
+    assert f"grpo.advantage={advantage}" in msg and "grpo.samples_per_prompt >= 2" in msg
+    # a per-sample baseline needs no group
+    cfg = build_config(GRPOConfig, overrides=[("grpo.advantage", "reinforce++"), ("grpo.samples_per_prompt", 1),
+                                              ("grpo.train_batch_size", None)])
+    assert cfg.grpo.samples_per_prompt == 1
+
+
+def test_overlong_buffer_must_fit_in_max_new_tokens() -> None:
+    over = [("grpo.overlong", "penalty"), ("rollout.max_new_tokens", 32)]
+    with pytest.raises(ConfigError) as e:
+        build_config(GRPOConfig, overrides=[*over, ("grpo.overlong_buffer", 32)])
+    msg = str(e.value)
+    assert "grpo.overlong_buffer (32)" in msg and "rollout.max_new_tokens (32)" in msg
+    assert build_config(GRPOConfig, overrides=[*over, ("grpo.overlong_buffer", 31)]).grpo.overlong_buffer == 31
+    # the buffer only matters for the penalty
+    cfg = build_config(GRPOConfig, overrides=[("grpo.overlong", "mask"), ("rollout.max_new_tokens", 32),
+                                              ("grpo.overlong_buffer", 32)])
+    assert cfg.grpo.overlong == "mask"
+
+
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         build_config(GRPOConfig, [str(tmp_path / "nope.yaml")])

@@ -68,7 +68,7 @@ def test_objective_pg_at_ratio_one_is_minus_advantage_mean() -> None:
     mask = torch.tensor([[0.0, 1.0, 1.0]])
     adv = torch.tensor([[0.0, 2.0, 2.0]])
     loss, _ = objective_loss(logp, None, mask, Objective(global_tokens=2.0), advantages=adv)
-    assert float(loss) == pytest.approx(-2.0)  # -(2 + 2) / 2
+    assert loss.item() == pytest.approx(-2.0)  # -(2 + 2) / 2
     loss.backward()
     assert logp.grad is not None and logp.grad.tolist() == [[0.0, -1.0, -1.0]]
 
@@ -80,12 +80,18 @@ def test_varied_groups_drops_zero_std_groups() -> None:
     assert varied_groups(rewards, 2) == [2, 3]
 
 
-def test_phase_timer_accumulates() -> None:
-    from raylhf.rl import PhaseTimer
+def test_unscored_sample_never_poisons_its_group() -> None:
+    """Defect 2 of the plumbing issue: a reward returning None used to become NaN and turn the whole group's
+    advantages (and the loss) into NaN. Now the group keeps finite advantages and the sample is flagged."""
+    from raylhf.algos.advantages import compute_advantages
 
-    timer = PhaseTimer()
-    for _ in range(2):
-        with timer("generate"):
-            pass
-    m = timer.metrics()
-    assert set(m) == {"time/generate", "time/step"} and m["time/step"] >= m["time/generate"] >= 0
+    nan = float("nan")
+    total = torch.tensor([1.0, 0.0, nan, 1.0])  # one group of 4; the third was not scored
+    filled = fill_unscored(total, 4)  # nan -> mean(1, 0, 1) = 2/3
+    adv = compute_advantages("grpo", filled, 4, scale="group").advantages
+    assert torch.isfinite(adv).all()
+    assert adv[2].item() == pytest.approx(0.0, abs=1e-6)  # the filled sample sits at the group mean
+    assert adv[0].item() > 0 > adv[1].item()
+    rolls = [Rollout(0, [1], [2], [-0.1], "stop") for _ in range(4)]
+    with pytest.raises(ValueError, match=r"non-finite advantages for samples \[2\]"):
+        to_train_batch(rolls, torch.tensor([1.0, -1.0, nan, 0.0]))
