@@ -52,6 +52,15 @@ class BaseWorker:
         return self.rank
 
 
+def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
+    """Best-effort cancel of the other ranks' calls. Actor tasks cannot be force-cancelled (Ray raises
+    ValueError for force=True, which used to replace the failing rank's error); a rank stuck in a collective
+    stays stuck until the group is shut down (ray.kill)."""
+    for r in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(r)
+
+
 def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None = None) -> list[Any]:
     """ray.get on every ref, failing as soon as one fails (with its error), not after all finish."""
     pending = list(refs)
@@ -62,16 +71,14 @@ def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None =
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready, pending = ray.wait(pending, num_returns=1, timeout=left)
         if not ready:
-            for r in pending:
-                ray.cancel(r, force=True)
+            _cancel(pending)
             raise WorkerError(f"{what}: no answer within {timeout_s:.0f}s from ranks "
                               f"{sorted(index[r] for r in pending)}")
         r = ready[0]
         try:
             results[index[r]] = ray.get(r)
         except (RayTaskError, RayActorError) as e:
-            for p in pending:
-                ray.cancel(p, force=True)
+            _cancel(pending)
             raise WorkerError(f"{what} failed on rank {index[r]}:\n{e}") from e
     return results
 

@@ -55,6 +55,42 @@ def test_policy_and_rollout_on_different_raylets(tmp_path: Path, tiny_model_dir:
         cluster.shutdown()
 
 
+def test_weight_sync_parity_across_raylets(tiny_model_dir: Path) -> None:
+    """Policy on one raylet, engine on another: after a step and a sync their log-probs agree (fp32)."""
+    from ray.cluster_utils import Cluster
+
+    from raylhf import rl
+    from raylhf.batch import Objective
+    from raylhf.config.sections import PolicyConfig, RolloutConfig
+
+    from .helpers import engine_policy_logprob_diff, tiny_batch
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    try:
+        init_ray(RayConfig(address=cluster.address), 0)
+        policy = rl.start_policy(PolicyConfig(lr=5e-3, micro_batch_size=4, num_cpus_per_worker=2),
+                                 str(tiny_model_dir), "float32", 10, 0, "PACK")
+        rollout = rl.start_rollout(RolloutConfig(max_new_tokens=8, num_cpus_per_engine=1), str(tiny_model_dir),
+                                   "float32", 256, "PACK")
+        try:
+            assert policy.call("node_id") != rollout.call("node_id")
+            batch = tiny_batch(8)
+            policy.call_split("train_step", batch, Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch))
+            seqs = [x.tolist() for x in tiny_batch(4, seed=1).input_ids]
+            stale = engine_policy_logprob_diff(policy, rollout, seqs)
+            rl.sync_weights(policy, rollout, bucket_mb=1)
+            fresh = engine_policy_logprob_diff(policy, rollout, seqs)
+            assert stale > 1e-2 and fresh < 2e-4, (stale, fresh)
+        finally:
+            policy.shutdown()
+            rollout.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

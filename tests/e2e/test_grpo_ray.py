@@ -18,6 +18,8 @@ from raylhf.config import GRPOConfig, build_config
 from raylhf.config.sections import PolicyConfig, RolloutConfig
 from raylhf.tasks.arithmetic import make_problems, write_jsonl
 
+from .helpers import engine_policy_logprob_diff, tiny_batch
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
@@ -71,12 +73,7 @@ def test_grpo_two_steps_with_kl_and_minibatches(tmp_path: Path, tiny_model_dir: 
     assert any((res.run_dir / "tensorboard").iterdir())
 
 
-def _batch(n: int, seed: int = 0) -> TrainBatch:
-    g = torch.Generator().manual_seed(seed)
-    ids = [torch.randint(3, 500, (int(torch.randint(6, 14, (1,), generator=g)),), generator=g) for _ in range(n)]
-    mask = [torch.cat([torch.zeros(3), torch.ones(len(x) - 3)]) for x in ids]
-    adv = [m * float(torch.randn(1, generator=g)) for m in mask]
-    return TrainBatch(input_ids=ids, loss_mask=mask, advantages=adv)
+_batch = tiny_batch
 
 
 def _weights(group: ActorGroup) -> dict[str, torch.Tensor]:
@@ -96,9 +93,7 @@ def test_weight_sync_logprob_parity(tiny_model_dir: Path) -> None:
         seqs = [x.tolist() for x in _batch(4, seed=1).input_ids]
 
         def max_diff() -> float:
-            engine = rollout.call_rank0("score_logprobs", seqs, [1] * len(seqs))
-            mine = policy.call_rank0("logprobs", [torch.tensor(s) for s in seqs])
-            return max(float((torch.tensor(e[1:]) - m[1:]).abs().max()) for e, m in zip(engine, mine, strict=True))
+            return engine_policy_logprob_diff(policy, rollout, seqs)
 
         stale = max_diff()
         sync_s = rl.sync_weights(policy, rollout, bucket_mb=1)
@@ -183,3 +178,93 @@ def test_missing_vllm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vLLM looks like
     with pytest.raises(ImportError, match=r"raylhf\[cpu\].*|raylhf\[gpu\]"):
         rl.start_rollout(RolloutConfig(), "unused", "float32", 64, "PACK")
+
+
+@pytest.mark.parametrize(("workers", "stage"), [(1, 0), (2, 3)])
+def test_checkpoint_reproduces_policy_logprobs(tmp_path: Path, tiny_model_dir: Path, workers: int,
+                                               stage: int) -> None:
+    """The saved HF checkpoint (ZeRO-3: shards gathered in _full_params) gives the policy's log-probs."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.common import batched_logprobs
+
+    group = rl.start_policy(PolicyConfig(num_workers=workers, zero_stage=stage, lr=1e-2, micro_batch_size=4,
+                                         num_cpus_per_worker=1), str(tiny_model_dir), "float32", 10, 0, "PACK")
+    try:
+        batch = _batch(8, seed=5)
+        group.call_split("train_step", batch, Objective(pg_coef=1.0).with_counts(batch))
+        seqs = _batch(5, seed=6).input_ids
+        live = group.call("logprobs", seqs)[0]  # every rank takes part (ZeRO-3 gathers are collective)
+        path = group.call("save", str(tmp_path / "ckpt"))[0]
+    finally:
+        group.shutdown()
+    saved = batched_logprobs(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), seqs, 2)
+    start = batched_logprobs(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), seqs, 2)
+    diff = max(float((a - b).abs().max()) for a, b in zip(live, saved, strict=True))
+    moved = max(float((a - b).abs().max()) for a, b in zip(live, start, strict=True))
+    assert moved > 1e-2, "the step should have moved the policy"
+    assert diff < 1e-5, f"checkpoint log-probs differ from the live policy's by {diff}"
+
+
+def test_rank_one_failing_inside_train_step_fails_fast_naming_it(tiny_model_dir: Path) -> None:
+    """Rank 1 raises inside train_step while rank 0 waits in the gradient all-reduce: the call must end with
+    rank 1's error in bounded time (rank 0 is cancelled / killed), not hang on the collective."""
+    group = rl.start_policy(PolicyConfig(num_workers=2, micro_batch_size=4, num_cpus_per_worker=1),
+                            str(tiny_model_dir), "float32", 1, 0, "PACK")
+    try:
+        batch = _batch(8)
+        batch.input_ids[6] = torch.full_like(batch.input_ids[6], 10**6)  # rank 1's shard: token id past the vocab
+        t0 = time.monotonic()
+        with pytest.raises(WorkerError, match=r"policy\.train_step failed on rank 1[\s\S]*index"):
+            group.call_split("train_step", batch, Objective().with_counts(batch))
+        assert time.monotonic() - t0 < 60
+    finally:
+        group.shutdown()
+
+
+def test_rank_one_killed_during_train_step_fails_fast_naming_it(tiny_model_dir: Path) -> None:
+    import threading
+
+    group = rl.start_policy(PolicyConfig(num_workers=2, micro_batch_size=2, num_cpus_per_worker=1),
+                            str(tiny_model_dir), "float32", 2, 0, "PACK")
+    try:
+        warm = _batch(4)
+        group.call_split("train_step", warm, Objective().with_counts(warm))  # engine warm-up outside the timing
+        g = torch.Generator().manual_seed(0)
+        ids = [torch.randint(3, 500, (300,), generator=g) for _ in range(96)]  # seconds of work per rank
+        mask = [torch.ones(300) for _ in ids]
+        batch = TrainBatch(input_ids=ids, loss_mask=mask, advantages=[m * 0.5 for m in mask])
+        killer = threading.Timer(0.5, lambda: ray.kill(group.actors[1], no_restart=True))
+        t0 = time.monotonic()
+        killer.start()
+        with pytest.raises(WorkerError, match=r"policy\.train_step failed on rank 1"):
+            group.call_split("train_step", batch, Objective().with_counts(batch))
+        assert 0.5 <= time.monotonic() - t0 < 60  # it failed after the kill, within a bound
+    finally:
+        group.shutdown()
+
+
+def test_sft_loss_on_a_tiny_case_equals_the_mean_response_nll(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Step 1 of the SFT loop reports the mean NLL of the response tokens under the starting weights."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.common import forward_logprobs
+    from raylhf.assets import load_tokenizer
+    from raylhf.config import SFTConfig
+    from raylhf.data import SFTExample, tokenize_sft
+    from raylhf.sft import run_sft
+
+    examples = [SFTExample([{"role": "user", "content": f"What is {i}+{i}?"}], str(2 * i)) for i in range(4)]
+    cfg = build_config(SFTConfig, overrides=[
+        ("model.path", str(tiny_model_dir)), ("sft.num_steps", 1), ("sft.batch_size", 4), ("data.shuffle", False),
+        ("policy.micro_batch_size", 3), ("policy.num_cpus_per_worker", 1), ("checkpoint.save_final", False),
+        ("logging.run_dir", str(tmp_path / "runs")), ("logging.progress", False)])
+    _, history = run_sft(cfg, examples=examples)
+    tok = load_tokenizer(str(tiny_model_dir))
+    enc = [tokenize_sft(tok, ex, cfg.sft.max_length, False) for ex in examples]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        lp, _, _ = forward_logprobs(model, [torch.tensor(ids) for ids, _ in enc])
+    mask = torch.nn.utils.rnn.pad_sequence([torch.tensor(m, dtype=torch.float32) for _, m in enc], batch_first=True)
+    expected = float(-(lp * mask).sum() / mask.sum())
+    assert history[0]["loss/ce"] == pytest.approx(expected, rel=1e-4)
