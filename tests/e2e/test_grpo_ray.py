@@ -268,3 +268,28 @@ def test_sft_loss_on_a_tiny_case_equals_the_mean_response_nll(tmp_path: Path, ti
     mask = torch.nn.utils.rnn.pad_sequence([torch.tensor(m, dtype=torch.float32) for _, m in enc], batch_first=True)
     expected = float(-(lp * mask).sum() / mask.sum())
     assert history[0]["loss/ce"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_reference_logprobs_reach_the_right_sequences(tiny_model_dir: Path) -> None:
+    """rl.logprobs over a 2-rank reference group (length-sorted micro-batches inside each rank) returns
+    each sequence's own log-probs, in the batch's order."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.common import forward_logprobs
+    from actors.reference import ReferenceWorker
+
+    group = ActorGroup(ReferenceWorker, 2, name="reference", num_cpus=0.5, init_kwargs=dict(
+        model_path=str(tiny_model_dir), reference={"micro_batch_size": 2}, dtype="float32"))
+    try:
+        batch = _batch(7, seed=9)
+        batch = batch.select([0, 1, 2, 3, 4, 5])  # even split over the 2 ranks
+        got = rl.logprobs(group, batch, temperature=0.7)
+    finally:
+        group.shutdown()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert len({len(x) for x in batch.input_ids}) > 1, "mixed lengths make the sort matter"
+    for ids, lp in zip(batch.input_ids, got, strict=True):
+        with torch.no_grad():
+            one, _, _ = forward_logprobs(model, [ids], temperature=0.7)
+        assert lp.shape == ids.shape
+        assert torch.allclose(lp, one[0], atol=1e-5)
