@@ -7,6 +7,7 @@ streamed into ``collective_rpc("reload_weights", weights_iterator=...)``, which 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -30,6 +31,39 @@ def import_vllm() -> Any:
     except ImportError as e:
         raise ImportError(f"{VLLM_MISSING} ({e})") from e
     return vllm
+
+
+# vLLM logs "<Layer>: Failed to load weights" from here at every in-place reload for layers whose only
+# tensors are computed, not loaded: the rotary embeddings' cos/sin cache (a non-persistent buffer built
+# from the config). vLLM puts the existing tensor back, so nothing is lost. Listed by name (not a suffix
+# match): FourierRotaryEmbedding has learned coefficients, and a layer vLLM adds later should stay loud
+# until someone checks it. docs/logging.md lists the warnings that remain.
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+COMPUTED_ONLY_LAYERS = frozenset({
+    "RotaryEmbedding", "Llama3RotaryEmbedding", "LinearScalingRotaryEmbedding", "MRotaryEmbedding",
+    "MRotaryEmbeddingInterleaved", "YaRNScalingRotaryEmbedding", "NTKScalingRotaryEmbedding",
+    "DynamicNTKScalingRotaryEmbedding", "DynamicNTKAlphaRotaryEmbedding", "DeepseekScalingRotaryEmbedding",
+    "Phi3LongRoPEScaledRotaryEmbedding", "DualChunkRotaryEmbedding", "Llama4VisionRotaryEmbedding",
+    "DeepseekV4ScalingRotaryEmbedding", "Gemma4RotaryEmbedding", "Ernie4_5_VLRotaryEmbedding",
+    "BailingMRotaryEmbedding",
+})
+
+
+class HarmlessReloadWarnings(logging.Filter):
+    """Drops vLLM's "<Layer>: Failed to load weights" for layers that hold no loadable weights."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg != "%s: Failed to load weights" or not isinstance(args, tuple) or len(args) != 1:
+            return True
+        return str(args[0]) not in COMPUTED_ONLY_LAYERS
+
+
+def quiet_harmless_reload_warnings() -> None:
+    """Install the filter on vLLM's reload logger once per process (global log levels untouched)."""
+    log = logging.getLogger(RELOAD_LOGGER)
+    if not any(isinstance(f, HarmlessReloadWarnings) for f in log.filters):
+        log.addFilter(HarmlessReloadWarnings())
 
 
 class RolloutWorker(BaseWorker):
@@ -119,6 +153,7 @@ class RolloutWorker(BaseWorker):
             for ref in bucket_refs:
                 yield from ray.get(ref)
 
+        quiet_harmless_reload_warnings()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights()})
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0

@@ -44,13 +44,18 @@ def demo_splits(demo: DemoConfig) -> tuple[list[PromptExample], list[PromptExamp
 
 
 def demo_sft_examples(demo: DemoConfig) -> list[SFTExample]:
+    """Warm-up demonstrations: mixed answer styles, and a share ``demo.sft_noise`` of wrong answers (off by
+    1-9), as a pool of sloppy annotators would write. Imitation learns the styles and the mistakes."""
     heldout = {r["prompt"] for r in _heldout_rows(demo)}
     rows = [r for r in make_problems(demo.sft_examples * 2, seed=12, max_operand=demo.max_operand) if r["prompt"] not in heldout]
     rng = random.Random(13)
     out = []
     for r in rows[: demo.sft_examples]:
         question = r["prompt"].removeprefix("What is ").removesuffix("?")
-        out.append(SFTExample(_user(r["prompt"]), rng.choice(STYLES).format(x=r["solution"], q=question)))
+        answer = int(r["solution"])
+        if rng.random() < demo.sft_noise:
+            answer = max(0, answer + rng.choice([-1, 1]) * rng.randint(1, 9))
+        out.append(SFTExample(_user(r["prompt"]), rng.choice(STYLES).format(x=answer, q=question)))
     return out
 
 
@@ -96,13 +101,17 @@ def run_demo(cfg: GRPOConfig) -> tuple[float, float]:
     start = warmup_policy(cfg)
     train, heldout = demo_splits(cfg.demo)
     res = run_grpo(cfg, model_path=start, train=train, heldout=heldout)
-    before = res.eval_before.get("eval/accuracy", float("nan"))
-    after = res.eval_after.get("eval/accuracy", float("nan"))
-    g_before = res.eval_before.get("eval/greedy_accuracy", float("nan"))
-    g_after = res.eval_after.get("eval/greedy_accuracy", float("nan"))
-    print(f"demo: greedy heldout_accuracy before={g_before:.3f} after={g_after:.3f}; the line below is mean@"
-          f"{cfg.grpo.eval_samples} at temperature {cfg.grpo.eval_temperature} on {len(heldout)} held-out prompts",
-          flush=True)
+    def pair(key: str) -> tuple[float, float]:
+        return res.eval_before.get(key, float("nan")), res.eval_after.get(key, float("nan"))
+
+    n, k, temp = len(heldout), cfg.grpo.eval_samples, cfg.grpo.eval_temperature
+    if "eval/any_form_accuracy" in res.eval_after:
+        (a0, a1), (ga0, ga1) = pair("eval/any_form_accuracy"), pair("eval/greedy_any_form_accuracy")
+        print(f"demo: any-form heldout_accuracy (right number in any style) before={a0:.3f} after={a1:.3f}; "
+              f"greedy before={ga0:.3f} after={ga1:.3f}", flush=True)
+    (g0, g1), (before, after) = pair("eval/greedy_accuracy"), pair("eval/accuracy")
+    print(f"demo: greedy heldout_accuracy before={g0:.3f} after={g1:.3f}; the line below is the asked form "
+          f"(the number only), mean@{k} at temperature {temp} on {n} held-out prompts", flush=True)
     print(f"demo: heldout_accuracy before={before:.3f} after={after:.3f}", flush=True)
     print(f"run dir: {res.run_dir}", flush=True)
     return before, after

@@ -81,7 +81,8 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
                                g.eval_temperature)
 
         eval_before = evaluate()
-        logger = MetricsLogger(run_dir, cfg.logging, g.num_steps, "grpo")
+        logger = MetricsLogger(run_dir, cfg.logging, g.num_steps, "grpo",
+                               run_config=cfg.model_dump(mode="json"))
         if eval_before:
             logger.log(0, eval_before, advance=False)
         objective = Objective(
@@ -132,7 +133,8 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
         ckpt = None
         if cfg.checkpoint.save_final:
             ckpt = policy.call("save", str(run_dir / "checkpoint"))[0]
-        plot = plot_curves(logger.history, ["reward/mean", "reward/accuracy", "eval/accuracy", "eval/greedy_accuracy"],
+        plot = plot_curves(logger.history, ["reward/mean", "reward/accuracy", "eval/accuracy", "eval/greedy_accuracy",
+                                            "eval/any_form_accuracy"],
                            run_dir / "curves.png", "GRPO")
         if plot:
             print(f"[grpo] curves {plot}", flush=True)

@@ -234,23 +234,28 @@ def sync_weights(policy: ActorGroup, rollout: ActorGroup, bucket_mb: int) -> flo
 
 def evaluate(rollout: ActorGroup, reward: ActorGroup, examples: list[PromptExample], prompt_ids: list[list[int]],
              tokenizer: Any, max_new_tokens: int, samples: int = 1, temperature: float = 0.0) -> dict[str, float]:
-    """Held-out accuracy: the mean 'accuracy' reward over ``samples`` completions per prompt at
-    ``temperature`` (mean@k), plus greedy accuracy. Without an 'accuracy' reward, the mean total reward."""
+    """Held-out scores over ``samples`` completions per prompt at ``temperature`` (mean@k): ``eval/<label>``
+    for every reward (unscored completions excluded), ``eval/reward`` (the weighted sum) and
+    ``eval/accuracy`` (the 'accuracy' reward, else the total); with temperature > 0 also one greedy
+    completion per prompt as ``eval/greedy_<label>`` and ``eval/greedy_accuracy``."""
 
-    def run(n: int, temp: float) -> tuple[float, float, float]:
+    def run(n: int, temp: float, prefix: str) -> dict[str, float]:
         rolls = generate(rollout, prompt_ids, n, temperature=temp, max_new_tokens=max_new_tokens)
         scores = score(reward, rolls, examples, tokenizer)
         total = scores.total[scores.scored]
-        acc = [v for v in scores.per_function.get("accuracy", []) if v is not None]
-        mean_total = float(total.mean()) if len(total) else float("nan")
-        value = float(sum(acc) / len(acc)) if acc else mean_total
-        return value, mean_total, sum(len(r.response_ids) for r in rolls) / max(1, len(rolls))
+        out = {"reward": float(total.mean()) if len(total) else float("nan"),
+               "response_len": sum(len(r.response_ids) for r in rolls) / max(1, len(rolls))}
+        for label, values in scores.per_function.items():
+            done = [v for v in values if v is not None]
+            out[label] = sum(done) / len(done) if done else float("nan")
+        out.setdefault("accuracy", out["reward"])
+        return {f"eval/{prefix}{k}": v for k, v in out.items()}
 
-    acc, rew, length = run(samples, temperature)
-    out = {"eval/accuracy": acc, "eval/reward": rew, "eval/response_len": length}
+    result = run(samples, temperature, "")
     if temperature > 0:
-        out["eval/greedy_accuracy"] = run(1, 0.0)[0]
-    return out
+        greedy = run(1, 0.0, "greedy_")
+        result.update({k: v for k, v in greedy.items() if k not in ("eval/greedy_reward", "eval/greedy_response_len")})
+    return result
 
 
 class PhaseTimer:

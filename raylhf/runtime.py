@@ -1,14 +1,15 @@
-"""Driver-side plumbing: Ray start/connect, run directory, metrics (stdout, JSONL, TensorBoard), plots."""
+"""Driver-side plumbing: Ray start/connect, run dir, metrics (stdout, JSONL, TensorBoard, W&B), plots."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from raylhf.config.sections import LoggingConfig, ModelConfig, RayConfig
 
@@ -61,57 +62,135 @@ def make_run_dir(cfg: LoggingConfig, algo: str) -> Path:
     return path.resolve()
 
 
-class MetricsLogger:
-    """Per-step metrics to metrics.jsonl, TensorBoard and stdout, with a progress bar."""
+WANDB_MISSING = (
+    "logging.report_to includes 'wandb' but the wandb package is not installed: "
+    "pip install 'raylhf[wandb]' (or drop 'wandb' from logging.report_to)"
+)
 
-    def __init__(self, run_dir: Path, cfg: LoggingConfig, total_steps: int, desc: str) -> None:
+
+class TrackerError(RuntimeError):
+    """A tracker named in ``logging.report_to`` cannot start; the message says what to change."""
+
+
+def import_wandb() -> Any:
+    try:
+        import wandb
+    except ImportError:
+        raise TrackerError(WANDB_MISSING) from None
+    return wandb
+
+
+def is_terminal(stream: Any) -> bool:
+    """True for an interactive terminal; False for files, pipes, CI, ``ray job`` logs, closed streams."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class MetricsLogger:
+    """Per-step metrics to metrics.jsonl, stdout and the trackers in ``logging.report_to``.
+
+    Printing: when both ``stream`` (default stdout) and ``bar_stream`` (default stderr) are terminals, a
+    tqdm bar with the metric lines written above it; otherwise (a file, a pipe, CI, ``ray job`` logs) one
+    plain line per ``log()`` call and no bar, so a log file has no carriage-return fragments.
+    Trackers: TensorBoard events under ``<run_dir>/tensorboard``; a W&B run named after the run dir,
+    writing under it, with ``run_config`` (the resolved config as a dict) as its config.
+    """
+
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, total_steps: int, desc: str,
+                 run_config: dict[str, Any] | None = None, *, stream: TextIO | None = None,
+                 bar_stream: TextIO | None = None) -> None:
+        wandb = import_wandb() if "wandb" in cfg.report_to else None  # fail before any file is opened
         self.cfg, self.run_dir = cfg, run_dir
+        self.stream: TextIO = stream if stream is not None else sys.stdout
+        bar_stream = bar_stream if bar_stream is not None else sys.stderr
+        self.interactive = is_terminal(self.stream) and is_terminal(bar_stream)
+        self.history: list[dict[str, Any]] = []
+        self._started = time.time()
+        self._closed = False
+        self._wandb, self.wandb_run = wandb, None
+        if wandb is not None:
+            self.wandb_run = _start_wandb(wandb, run_dir, cfg, run_config)
         self.jsonl = (run_dir / "metrics.jsonl").open("a")
-        self.tb = None
-        if cfg.tensorboard:
+        self.tb: Any = None
+        if "tensorboard" in cfg.report_to:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        self.bar = None
-        if cfg.progress:
+        self.bar: Any = None
+        if cfg.progress and self.interactive:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, desc=desc, dynamic_ncols=True, file=sys.stderr)
-        self.history: list[dict[str, Any]] = []
+            self.bar = tqdm(total=total_steps, desc=desc, dynamic_ncols=True, file=bar_stream)
 
     def log(self, step: int, metrics: dict[str, float], advance: bool = True) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         self.history.append(row)
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
+        scalars = {k: v for k, v in row.items() if k != "step" and _is_number(v)}
         if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, step)
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb_run is not None and scalars:
+            self.wandb_run.log(scalars, step=step)
         if self.bar is not None:
             post = {k.split("/")[-1]: f"{row[k]:.3g}" for k in ("reward/mean", "eval/accuracy", "loss/total",
-                                                                 "time/step") if k in row}
+                                                                 "time/step") if _is_number(row.get(k))}
             self.bar.set_postfix(post, refresh=False)
             if advance:
                 self.bar.update(1)
         if step % self.cfg.log_every == 0:
-            keys = sorted(k for k in row if k != "step")
-            text = " ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys)
-            _print(f"[step {step}] {text}", self.bar)
+            self._print(format_metrics(row))
+
+    def _print(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=self.stream)  # above the bar
+        else:
+            self.stream.write(msg + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
+        """Close the bar and the trackers; attach the run dir's curves.png (if this run wrote it) to W&B."""
+        if self._closed:
+            return
+        self._closed = True
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
         self.jsonl.close()
+        if self.wandb_run is not None:
+            curves = self.run_dir / "curves.png"
+            if curves.exists() and curves.stat().st_mtime >= self._started - 1:
+                last = max((r["step"] for r in self.history), default=0)
+                self.wandb_run.log({"curves": self._wandb.Image(str(curves))}, step=last)
+            self.wandb_run.finish()
 
 
-def _print(msg: str, bar: Any = None) -> None:
-    if bar is not None:
-        bar.write(msg, file=sys.stdout)
-    else:
-        print(msg, flush=True)
+def _start_wandb(wandb: Any, run_dir: Path, cfg: LoggingConfig, run_config: dict[str, Any] | None) -> Any:
+    """A W&B run named after the run dir, writing under it (offline runs too: WANDB_MODE=offline)."""
+    try:
+        return wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, name=run_dir.name,
+                          dir=str(run_dir), config=run_config or {}, tags=list(cfg.wandb_tags) or None)
+    except Exception as e:
+        raise TrackerError(
+            f"wandb.init failed: {e}. Log in with `wandb login` (or set WANDB_API_KEY), check "
+            "logging.wandb_project / logging.wandb_entity, or set WANDB_MODE=offline to log locally "
+            "(then `wandb sync` the run later)"
+        ) from e
+
+
+def format_metrics(row: dict[str, Any]) -> str:
+    """``[step N] a=1 b=0.5 ...`` (keys sorted): the one line printed per logged step."""
+    keys = sorted(k for k in row if k != "step")
+    text = " ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys)
+    return f"[step {row['step']}] {text}"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _plain(v: Any) -> Any:
@@ -120,29 +199,61 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def plot_curves(history: list[dict[str, Any]], keys: list[str], path: Path, title: str) -> Path | None:
-    """A PNG with one line per metric key (steps where the key was logged)."""
-    import matplotlib
+def curve_style(steps: list[int]) -> dict[str, Any]:
+    """How to draw a series measured at ``steps`` (sorted, distinct).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Only consecutive steps are joined by a line; a series whose points are all isolated (e.g. eval at
+    step 0 and at the last step, or every N > 1 steps) is drawn as points only. Markers whenever there
+    are few points or any isolated point (which a plain line would not show).
+    """
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
+    joined = 1 in gaps
+    # a point with no neighbour one step away on either side
+    lonely = any((i == 0 or gaps[i - 1] > 1) and (i == len(gaps) or gaps[i] > 1) for i in range(len(steps)))
+    few = len(steps) < 10
+    return {"linestyle": "-" if joined else "none",
+            "marker": "o" if few or lonely else None,
+            "markersize": 4 if few or not joined else 2.5}
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+
+def curve_figure(history: list[dict[str, Any]], keys: list[str], title: str) -> Any:
+    """A matplotlib Figure with one series per metric key (the steps where it was measured), or None."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     drawn = False
     for k in keys:
-        pts = [(r["step"], r[k]) for r in history if isinstance(r.get(k), (int, float))]
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, marker="o" if len(pts) < 10 else None, label=k)
-            drawn = True
+        by_step = {int(r["step"]): float(r[k]) for r in history
+                   if _is_number(r.get(k)) and math.isfinite(r[k])}
+        if not by_step:
+            continue
+        steps = sorted(by_step)
+        style = curve_style(steps)
+        xs: list[float] = []
+        ys: list[float] = []
+        for i, s in enumerate(steps):
+            if i and s - steps[i - 1] > 1 and style["linestyle"] != "none":  # break the line at a gap (NaN)
+                xs.append(math.nan)
+                ys.append(math.nan)
+            xs.append(s)
+            ys.append(by_step[s])
+        ax.plot(xs, ys, label=k, **style)
+        drawn = True
     if not drawn:
-        plt.close(fig)
         return None
     ax.set_xlabel("step")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(history: list[dict[str, Any]], keys: list[str], path: Path, title: str) -> Path | None:
+    """A PNG with one series per metric key (see ``curve_figure``); None when no key was logged."""
+    fig = curve_figure(history, keys, title)
+    if fig is None:
+        return None
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -44,7 +44,7 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None
     policy = rl.start_policy(cfg.policy, model_path, cfg.model.dtype, num_steps, cfg.seed, cfg.ray.placement_strategy,
                              cfg.model.trust_remote_code)
     objective = Objective(pg_coef=0.0, ce_coef=1.0)
-    logger = MetricsLogger(run_dir, cfg.logging, num_steps, "sft")
+    logger = MetricsLogger(run_dir, cfg.logging, num_steps, "sft", run_config=cfg.model_dump(mode="json"))
     rng = random.Random(cfg.data.seed)
     order: list[int] = []
     ckpt = None

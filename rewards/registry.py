@@ -291,7 +291,7 @@ def build_scorers(functions: Iterable[dict[str, Any]] = (), remote: Iterable[dic
     out: list[tuple[Scorer, float]] = []
     taken: set[str] = set()
     for spec in functions:
-        label = _unique(spec["name"].rsplit(":", 1)[-1], taken)
+        label = _unique(spec.get("label") or spec["name"].rsplit(":", 1)[-1], taken)
         taken.add(label)
         out.append((function_scorer(spec, label), float(spec.get("weight", 1.0))))
     for spec in remote:

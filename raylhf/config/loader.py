@@ -8,6 +8,15 @@ Accepted command-line forms::
     rollout.temperature=0.8
     --dry-run                            print the resolved config as YAML and exit 0
     --help                               list every field with its default and description
+
+List fields take one value or a YAML list (``Section`` wraps a single value, see sections.py)::
+
+    --data.train_files my.jsonl          same as --data.train_files '[my.jsonl]'
+    --data.train_files '[a.jsonl, b.jsonl]'
+    --reward.functions accuracy          a reward by name: same as '[{name: accuracy}]'
+    --reward.functions '{name: accuracy, weight: 2}'
+
+Values are never split on commas: ``a.jsonl,b.jsonl`` is one (odd) file name, not two files.
 """
 
 from __future__ import annotations
@@ -210,6 +219,8 @@ def to_yaml(cfg: BaseModel) -> str:
 def help_text(model: type[BaseModel], prog: str) -> str:
     lines = [
         f"usage: {prog} [--config FILE ...] [--section.field VALUE ...] [section.field=VALUE ...] [--dry-run]",
+        "",
+        "List fields also take a single value: --section.field VALUE means [VALUE] (several: '[A, B]').",
         "",
         "Fields (dotted path, default, description):",
     ]

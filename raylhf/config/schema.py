@@ -33,6 +33,9 @@ class DemoConfig(Section):
     sft_steps: int = Field(500, ge=0, description="SFT warm-up steps that produce the starting policy (cached)")
     sft_examples: int = Field(2000, ge=0, description="demonstrations used by the SFT warm-up")
     sft_lr: float = Field(1e-3, gt=0, description="learning rate of the SFT warm-up")
+    sft_noise: float = Field(
+        0.3, ge=0, le=1, description="share of warm-up demonstrations with a wrong answer (RL must fix them)"
+    )
     max_operand: int = Field(50, gt=0, description="operands are drawn from [0, max_operand]")
     cache_dir: str | None = Field(None, description="where the warm-up policy is cached; null: ~/.cache/raylhf")
 
@@ -88,10 +91,14 @@ class GRPOConfig(Section):
                                                                       num_cpus_per_worker=2))
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16, num_cpus_per_engine=2))
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    # the verifier: the right number in the asked form; the any-form accuracy is only logged (weight 0)
     reward: RewardConfig = Field(
-        default_factory=lambda: RewardConfig(functions=[RewardFunctionConfig(name="accuracy", kwargs={"strict": True})])
+        default_factory=lambda: RewardConfig(functions=[
+            RewardFunctionConfig(name="accuracy", kwargs={"strict": True}),
+            RewardFunctionConfig(name="accuracy", label="any_form_accuracy", weight=0.0),
+        ])
     )
-    grpo: GRPOAlgoConfig = Field(default_factory=GRPOAlgoConfig)
+    grpo: GRPOAlgoConfig = Field(default_factory=lambda: GRPOAlgoConfig(eval_every=10))
     demo: DemoConfig = Field(default_factory=DemoConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)

@@ -6,15 +6,89 @@ Sections forbid unknown keys; the loader turns pydantic's errors into messages w
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import functools
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Section(BaseModel):
-    """Base of every config node: unknown keys are errors, assignments are validated."""
+    """Base of every config node: unknown keys are errors, assignments are validated.
+
+    A field annotated as a list also takes one value (``train_files: my.jsonl`` means
+    ``train_files: [my.jsonl]``; null means the empty list unless the field allows null), in every
+    section: the ``_single_value`` validator below wraps it before pydantic checks the types (also on
+    assignment), so a wrongly typed value is still reported at the field's dotted path. Strings are
+    never split (``a.jsonl,b.jsonl`` is one name; give several as a list ``[a.jsonl, b.jsonl]``).
+    A section that sets ``shorthand`` also takes a bare string for the whole section (``accuracy``
+    means ``{name: accuracy}``).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    shorthand: ClassVar[str | None] = None
+    """The field that a bare string given for this section fills, or None (no string form)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str) and cls.shorthand is not None:
+            return {cls.shorthand: data}
+        return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _single_value(cls, value: Any, info: ValidationInfo) -> Any:
+        found = _list_fields(cls).get(info.field_name or "")
+        if found is None:
+            return value
+        item, nullable = found
+        if value is None:
+            return value if nullable else []
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return value
+        if isinstance(value, Mapping) and not _takes_mapping(item):
+            return value  # e.g. a mapping for a list of strings: pydantic reports it at the field itself
+        return [value]
+
+
+def list_item_type(annotation: Any) -> tuple[Any, bool] | None:
+    """For a list annotation (``list[X]``, ``list[X] | None``): (X, whether None is allowed); else None."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        args = typing.get_args(annotation)
+        return (args[0] if args else Any), False
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        for a in args:
+            found = list_item_type(a)
+            if found is not None:
+                return found[0], type(None) in args
+    return None
+
+
+@functools.cache
+def _list_fields(cls: type[BaseModel]) -> dict[str, tuple[Any, bool]]:
+    """Field name -> (item type, nullable) for every list field of ``cls``."""
+    out: dict[str, tuple[Any, bool]] = {}
+    for name, info in cls.model_fields.items():
+        found = list_item_type(info.annotation)
+        if found is not None:
+            out[name] = found
+    return out
+
+
+def _takes_mapping(item: Any) -> bool:
+    """Whether one list item of this type may be a mapping (a config section, a dict, Any)."""
+    if item is Any or (isinstance(item, type) and issubclass(item, BaseModel)):
+        return True
+    origin = typing.get_origin(item)
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_mapping(a) for a in typing.get_args(item))
+    return (isinstance(origin, type) and issubclass(origin, Mapping)) or item in (dict, Mapping)
 
 
 class TinyModelConfig(Section):
@@ -125,11 +199,14 @@ PRMAggregate = Literal["min", "last", "mean", "prod"]
 
 
 class RewardFunctionConfig(Section):
+    shorthand: ClassVar[str | None] = "name"  # `accuracy` means {name: accuracy}
+
     name: str = Field(
         description="built-in reward (accuracy, exact_match, format, soft_overlong, repetition, cosine, length, ...), "
         "a name registered by a plugin file in reward.plugins, 'file.py:function_or_class' or 'module:attr'"
     )
-    weight: float = Field(1.0, description="weight in the summed reward")
+    weight: float = Field(1.0, description="weight in the summed reward (0: only logged, e.g. a second metric)")
+    label: str | None = Field(None, description="name in the metrics (reward/<label>); null: the function's name")
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments: bound to a function, or passed to a class's constructor"
     )
@@ -222,12 +299,49 @@ class RewardConfig(Section):
         return self
 
 
+ReportTo = Literal["tensorboard", "wandb"]
+
+
 class LoggingConfig(Section):
     run_dir: str = Field("runs", description="parent folder of run directories")
     run_name: str | None = Field(None, description="run directory name; null: <algo>-<timestamp>")
-    tensorboard: bool = Field(True, description="write TensorBoard events")
-    progress: bool = Field(True, description="show a progress bar")
+    report_to: list[ReportTo] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="trackers besides stdout and metrics.jsonl: tensorboard, wandb ('raylhf[wandb]' extra)",
+    )
+    tensorboard: bool | None = Field(
+        None, description="deprecated alias of report_to: true adds 'tensorboard', false removes it"
+    )
+    wandb_project: str = Field("raylhf", description="W&B project (report_to: [wandb])")
+    wandb_entity: str | None = Field(None, description="W&B entity (team or user); null: your default entity")
+    wandb_tags: list[str] = Field(default_factory=list, description="W&B run tags")
+    progress: bool = Field(True, description="show a progress bar when stdout is a terminal")
     log_every: int = Field(1, gt=0, description="print metrics every N steps")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_tensorboard_alias(cls, data: Any) -> Any:
+        """Fold the old ``tensorboard: bool`` into ``report_to``; the resolved config shows report_to only."""
+        if not isinstance(data, dict) or data.get("tensorboard") is None:
+            return data
+        data = dict(data)
+        flag = data.pop("tensorboard")
+        if not isinstance(flag, bool):
+            raise ValueError(f"logging.tensorboard must be true or false (got {flag!r}); "
+                             "prefer logging.report_to")
+        report = data.get("report_to", ["tensorboard"])
+        report = [] if report is None else [report] if isinstance(report, str) else report
+        if not isinstance(report, (list, tuple)):
+            return data  # a wrongly typed report_to: pydantic reports it at logging.report_to
+        report = [r for r in report if r != "tensorboard"]
+        data["report_to"] = ["tensorboard", *report] if flag else report
+        return data
+
+    @model_validator(mode="after")
+    def _unique_trackers(self) -> LoggingConfig:
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"logging.report_to lists a tracker twice: {self.report_to}")
+        return self
 
 
 class CheckpointConfig(Section):
