@@ -20,10 +20,12 @@ from raylhf.config.schema import DemoConfig, SFTAlgoConfig
 from raylhf.data import PromptExample, SFTExample
 from raylhf.tasks.arithmetic import make_problems
 
-INSTRUCTION = " Reply with the number only."
-# How the warm-up demonstrations answer: a mix of styles, as a pool of sloppy annotators would write;
-# only the first follows the instruction, and the strict exact-match reward accepts only that one.
-STYLES = ("{x}", "The answer is {x}.", "{q}={x}")
+INSTRUCTION = " Reply with the equation, like 2+3=5."
+# How the warm-up demonstrations answer: a mix of styles, as a pool of sloppy annotators would write, and a
+# share of them wrong. Only the first style follows the instruction, and the verifier rewards only a right
+# equation. The equation is also where a small model computes best (it restates the operands first), so
+# RL that moves the policy to the asked form and away from the wrong answers raises correctness too.
+STYLES = ("{q}={x}", "{x}", "The answer is {x}.")
 
 
 def _user(text: str) -> list[dict[str, str]]:
@@ -39,7 +41,8 @@ def demo_splits(demo: DemoConfig) -> tuple[list[PromptExample], list[PromptExamp
     heldout_rows = _heldout_rows(demo)
     seen = {r["prompt"] for r in heldout_rows}
     train_rows = [r for r in make_problems(demo.num_train * 2, seed=10, max_operand=demo.max_operand) if r["prompt"] not in seen][: demo.num_train]
-    to_ex = lambda rows: [PromptExample(_user(r["prompt"]), {"solution": r["solution"]}) for r in rows]  # noqa: E731
+    to_ex = lambda rows: [PromptExample(_user(r["prompt"]), {"solution": r["solution"], "equation": r["equation"]})  # noqa: E731
+                          for r in rows]
     return to_ex(train_rows), to_ex(heldout_rows)
 
 
@@ -111,7 +114,7 @@ def run_demo(cfg: GRPOConfig) -> tuple[float, float]:
               f"greedy before={ga0:.3f} after={ga1:.3f}", flush=True)
     (g0, g1), (before, after) = pair("eval/greedy_accuracy"), pair("eval/accuracy")
     print(f"demo: greedy heldout_accuracy before={g0:.3f} after={g1:.3f}; the line below is the asked form "
-          f"(the number only), mean@{k} at temperature {temp} on {n} held-out prompts", flush=True)
+          f"(the right equation), mean@{k} at temperature {temp} on {n} held-out prompts", flush=True)
     print(f"demo: heldout_accuracy before={before:.3f} after={after:.3f}", flush=True)
     print(f"run dir: {res.run_dir}", flush=True)
     return before, after

@@ -59,88 +59,90 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
     print(f"[grpo] run dir {run_dir}; model {model_path}; {len(train)} train / {len(heldout)} held-out prompts",
           flush=True)
 
-    init_ray(cfg.ray, required_cpus(cfg))
-    max_len = cfg.data.max_prompt_length + ro.max_new_tokens + 8
-    t0 = time.perf_counter()
-    train_size = g.train_batch_size or g.prompt_batch_size * g.samples_per_prompt
-    optimizer_steps = g.num_steps * g.updates_per_batch * (g.prompt_batch_size * g.samples_per_prompt // train_size)
-    workers = rl.start_workers(cfg, model_path, optimizer_steps, max_len)
-    policy, rollout, reward, reference = workers.policy, workers.rollout, workers.reward, workers.reference
-    assert policy is not None and rollout is not None and reward is not None
+    # created first: a missing tracker package (wandb) fails here, before any actor starts
+    logger = MetricsLogger(run_dir, cfg.logging, g.num_steps, "grpo", run_config=cfg.model_dump(mode="json"))
     try:
-        placement = {"policy": policy.call("node_id"), "rollout": rollout.call("node_id"),
-                     "reward": reward.call("node_id")}
-        print(f"[grpo] actors up in {time.perf_counter() - t0:.1f}s; nodes: "
-              + ", ".join(f"{k}={sorted({n[:8] for n in v})}" for k, v in placement.items()), flush=True)
+        init_ray(cfg.ray, required_cpus(cfg))
+        max_len = cfg.data.max_prompt_length + ro.max_new_tokens + 8
+        t0 = time.perf_counter()
+        train_size = g.train_batch_size or g.prompt_batch_size * g.samples_per_prompt
+        optimizer_steps = g.num_steps * g.updates_per_batch * (g.prompt_batch_size * g.samples_per_prompt // train_size)
+        workers = rl.start_workers(cfg, model_path, optimizer_steps, max_len)
+        policy, rollout, reward, reference = workers.policy, workers.rollout, workers.reward, workers.reference
+        assert policy is not None and rollout is not None and reward is not None
+        try:
+            placement = {"policy": policy.call("node_id"), "rollout": rollout.call("node_id"),
+                         "reward": reward.call("node_id")}
+            print(f"[grpo] actors up in {time.perf_counter() - t0:.1f}s; nodes: "
+                  + ", ".join(f"{k}={sorted({n[:8] for n in v})}" for k, v in placement.items()), flush=True)
 
-        heldout_ids = [render_prompt(tokenizer, ex.messages) for ex in heldout]
-        def evaluate() -> dict[str, float]:
-            if not heldout:
-                return {}
-            return rl.evaluate(rollout, reward, heldout, heldout_ids, tokenizer, ro.max_new_tokens, g.eval_samples,
-                               g.eval_temperature)
+            heldout_ids = [render_prompt(tokenizer, ex.messages) for ex in heldout]
+            def evaluate() -> dict[str, float]:
+                if not heldout:
+                    return {}
+                return rl.evaluate(rollout, reward, heldout, heldout_ids, tokenizer, ro.max_new_tokens, g.eval_samples,
+                                   g.eval_temperature)
 
-        eval_before = evaluate()
-        logger = MetricsLogger(run_dir, cfg.logging, g.num_steps, "grpo",
-                               run_config=cfg.model_dump(mode="json"))
-        if eval_before:
-            logger.log(0, eval_before, advance=False)
-        objective = Objective(
-            pg_coef=1.0, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator, entropy_coef=g.entropy_coef,
-            clip_low=g.clip_low, clip_high=g.clip_high, dual_clip=g.dual_clip, is_level=g.importance_sampling,
-            tis_cap=g.tis_cap, loss_agg=g.loss_agg, norm_const=float(ro.max_new_tokens),
-            temperature=ro.temperature if ro.temperature > 0 else 1.0,
-        )
-        stream = rl.prompt_stream(train, g.prompt_batch_size, cfg.data.shuffle, cfg.data.seed)
-        world = cfg.policy.num_workers
-        for step in range(1, g.num_steps + 1):
-            timer = rl.PhaseTimer()
-            prompts = next(stream)
-            with timer("generate"):
-                rollouts = rl.generate(rollout, [render_prompt(tokenizer, ex.messages) for ex in prompts],
-                                       g.samples_per_prompt)
-            with timer("reward"):
-                scores = rl.score(reward, rollouts, prompts, tokenizer, step)
-            rewards = rl.fill_unscored(scores.total, g.samples_per_prompt)
-            adv = compute_advantages(g.advantage, rewards, g.samples_per_prompt, scale=g.scale_rewards)
-            batch = rl.to_train_batch(rollouts, adv.advantages, mask_truncated=g.overlong == "mask")
-            keep = rl.varied_groups(rewards, g.samples_per_prompt) if g.dynamic_sampling else range(len(batch))
-            batch = batch.select([i for i in keep if scores.scored[i]])  # unscored samples never reach the loss
-            batch = rl.split_for_ranks(batch, world)
-            m = {**rl.rollout_metrics(rollouts, scores, timer), **rl.prefixed("reward/", adv.metrics),
-                 "batch/kept_frac": len(batch) / len(rollouts)}
-            if len(batch):
-                if reference is not None:
-                    with timer("reference"):
-                        batch.ref_logprobs = rl.logprobs(reference, batch, objective.temperature)
-                if g.updates_per_batch > 1 or len(batch) > train_size:  # the batch feeds several updates
-                    with timer("old_logprobs"):
-                        batch.old_logprobs = rl.logprobs(policy, batch, objective.temperature)
-                with timer("train"):
-                    m.update(rl.train(policy, batch, objective, train_size, g.updates_per_batch, world))
-                with timer("sync"):
-                    rl.sync_weights(policy, rollout, ro.sync_bucket_mb)
-            if g.eval_every and step % g.eval_every == 0 and step < g.num_steps:
-                m.update(evaluate())
-            m.update(timer.metrics())
-            m["perf/samples_per_s"] = len(rollouts) / m["time/step"]
-            logger.log(step, m)
-            if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < g.num_steps:
-                policy.call("save", str(run_dir / f"checkpoint-{step}"))
-        eval_after = evaluate()
-        if eval_after:
-            logger.log(g.num_steps, eval_after, advance=False)
-        ckpt = None
-        if cfg.checkpoint.save_final:
-            ckpt = policy.call("save", str(run_dir / "checkpoint"))[0]
-        plot = plot_curves(logger.history, ["reward/mean", "reward/accuracy", "eval/accuracy", "eval/greedy_accuracy",
-                                            "eval/any_form_accuracy"],
-                           run_dir / "curves.png", "GRPO")
-        if plot:
-            print(f"[grpo] curves {plot}", flush=True)
-        logger.close()
+            eval_before = evaluate()
+            if eval_before:
+                logger.log(0, eval_before, advance=False)
+            objective = Objective(
+                pg_coef=1.0, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator, entropy_coef=g.entropy_coef,
+                clip_low=g.clip_low, clip_high=g.clip_high, dual_clip=g.dual_clip, is_level=g.importance_sampling,
+                tis_cap=g.tis_cap, loss_agg=g.loss_agg, norm_const=float(ro.max_new_tokens),
+                temperature=ro.temperature if ro.temperature > 0 else 1.0,
+            )
+            stream = rl.prompt_stream(train, g.prompt_batch_size, cfg.data.shuffle, cfg.data.seed)
+            world = cfg.policy.num_workers
+            for step in range(1, g.num_steps + 1):
+                timer = rl.PhaseTimer()
+                prompts = next(stream)
+                with timer("generate"):
+                    rollouts = rl.generate(rollout, [render_prompt(tokenizer, ex.messages) for ex in prompts],
+                                           g.samples_per_prompt)
+                with timer("reward"):
+                    scores = rl.score(reward, rollouts, prompts, tokenizer, step)
+                rewards = rl.fill_unscored(scores.total, g.samples_per_prompt)
+                adv = compute_advantages(g.advantage, rewards, g.samples_per_prompt, scale=g.scale_rewards)
+                batch = rl.to_train_batch(rollouts, adv.advantages, mask_truncated=g.overlong == "mask")
+                keep = rl.varied_groups(rewards, g.samples_per_prompt) if g.dynamic_sampling else range(len(batch))
+                batch = batch.select([i for i in keep if scores.scored[i]])  # unscored samples never reach the loss
+                batch = rl.split_for_ranks(batch, world)
+                m = {**rl.rollout_metrics(rollouts, scores, timer), **rl.prefixed("reward/", adv.metrics),
+                     "batch/kept_frac": len(batch) / len(rollouts)}
+                if len(batch):
+                    if reference is not None:
+                        with timer("reference"):
+                            batch.ref_logprobs = rl.logprobs(reference, batch, objective.temperature)
+                    if g.updates_per_batch > 1 or len(batch) > train_size:  # the batch feeds several updates
+                        with timer("old_logprobs"):
+                            batch.old_logprobs = rl.logprobs(policy, batch, objective.temperature)
+                    with timer("train"):
+                        m.update(rl.train(policy, batch, objective, train_size, g.updates_per_batch, world))
+                    with timer("sync"):
+                        rl.sync_weights(policy, rollout, ro.sync_bucket_mb)
+                if g.eval_every and step % g.eval_every == 0 and step < g.num_steps:
+                    m.update(evaluate())
+                m.update(timer.metrics())
+                m["perf/samples_per_s"] = len(rollouts) / m["time/step"]
+                logger.log(step, m)
+                if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < g.num_steps:
+                    policy.call("save", str(run_dir / f"checkpoint-{step}"))
+            eval_after = evaluate()
+            if eval_after:
+                logger.log(g.num_steps, eval_after, advance=False)
+            ckpt = None
+            if cfg.checkpoint.save_final:
+                ckpt = policy.call("save", str(run_dir / "checkpoint"))[0]
+            plot = plot_curves(logger.history, ["reward/mean", "reward/accuracy", "eval/accuracy", "eval/greedy_accuracy",
+                                                "eval/any_form_accuracy"],
+                               run_dir / "curves.png", "GRPO")
+            if plot:
+                print(f"[grpo] curves {plot}", flush=True)
+        finally:
+            workers.shutdown()
     finally:
-        workers.shutdown()
+        logger.close()
     return GRPOResult(run_dir, logger.history, eval_before, eval_after, ckpt, placement)
 
 
@@ -149,10 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg is None:
         return 0
     from raylhf.data import DataError
+    from raylhf.runtime import TrackerError
 
     try:
         return _run(cfg)
-    except DataError as e:  # bad data: one clear line, no traceback
+    except (DataError, TrackerError) as e:  # bad data / missing tracker: one clear line
         print(f"raylhf.grpo: error: {e}", file=sys.stderr)
         return 2
 

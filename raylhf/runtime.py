@@ -39,6 +39,10 @@ def init_ray(cfg: RayConfig, required_cpus: float) -> None:
         return
     env = {"env_vars": {"PYTHONPATH": _pythonpath(), "TOKENIZERS_PARALLELISM": "false",
                         "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
+    if not sys.stdout.isatty():  # a log file: no carriage-return bars from HF loaders, no colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        env["env_vars"]["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)

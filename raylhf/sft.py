@@ -40,11 +40,12 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     print(f"[sft] run dir {run_dir}; model {model_path}; {len(encoded)} rows, {num_steps} steps", flush=True)
 
+    # created first: a missing tracker package (wandb) fails here, before any actor starts
+    logger = MetricsLogger(run_dir, cfg.logging, num_steps, "sft", run_config=cfg.model_dump(mode="json"))
     init_ray(cfg.ray, cfg.policy.num_workers * cfg.policy.num_cpus_per_worker)
     policy = rl.start_policy(cfg.policy, model_path, cfg.model.dtype, num_steps, cfg.seed, cfg.ray.placement_strategy,
                              cfg.model.trust_remote_code)
     objective = Objective(pg_coef=0.0, ce_coef=1.0)
-    logger = MetricsLogger(run_dir, cfg.logging, num_steps, "sft", run_config=cfg.model_dump(mode="json"))
     rng = random.Random(cfg.data.seed)
     order: list[int] = []
     ckpt = None
@@ -70,8 +71,8 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None
         if cfg.checkpoint.save_final or save_to:
             ckpt = policy.call("save", str(target))[0]
         plot_curves(logger.history, ["loss/ce"], run_dir / "curves.png", "SFT")
-        logger.close()
     finally:
+        logger.close()
         policy.shutdown()
     return ckpt, logger.history
 
@@ -81,10 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg is None:
         return 0
     from raylhf.data import DataError
+    from raylhf.runtime import TrackerError
 
     try:
         return _run(cfg)
-    except DataError as e:  # bad data: one clear line, no traceback
+    except (DataError, TrackerError) as e:  # bad data / missing tracker: one clear line
         print(f"raylhf.sft: error: {e}", file=sys.stderr)
         return 2
 

@@ -332,7 +332,14 @@ def answers_equivalent(pred: str, gold: str) -> bool:
         return numbers_close(p_num, g_num)
     if has_words(p) or has_words(g):
         return False
+    if _RELATION.search(p) or _RELATION.search(g):
+        # an equation / relation is not an answer value: math-verify compares one side of it, so that
+        # '12+7=18' matched '12+7=19' and '12+7=19' matched '19'; compare such answers as written
+        return re.sub(r"\s+", "", p) == re.sub(r"\s+", "", g)
     return math_equal(p, g)
+
+
+_RELATION = re.compile(r"=|<|>|\\(?:le|ge|leq|geq|neq|ne|approx)\b")
 
 
 def answers_match(predicted: str | None, solution: Any) -> bool:

@@ -244,3 +244,6 @@ def test_readme_one_file_command_loads_its_data(monkeypatch: pytest.MonkeyPatch)
     assert cfg is not None and len(cfg.data.train_files) == 1
     rows = load_from_config(cfg.data, "prompt")
     assert rows and rows[0].extras.get("solution") is not None
+    for f in cfg.reward.functions:  # the default rewards find their columns in the shipped file
+        column = f.kwargs.get("column", "solution")
+        assert column in rows[0].extras, f"reward {f.label or f.name} reads column {column!r}"

@@ -34,7 +34,7 @@ class DemoConfig(Section):
     sft_examples: int = Field(2000, ge=0, description="demonstrations used by the SFT warm-up")
     sft_lr: float = Field(1e-3, gt=0, description="learning rate of the SFT warm-up")
     sft_noise: float = Field(
-        0.3, ge=0, le=1, description="share of warm-up demonstrations with a wrong answer (RL must fix them)"
+        0.2, ge=0, le=1, description="share of warm-up demonstrations with a wrong answer (RL must fix them)"
     )
     max_operand: int = Field(50, gt=0, description="operands are drawn from [0, max_operand]")
     cache_dir: str | None = Field(None, description="where the warm-up policy is cached; null: ~/.cache/raylhf")
@@ -87,14 +87,15 @@ class GRPOConfig(Section):
     )
     data: DataConfig = Field(default_factory=DataConfig)
     # generation and training alternate, so each may use both cores of a small machine
-    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-5, micro_batch_size=32,
+    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=1e-4, micro_batch_size=32,
                                                                       num_cpus_per_worker=2))
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16, num_cpus_per_engine=2))
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    # the verifier: the right number in the asked form; the any-form accuracy is only logged (weight 0)
+    # the verifier: the right equation, the asked form (column 'equation' of the demo task and the example
+    # data); the right number in any form is only logged (weight 0)
     reward: RewardConfig = Field(
         default_factory=lambda: RewardConfig(functions=[
-            RewardFunctionConfig(name="accuracy", kwargs={"strict": True}),
+            RewardFunctionConfig(name="exact_match", label="accuracy", kwargs={"column": "equation"}),
             RewardFunctionConfig(name="accuracy", label="any_form_accuracy", weight=0.0),
         ])
     )

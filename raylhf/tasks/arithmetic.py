@@ -9,7 +9,7 @@ from typing import Any
 
 
 def make_problems(n: int, *, seed: int, max_operand: int = 20, ops: str = "+") -> list[dict[str, Any]]:
-    """``n`` rows ``{"prompt": "What is a+b?", "solution": "c"}`` drawn with ``seed``."""
+    """``n`` rows ``{"prompt": "What is a+b?", "solution": "c", "equation": "a+b=c"}`` drawn with ``seed``."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
@@ -17,7 +17,7 @@ def make_problems(n: int, *, seed: int, max_operand: int = 20, ops: str = "+") -
         if op == "-" and b > a:
             a, b = b, a
         value = {"+": a + b, "-": a - b, "*": a * b}[op]
-        rows.append({"prompt": f"What is {a}{op}{b}?", "solution": str(value)})
+        rows.append({"prompt": f"What is {a}{op}{b}?", "solution": str(value), "equation": f"{a}{op}{b}={value}"})
     return rows
 
 
@@ -33,9 +33,8 @@ def write_jsonl(rows: list[dict[str, Any]], path: str | Path, rename: dict[str, 
 
 if __name__ == "__main__":
     out = Path(__file__).resolve().parents[2] / "examples" / "data"
-    rn = {"prompt": "question", "solution": "answer"}
-    write_jsonl(make_problems(256, seed=1), out / "arithmetic_train.jsonl", rn)
-    write_jsonl(make_problems(64, seed=2), out / "arithmetic_eval.jsonl", rn)
+    write_jsonl(make_problems(256, seed=1), out / "arithmetic_train.jsonl")
+    write_jsonl(make_problems(64, seed=2), out / "arithmetic_eval.jsonl")
     sft = [{"prompt": r["prompt"], "response": r["solution"]} for r in make_problems(256, seed=3)]
     write_jsonl(sft, out / "arithmetic_sft.jsonl")
     print(f"wrote {out}")

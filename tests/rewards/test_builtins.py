@@ -424,3 +424,18 @@ def test_builtins_are_registered_and_take_the_caller_keywords(name: str) -> None
                 "difficulty": ["easy"]}
     out = BUILTINS[name](**keywords)
     assert len(out) == 1 and isinstance(out[0], float)
+
+
+@pytest.mark.parametrize(("completion", "solution", "strict", "expected"), [
+    ("12+7=19", "19", True, False),  # strict: an equation is not the bare answer (math-verify compared its rhs)
+    ("12+7=19", "19", False, True),  # any form: the last number is the answer
+    ("12+7=18", "12+7=19", True, False),  # math-verify matched these (it compared one side)
+    ("12+7=19", "12+7=19", True, True),
+    ("7+12=19", "12+7=19", True, False),  # equations are compared as written
+    ("x \\le 3", "x\\le 3", False, True),
+])
+def test_equations_and_relations_are_compared_as_written(completion: str, solution: str, strict: bool,
+                                                         expected: bool) -> None:
+    from rewards.mathcheck import verify_answer
+
+    assert verify_answer(completion, solution, strict=strict) is expected
