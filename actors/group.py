@@ -1,7 +1,8 @@
 """ActorGroup: gang-create N ranks of a worker class in a placement group and dispatch calls.
 
 * ranks are placed with one bundle each (``{"CPU": c, "GPU": g}``) in a placement group, so a group
-  starts all together or not at all (a clear error after ``start_timeout_s``);
+  starts all together or not at all: a clear error at once when the group can never fit a cluster that
+  cannot add nodes (``ray.autoscaling``), else after ``start_timeout_s`` with progress lines meanwhile;
 * rank 0 picks the torch.distributed rendezvous address; every rank gets rank / world size / address;
 * ``call`` broadcasts a method, ``call_split`` shards a list (or anything with ``shard(rank, world)``)
   by data-parallel rank; results come back in rank order;
@@ -12,12 +13,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -83,18 +87,287 @@ def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None =
     return results
 
 
-def _wait_ready(pg: Any, name: str, bundles: list[dict[str, float]], timeout_s: float) -> bool:
-    """Wait for a placement group, saying every 15 s what it waits for."""
-    deadline = time.monotonic() + timeout_s
+# ---------------------------------------------------------------------------------------------------------
+# Placement: can a group ever fit, and can the cluster grow?
+#
+# A placement group that does not fit waits for resources. That is right where an autoscaler can add nodes,
+# or where other groups hold what it needs (they may free it); on a fixed cluster that is too small it only
+# delays the failure. ``check_placement`` (pure) says whether the bundles fit the nodes' totals at all and
+# whether they fit what is free now; ``can_autoscale`` says whether nodes may join.
+
+_EPS = 1e-6
+_UNBOUNDED = 1 << 30
+POLL_S = 2.0  # how often a waiting group re-checks (the fail-fast latency on a fixed cluster)
+PROGRESS_S = 15.0  # how often a waiting group says what it waits for
+
+# the config fields that size each group started by raylhf.rl (named in the "cannot place" message)
+CONFIG_FIELDS = {
+    "policy": "policy.num_workers, policy.num_cpus_per_worker or policy.num_gpus_per_worker",
+    "rollout": "rollout.num_engines, rollout.num_cpus_per_engine or rollout.tensor_parallel_size",
+    "reference": "reference.num_cpus",
+    "reward": "reward.num_workers, reward.num_cpus or reward.num_gpus",
+}
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """One alive node: a display name, its total resources and what is free now."""
+
+    name: str
+    total: dict[str, float]
+    free: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PlacementCheck:
+    possible: bool  # the bundles fit the nodes' totals (perhaps only once other groups free theirs)
+    fits_free: bool  # they fit what is free now
+    reason: str  # why not (possible, else free now); "" when they fit
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _fmt_bundle(bundle: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {_num(v)}" for k, v in bundle.items()) + "}"
+
+
+def _fits(bundle: dict[str, float], res: dict[str, float]) -> bool:
+    return all(res.get(k, 0.0) + _EPS >= v for k, v in bundle.items() if v > 0)
+
+
+def _copies(bundle: dict[str, float], res: dict[str, float]) -> int:
+    """How many copies of ``bundle`` one node with ``res`` holds."""
+    need = [(k, v) for k, v in bundle.items() if v > 0]
+    if not need:
+        return _UNBOUNDED
+    return min(int((res.get(k, 0.0) + _EPS) // v) for k, v in need)
+
+
+def _sum(bundles: Sequence[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _spread_matching(bundles: Sequence[dict[str, float]], nodes: Sequence[dict[str, float]]) -> int:
+    """Most bundles placed one per node (bipartite matching, Kuhn's augmenting paths)."""
+    owner: dict[int, int] = {}  # node -> bundle
+
+    def place(b: int, seen: set[int]) -> bool:
+        for n, res in enumerate(nodes):
+            if n not in seen and _fits(bundles[b], res):
+                seen.add(n)
+                if n not in owner or place(owner[n], seen):
+                    owner[n] = b
+                    return True
+        return False
+
+    return sum(place(b, set()) for b in range(len(bundles)))
+
+
+def unplaceable(bundles: Sequence[dict[str, float]], strategy: str, nodes: Sequence[dict[str, float]],
+                where: str = "on the nodes") -> str:
+    """Why ``bundles`` cannot be placed with ``strategy`` on nodes with these resources; "" if they can.
+
+    Exact for identical bundles (every ActorGroup); for mixed bundles under PACK / SPREAD only the
+    necessary conditions are checked (each bundle fits some node, the cluster-wide sums), so a "" there
+    may still not pack. PACK and SPREAD are soft: any node may take any number of bundles.
+    """
+    if not bundles:
+        return ""
+    for b in {tuple(sorted(b.items())): b for b in bundles}.values():
+        if not any(_fits(b, res) for res in nodes):
+            return f"one bundle {_fmt_bundle(b)} is bigger than any node"
+    need = _sum(bundles)
+    for k, v in need.items():
+        have = sum(res.get(k, 0.0) for res in nodes)
+        if v > have + _EPS:
+            return f"{_num(v)} {k} asked in all, {_num(have)} {k} {where} together"
+    n = len(bundles)
+    identical = all(b == bundles[0] for b in bundles)
+    if strategy == "STRICT_PACK":
+        if not any(_fits(need, res) for res in nodes):
+            return f"STRICT_PACK puts all bundles ({_fmt_bundle(need)}) on one node and no node holds that"
+    elif strategy == "STRICT_SPREAD":
+        placed = _spread_matching(bundles, nodes)
+        if placed < n:
+            return f"STRICT_SPREAD puts each bundle on its own node and only {placed} node(s) can take one"
+    elif identical:
+        held = sum(min(_copies(bundles[0], res), n) for res in nodes)
+        if held < n:
+            return f"the nodes hold at most {held} x {_fmt_bundle(bundles[0])} (bundles do not split across nodes)"
+    return ""
+
+
+def check_placement(bundles: Sequence[dict[str, float]], strategy: str, nodes: Sequence[NodeCapacity]
+                    ) -> PlacementCheck:
+    why_never = unplaceable(bundles, strategy, [n.total for n in nodes])
+    if why_never:
+        return PlacementCheck(False, False, why_never)
+    why_not_now = unplaceable(bundles, strategy, [n.free for n in nodes], "free on the nodes")
+    return PlacementCheck(True, not why_not_now, why_not_now)
+
+
+def describe_nodes(nodes: Sequence[NodeCapacity], keys: Sequence[str] = ()) -> str:
+    """One line per node: total and free CPU, GPU and any other resource in ``keys``."""
+    names = list(dict.fromkeys(["CPU", "GPU", *keys]))
+    lines = [f"  {n.name}: " + ", ".join(f"{k} {_num(n.total.get(k, 0.0))} total / {_num(n.free.get(k, 0.0))} free"
+                                        for k in names) for n in nodes]
+    return "\n".join(lines) or "  (no alive nodes)"
+
+
+_READONLY_TYPE = re.compile(r"node_[0-9a-f]{16,}")
+
+
+def autoscaler_from_node_types(node_types: Sequence[str]) -> bool | None:
+    """Ray's monitor without an autoscaling config (``ray start --head``, ``ray.init()``, a test Cluster)
+    runs a read-only provider that names every node's type ``node_<node id>``; a real autoscaler (cluster
+    YAML, KubeRay) uses the configured type names. None: no node types known yet."""
+    if not node_types:
+        return None
+    return not all(_READONLY_TYPE.fullmatch(t) for t in node_types)
+
+
+# gcs address -> (can autoscale, why); written by raylhf.runtime.init_ray for the cluster it joined
+_CLUSTER_MODE: dict[str, tuple[bool | None, str]] = {}
+
+
+def _gcs_address() -> str:
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # not connected
+        return ""
+
+
+def set_cluster_autoscaling(mode: str, started_here: bool) -> None:
+    """Record ``ray.autoscaling`` (auto | on | off) for the cluster this driver just joined or started."""
+    if mode == "on":
+        decision: tuple[bool | None, str] = (True, "ray.autoscaling=on")
+    elif mode == "off":
+        decision = (False, "ray.autoscaling=off")
+    elif started_here:
+        decision = (False, "a local cluster started by raylhf, ray.autoscaling=auto")
+    else:
+        decision = (None, "ray.autoscaling=auto")
+    _CLUSTER_MODE[_gcs_address()] = decision
+
+
+def detect_autoscaler() -> tuple[bool | None, str]:
+    """Ask the cluster's monitor (autoscaler v1 status in the GCS KV, or v2 cluster status) for its node
+    types; see ``autoscaler_from_node_types``. (None, why) when that cannot be read (yet)."""
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        if is_autoscaler_v2(fetch_from_server=True):
+            from ray.autoscaler.v2.sdk import get_cluster_status
+
+            status = get_cluster_status(_gcs_address())
+            types = [n.ray_node_type_name for n in [*status.active_nodes, *status.idle_nodes]]
+        else:
+            from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+            from ray.experimental.internal_kv import _internal_kv_get
+
+            raw = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+            report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
+            types = [*(report.get("active_nodes") or {}), *(report.get("idle_nodes") or {})]
+    except Exception as e:  # an older or newer Ray, a monitor that has not reported yet
+        return None, f"autoscaler state unreadable ({type(e).__name__}: {e})"
+    found = autoscaler_from_node_types(types)
+    if found is None:
+        return None, "ray.autoscaling=auto; the cluster's monitor has not reported node types yet"
+    if found:
+        return True, f"ray.autoscaling=auto; Ray reports an autoscaler (node types {sorted(set(types))})"
+    return False, "ray.autoscaling=auto; Ray reports no autoscaler (a fixed set of nodes)"
+
+
+def can_autoscale() -> tuple[bool | None, str]:
+    """(True/False, why) when known; (None, why) when unknown, which callers treat as 'may grow'."""
+    recorded, why = _CLUSTER_MODE.get(_gcs_address(), (None, ""))
+    if recorded is not None:
+        return recorded, why
+    return detect_autoscaler()
+
+
+def cluster_nodes() -> list[NodeCapacity]:
+    """Every alive node's total and free resources, from the GCS."""
+    from ray._private import state
+
+    totals = state.total_resources_per_node()
+    free = state.available_resources_per_node()
+    addr = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
+    return [NodeCapacity(f"{addr.get(nid, '?')} ({nid[:8]})", dict(t), dict(free.get(nid, {})))
+            for nid, t in sorted(totals.items())]
+
+
+def _held_by_others(own: Any) -> str:
+    try:
+        table = ray.util.placement_group_table()
+    except Exception:
+        return ""
+    own_id = own.id.hex()
+    held = []
+    for pg_id, info in table.items():
+        if pg_id == own_id or info.get("state") != "CREATED":
+            continue
+        bundles = list((info.get("bundles") or {}).values())
+        label = info.get("name") or pg_id[:8]
+        held.append(f"{label} ({len(bundles)} x {_fmt_bundle(bundles[0]) if bundles else '{}'})")
+    return ", ".join(held)
+
+
+def _fields_hint(name: str, strategy: str) -> str:
+    fields = CONFIG_FIELDS.get(name, f"the {name} group's worker count / CPUs / GPUs in the config")
+    loosen = f", use a looser ray.placement_strategy than {strategy}" if strategy.startswith("STRICT") else ""
+    return f"Lower {fields}{loosen}, or give the cluster more (ray.num_cpus for a local cluster, more nodes)"
+
+
+def _wait_ready(pg: Any, name: str, bundles: list[dict[str, float]], strategy: str, timeout_s: float) -> None:
+    """Wait for a placement group; raise WorkerError at once when it can never fit a cluster that cannot
+    grow, else after ``timeout_s``. Says what it waits for at once and every PROGRESS_S."""
+    asked = f"{len(bundles)} x {_fmt_bundle(bundles[0])} (strategy {strategy})"
+    start = time.monotonic()
+    deadline, last_print = start + timeout_s, -PROGRESS_S
+    ready = pg.ready()
+    grows: bool | None = None
+    why_grows = ""
     while True:
-        try:
-            ray.get(pg.ready(), timeout=min(15.0, max(0.1, deadline - time.monotonic())))
-            return True
-        except GetTimeoutError:
-            if time.monotonic() >= deadline:
-                return False
-            print(f"[raylhf] {name}: waiting for {len(bundles)} x {bundles[0]}; available now: "
-                  f"{ray.available_resources()}", flush=True)
+        left = deadline - time.monotonic()
+        done, _ = ray.wait([ready], timeout=max(0.05, min(POLL_S, left)))
+        if done:
+            ray.get(ready)
+            return
+        nodes = cluster_nodes()
+        check = check_placement(bundles, strategy, nodes)
+        if grows is None:
+            grows, why_grows = can_autoscale()
+        table = describe_nodes(nodes, list(bundles[0]))
+        if not check.possible and grows is False:
+            raise WorkerError(
+                f"{name}: cannot place {asked}: {check.reason}. The cluster cannot add nodes ({why_grows}), so "
+                f"waiting would not help. Nodes:\n{table}\n{_fields_hint(name, strategy)}; "
+                "set ray.autoscaling=on if nodes will join."
+            )
+        if not check.possible:
+            state = f"more than the nodes have ({check.reason}); waiting for the autoscaler ({why_grows})"
+        elif not check.fits_free:
+            state = (f"fits the nodes but not what is free now ({check.reason}); held by placement groups: "
+                     f"{_held_by_others(pg) or 'none listed'} (they may free it)")
+        else:
+            state = "fits what is free; waiting for Ray to place it"
+        now = time.monotonic()
+        if now >= deadline:
+            raise WorkerError(
+                f"{name}: could not reserve {asked} within {timeout_s:.0f}s: {state}. Nodes:\n{table}\n"
+                f"{_fields_hint(name, strategy)}"
+            )
+        if now - last_print >= PROGRESS_S:
+            last_print = now
+            print(f"[raylhf] {name}: waiting for {asked} ({now - start:.0f}s of {timeout_s:.0f}s): {state}. "
+                  f"Nodes:\n{table}", flush=True)
 
 
 class ActorGroup:
@@ -115,14 +388,8 @@ class ActorGroup:
         bundles = [{"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})} for _ in range(num_ranks)]
         self.pg: Any = placement_group(bundles, strategy=strategy, name=f"raylhf-{name}")
         self.actors: list[Any] = []
-        if not _wait_ready(self.pg, name, bundles, start_timeout_s):
-            self.shutdown()
-            raise WorkerError(
-                f"{name}: could not reserve {num_ranks} x {bundles[0]} within {start_timeout_s:.0f}s; cluster "
-                f"resources: {ray.available_resources()}. Lower the {name} workers / CPUs / GPUs in the config "
-                "or add nodes"
-            )
         try:
+            _wait_ready(self.pg, name, bundles, strategy, start_timeout_s)
             self._start(worker_cls, num_ranks, num_cpus, num_gpus, init_kwargs, runtime_env, start_timeout_s)
         except BaseException:
             self.shutdown()

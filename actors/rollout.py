@@ -106,6 +106,7 @@ class RolloutWorker(BaseWorker):
             logprobs_mode="processed_logprobs",
             trust_remote_code=self.trust_remote_code,
             enable_prefix_caching=True,
+            use_tqdm_on_load=False,  # a checkpoint-loading bar inside an actor is noise in every log file
         )
 
     def generate(

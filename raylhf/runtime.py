@@ -31,7 +31,8 @@ def init_ray(cfg: RayConfig, required_cpus: float) -> None:
     """Connect to ray.address / RAY_ADDRESS (e.g. under `ray job submit`), else start a local cluster.
 
     A local cluster gets at least ``required_cpus`` logical CPUs so that fractional actors that share a
-    small machine all fit.
+    small machine all fit. ``ray.autoscaling`` is recorded for the cluster (see ``actors.group``): a local
+    cluster started here never grows, so a group that cannot fit it fails at once instead of waiting.
     """
     import ray
 
@@ -43,13 +44,17 @@ def init_ray(cfg: RayConfig, required_cpus: float) -> None:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         env["env_vars"]["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from actors.group import set_cluster_autoscaling
+
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
+        set_cluster_autoscaling(cfg.autoscaling, started_here=False)
         return
     cpus = cfg.num_cpus or max(os.cpu_count() or 1, math.ceil(required_cpus))
     ray.init(num_cpus=cpus, runtime_env=env, include_dashboard=False, log_to_driver=True,
              configure_logging=True, logging_level="WARNING")
+    set_cluster_autoscaling(cfg.autoscaling, started_here=True)
 
 
 def _pythonpath() -> str:

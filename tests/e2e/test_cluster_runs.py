@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 import yaml
@@ -91,10 +96,45 @@ def test_weight_sync_parity_across_raylets(tiny_model_dir: Path) -> None:
         cluster.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports (all bound at once, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def _processes_of(temp_dir: str) -> list[psutil.Process]:
+    """Processes of the Ray instance whose --temp-dir is ``temp_dir`` (every Ray process names its temp, session
+    or log dir under it on its command line), and their descendants (e.g. a job's entrypoint)."""
+    mine = re.compile(re.escape(temp_dir) + r"(/|$)")
+    found: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if p.pid != os.getpid() and any(mine.search(a) for a in p.info["cmdline"] or ()):
+                found[p.pid] = p
+                found.update({c.pid: c for c in p.children(recursive=True)})
+    return list(found.values())
+
+
+def _stop_ray(temp_dir: str, timeout_s: float = 20.0) -> list[str]:
+    """Stop only the Ray instance started with ``--temp-dir=temp_dir`` (not `ray stop`, which ends every Ray on the
+    machine): SIGTERM, SIGKILL after ``timeout_s``. Returns the command lines of processes still there."""
+    procs = _processes_of(temp_dir)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
+    left = []
+    for p in _processes_of(temp_dir):
+        with contextlib.suppress(psutil.Error):
+            left.append(" ".join(p.cmdline()))
+    return left
 
 
 def test_ray_job_submit_against_local_head(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -114,15 +154,23 @@ def test_ray_job_submit_against_local_head(tmp_path: Path, tiny_model_dir: Path)
     # `python` in the entrypoint is this environment's; one explicit auth mode for head and client
     # (Ray 2.60 turns token auth on for a new cluster when ~/.ray/auth_token exists)
     env.update(PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_AUTH_MODE="disabled")
-    gcs, dash = _free_port(), _free_port()
+    # its own temp dir (short: Ray's socket paths under it must stay within the 107-byte limit) and its own ports,
+    # so that neither starting nor stopping this head touches another Ray instance on the machine
+    temp_dir = tempfile.mkdtemp(prefix="rlt-", dir="/tmp")
+    gcs, dash, client, agent, agent_grpc, metrics, env_agent, node_mgr, obj_mgr = _free_ports(9)
     ray_bin = str(bindir / "ray")
-    start = subprocess.run(
-        [ray_bin, "start", "--head", f"--port={gcs}", "--num-cpus=4", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=180,
-    )
-    assert start.returncode == 0, start.stdout + start.stderr
+    leftover: list[str] = []
     try:
+        start = subprocess.run(
+            [ray_bin, "start", "--head", f"--temp-dir={temp_dir}", f"--port={gcs}", "--num-cpus=4",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+             f"--runtime-env-agent-port={env_agent}", f"--node-manager-port={node_mgr}",
+             f"--object-manager-port={obj_mgr}", "--disable-usage-stats"],
+            env=env, capture_output=True, text=True, timeout=180,
+        )
+        assert start.returncode == 0, start.stdout + start.stderr
         job = subprocess.run(
             [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
              "--", "python", "-m", "raylhf.grpo", "--config", str(cfg_file)],
@@ -134,4 +182,7 @@ def test_ray_job_submit_against_local_head(tmp_path: Path, tiny_model_dir: Path)
         rows = [json.loads(x) for x in (tmp_path / "runs" / "submitted" / "metrics.jsonl").read_text().splitlines()]
         assert rows[-1]["step"] == 1 and "reward/mean" in rows[-1]
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        leftover = _stop_ray(temp_dir)
+        if not leftover:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not leftover, leftover
