@@ -17,6 +17,7 @@ from raylhf.config.sections import (
     RewardConfig,
     RewardFunctionConfig,
     RolloutConfig,
+    RuntimeConfig,
     Section,
     TinyModelConfig,
 )
@@ -103,6 +104,7 @@ class GRPOConfig(Section):
     demo: DemoConfig = Field(default_factory=DemoConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     seed: int = Field(1, description="global seed")
 
@@ -156,6 +158,7 @@ class SFTConfig(Section):
     demo: DemoConfig = Field(default_factory=DemoConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     seed: int = Field(1, description="global seed")
 

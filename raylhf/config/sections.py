@@ -349,9 +349,24 @@ class CheckpointConfig(Section):
     save_final: bool = Field(True, description="save an HF checkpoint at the end")
 
 
+class RuntimeConfig(Section):
+    """Guards of a running job (docs/reliability.md)."""
+
+    max_bad_steps: int = Field(
+        3, gt=0,
+        description="stop after this many steps in a row whose update was skipped for a non-finite loss or grad "
+        "norm (each batch is saved to <run dir>/bad_batches/step-<N>.pt); a good step resets the count",
+    )
+
+
 class RayConfig(Section):
     address: str | None = Field(None, description="Ray address; null: RAY_ADDRESS or a new local cluster")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a new local cluster; null: the machine's")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="placement-group strategy for gang-created ranks"
+    )
+    autoscaling: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="can the cluster add nodes? off: a group that cannot fit fails at once; on: wait for "
+        "nodes (up to 600 s); auto: off for a local cluster raylhf starts, else on unless Ray runs no autoscaler",
     )
