@@ -4,7 +4,8 @@ It runs the generic objective of ``raylhf.objective`` on a ``TrainBatch``: one c
 ``train_step`` is one optimizer step over the rank's shard, split into length-sorted micro-batches
 with gradient accumulation. DeepSpeed averages gradients over ranks, so each rank's loss (already
 normalized by the global counts) is multiplied by the world size: the update equals the update of
-the whole batch on one rank.
+the whole batch on one rank. A step whose loss or gradient norm is not finite on any rank is skipped
+on every rank (``guard/*`` metrics, ``raylhf.guard``, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from actors.common import (
 )
 from actors.group import BaseWorker
 from raylhf.batch import Objective, TrainBatch
+from raylhf.guard import SKIPPED, guard_metrics, local_flags
 from raylhf.metrics import SUM_METRICS, reduce_metrics
 from raylhf.objective import objective_loss
 
@@ -135,18 +137,63 @@ class PolicyWorker(BaseWorker):
             self.engine.backward(loss * self.world_size)
             rows.append(m)
             tokens.append(float(mask.sum()))
-        grad_norm = self._grad_norm() if int(self.cfg.get("zero_stage", 0)) == 0 else None
+        stage = int(self.cfg.get("zero_stage", 0))
+        grad_norm = self._grad_norm() if stage == 0 else None
+        # NaN/Inf guard (raylhf.guard): every rank takes the same decision, else the collectives desync
+        flags = local_flags([r["loss/total"] for r in rows], grad_norm,
+                            stage > 0 and bool(self.engine.optimizer.has_overflow(partition_gradients=True)))
+        guard = guard_metrics(self._max_over_ranks(flags))
         lr = float(self.scheduler.get_last_lr()[0])  # the rate this step uses (engine.step advances the scheduler)
-        self.engine.step()
-        self.steps_done += 1
-        if grad_norm is None:
-            grad_norm = self.engine.get_global_grad_norm()
+        if guard[SKIPPED]:
+            self._discard_grads()
+        else:
+            self.engine.step()
+            if self.engine.was_step_applied():
+                self.steps_done += 1
+            else:  # DeepSpeed's own overflow check (invalid grad norm) dropped the step
+                guard = guard_metrics([0.0, 1.0])
+            if grad_norm is None:
+                grad_norm = self.engine.get_global_grad_norm()
         out = reduce_metrics(rows, tokens, SUM_METRICS)
+        out.update(guard)
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         out["lr"] = lr
         out["train_tokens"] = sum(tokens)
         out["time/train_step_rank"] = time.perf_counter() - t0
         return out
+
+    def _max_over_ranks(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float32, device=self.engine.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def _discard_grads(self) -> None:
+        """Drop a skipped step's gradients: no optimizer step, so the weights, the optimizer state and the LR
+        schedule stay as they were, and the next step accumulates from zero.
+
+        ``engine.step()`` is not called. Each branch repeats what DeepSpeed's own optimizer does when its
+        overflow check drops a step (fp16 loss scaling); the gradients live in different places per stage.
+        """
+        opt = self.engine.optimizer
+        stage = int(self.cfg.get("zero_stage", 0))
+        if stage in (1, 2):  # DeepSpeedZeroOptimizer.step: reduced partitions in averaged_gradients
+            opt.micro_step_id = -1  # INITIAL_MICRO_STEP_ID, as step() leaves it
+            opt.zero_grad(set_to_none=True)
+            opt._release_preflattened_grad_buffers()
+            for k in list(opt.averaged_gradients):
+                opt.averaged_gradients[k] = None
+                opt.all_grad_tensors[k] = None
+        elif stage == 3:  # DeepSpeedZeroOptimizer_Stage3.step up to its overflow return
+            opt._pre_step()
+            opt._partition_all_parameters()
+            opt._overflow_clean_up(opt.loss_scale)
+        else:  # the torch optimizer, or DeepSpeed's bf16 / fp16 wrapper with its own fp32 gradient buffers
+            opt.zero_grad()
+        self.engine.zero_grad()
 
     @torch.no_grad()
     def _grad_norm(self) -> float:

@@ -41,6 +41,7 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
     from raylhf.assets import load_tokenizer
     from raylhf.batch import Objective
     from raylhf.data import drop_long_prompts, load_from_config, render_prompt
+    from raylhf.guard import BadStepGuard
     from raylhf.runtime import MetricsLogger, init_ray, make_run_dir, plot_curves, resolve_model_path
 
     g, ro = cfg.grpo, cfg.rollout
@@ -94,6 +95,7 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
             )
             stream = rl.prompt_stream(train, g.prompt_batch_size, cfg.data.shuffle, cfg.data.seed)
             world = cfg.policy.num_workers
+            bad_steps = BadStepGuard(cfg.runtime.max_bad_steps, run_dir, "grpo")
             for step in range(1, g.num_steps + 1):
                 timer = rl.PhaseTimer()
                 prompts = next(stream)
@@ -126,6 +128,7 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
                 m.update(timer.metrics())
                 m["perf/samples_per_s"] = len(rollouts) / m["time/step"]
                 logger.log(step, m)
+                bad_steps.check(step, m, batch)  # a skipped update: batch saved; too many in a row: raises
                 if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < g.num_steps:
                     policy.call("save", str(run_dir / f"checkpoint-{step}"))
             eval_after = evaluate()
@@ -151,11 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg is None:
         return 0
     from raylhf.data import DataError
+    from raylhf.guard import NonFiniteTrainingError
     from raylhf.runtime import TrackerError
 
     try:
         return _run(cfg)
-    except (DataError, TrackerError) as e:  # bad data / missing tracker: one clear line
+    except (DataError, TrackerError, NonFiniteTrainingError) as e:  # bad data / tracker / NaN: one line
         print(f"raylhf.grpo: error: {e}", file=sys.stderr)
         return 2
 

@@ -24,6 +24,7 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None
     from raylhf.assets import load_tokenizer
     from raylhf.batch import Objective, TrainBatch
     from raylhf.data import load_from_config, tokenize_sft
+    from raylhf.guard import BadStepGuard
     from raylhf.runtime import MetricsLogger, init_ray, make_run_dir, plot_curves, resolve_model_path
 
     s = cfg.sft
@@ -49,6 +50,7 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None
     rng = random.Random(cfg.data.seed)
     order: list[int] = []
     ckpt = None
+    bad_steps = BadStepGuard(cfg.runtime.max_bad_steps, run_dir, "sft")
     try:
         for step in range(1, num_steps + 1):
             t = time.perf_counter()
@@ -65,6 +67,7 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None
             m = rl.reduce_ranks(policy.call_split("train_step", batch, objective.with_counts(batch)))
             m["time/step"] = time.perf_counter() - t
             logger.log(step, m)
+            bad_steps.check(step, m, batch)  # a skipped update: batch saved; too many in a row: raises
             if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < num_steps:
                 policy.call("save", str(run_dir / f"checkpoint-{step}"))
         target = Path(save_to) if save_to else run_dir / "checkpoint"
@@ -82,11 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg is None:
         return 0
     from raylhf.data import DataError
+    from raylhf.guard import NonFiniteTrainingError
     from raylhf.runtime import TrackerError
 
     try:
         return _run(cfg)
-    except (DataError, TrackerError) as e:  # bad data / missing tracker: one clear line
+    except (DataError, TrackerError, NonFiniteTrainingError) as e:  # bad data / tracker / NaN: one line
         print(f"raylhf.sft: error: {e}", file=sys.stderr)
         return 2
 

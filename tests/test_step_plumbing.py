@@ -191,6 +191,9 @@ class _FakeEngine(torch.nn.Module):
     def get_global_grad_norm(self) -> float:
         return float("nan")
 
+    def was_step_applied(self) -> bool:  # DeepSpeed's public API: False when its own overflow check skipped
+        return True
+
 
 def _worker(lr: float = 1e-3, warmup: int = 0) -> Any:
     from actors.policy import PolicyWorker, lr_lambda

@@ -293,3 +293,117 @@ def test_reference_logprobs_reach_the_right_sequences(tiny_model_dir: Path) -> N
             one, _, _ = forward_logprobs(model, [ids], temperature=0.7)
         assert lp.shape == ids.shape
         assert torch.allclose(lp, one[0], atol=1e-5)
+
+
+def _poisoned(n: int, seed: int, at: int) -> TrainBatch:
+    """``tiny_batch`` with a NaN advantage on the last token of sequence ``at`` (built directly: the driver's
+    ``rl.to_train_batch`` rejects non-finite advantages)."""
+    batch = _batch(n, seed=seed)
+    assert batch.advantages is not None
+    batch.advantages[at] = batch.advantages[at].clone()
+    batch.advantages[at][-1] = float("nan")
+    return batch
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize(("workers", "stage"), [(1, 0), (2, 2), (2, 3)])
+def test_nonfinite_update_is_skipped_on_every_rank(tiny_model_dir: Path, workers: int, stage: int) -> None:
+    """A NaN advantage in the last rank's shard: every rank skips the update and says so (rank 0's own loss is
+    finite), the weights stay bit for bit, and the next good batch trains exactly as on a fresh policy: no
+    gradient left over, Adam's state and the LR warm-up not advanced by the skipped step (ZeRO-0: the torch
+    optimizer's grads; ZeRO-2: the reduced partitions; ZeRO-3: its overflow clean-up)."""
+    cfg = PolicyConfig(num_workers=workers, zero_stage=stage, lr=1e-2, micro_batch_size=3, warmup_steps=2,
+                       num_cpus_per_worker=1)
+    good, bad = _batch(8, seed=3), _poisoned(8, seed=3, at=7)
+    obj = Objective(pg_coef=1.0, ce_coef=0.5)
+    group = rl.start_policy(cfg, str(tiny_model_dir), "float32", 10, 0, "PACK")
+    try:
+        start = _weights(group)
+        skipped = group.call_split("train_step", bad, obj.with_counts(bad))
+        after_bad = _weights(group)
+        trained = group.call_split("train_step", good, obj.with_counts(good))
+        after_good = _weights(group)
+    finally:
+        group.shutdown()
+    for m in skipped:
+        assert m["guard/skipped"] == m["guard/nonfinite_loss"] == m["guard/nonfinite_grad_norm"] == 1.0
+    if workers > 1:
+        # the NaN sits in the last rank's shard only: the others' losses were finite, and they skipped too
+        assert all(torch.isfinite(torch.tensor(m["loss/total"])) for m in skipped[:-1])
+    assert all(torch.equal(after_bad[k], start[k]) for k in start), "a skipped step changed the weights"
+    assert all(m["guard/skipped"] == 0.0 for m in trained)
+    assert trained[0]["lr"] == skipped[0]["lr"] == pytest.approx(5e-3)  # warm-up step 1 of 2 both times
+    assert _max_diff(after_good, start) > 1e-3
+
+    fresh = rl.start_policy(cfg, str(tiny_model_dir), "float32", 10, 0, "PACK")
+    try:
+        reference = fresh.call_split("train_step", good, obj.with_counts(good))
+        expected = _weights(fresh)
+    finally:
+        fresh.shutdown()
+    assert trained[0]["grad_norm"] == pytest.approx(reference[0]["grad_norm"], rel=1e-6)
+    assert _max_diff(after_good, expected) < 1e-6
+
+
+def test_grpo_stops_after_max_bad_steps_in_a_row(tmp_path: Path, tiny_model_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step's batch carries a NaN advantage (patched in on the driver): each update is skipped, logged
+    and its batch saved; the second bad step in a row (runtime.max_bad_steps=2) ends run_grpo with a clear
+    error."""
+    from raylhf.grpo import run_grpo
+    from raylhf.guard import NonFiniteTrainingError
+
+    real = rl.to_train_batch
+
+    def poisoned(*args: object, **kwargs: object) -> TrainBatch:
+        batch = real(*args, **kwargs)  # type: ignore[arg-type]
+        assert batch.advantages is not None
+        batch.advantages[0] = batch.advantages[0] * float("nan")
+        return batch
+
+    monkeypatch.setattr(rl, "to_train_batch", poisoned)
+    cfg = small_cfg(tmp_path, tiny_model_dir, **{"grpo.num_steps": 5, "runtime.max_bad_steps": 2,
+                                                "data.eval_files": [], "checkpoint.save_final": False})
+    with pytest.raises(NonFiniteTrainingError, match=r"2 steps in a row \(up to step 2\)[\s\S]*bad_batches"):
+        run_grpo(cfg)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("guard/skipped") == 1.0] == [1, 2]
+    assert all(r["guard/nonfinite_loss"] == 1.0 for r in rows if "guard/skipped" in r)
+    assert sorted(p.name for p in (run_dir / "bad_batches").iterdir()) == ["step-1.pt", "step-2.pt"]
+    saved = torch.load(run_dir / "bad_batches" / "step-1.pt")
+    assert torch.isnan(saved["batch"]["advantages"][0]).all()
+    assert len(saved["batch"]["input_ids"]) == cfg.grpo.prompt_batch_size * cfg.grpo.samples_per_prompt
+
+
+def test_sft_stops_after_max_bad_steps_in_a_row(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A policy whose final norm holds a NaN: every SFT update is skipped; run_sft ends after
+    runtime.max_bad_steps of them with the batches saved."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from raylhf.config import SFTConfig
+    from raylhf.data import SFTExample
+    from raylhf.guard import NonFiniteTrainingError
+    from raylhf.sft import run_sft
+
+    nan_model = tmp_path / "nan-model"
+    shutil.copytree(tiny_model_dir, nan_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    model.save_pretrained(nan_model)
+    examples = [SFTExample([{"role": "user", "content": f"What is {i}+{i}?"}], str(2 * i)) for i in range(4)]
+    cfg = build_config(SFTConfig, overrides=[
+        ("model.path", str(nan_model)), ("sft.num_steps", 5), ("sft.batch_size", 2),
+        ("runtime.max_bad_steps", 3), ("policy.num_cpus_per_worker", 1),
+        ("logging.run_dir", str(tmp_path / "runs")), ("logging.progress", False)])
+    with pytest.raises(NonFiniteTrainingError, match=r"3 steps in a row \(up to step 3\)"):
+        run_sft(cfg, examples=examples)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    saved = sorted(p.name for p in (run_dir / "bad_batches").iterdir())
+    assert saved == ["step-1.pt", "step-2.pt", "step-3.pt"]

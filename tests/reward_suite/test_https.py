@@ -21,7 +21,7 @@ from rewards.base import RewardBatch
 from rewards.protocol import RemoteRewardError
 from rewards.remote import RemoteReward
 
-try:  # tests/rewards as a package (with __init__.py) or, without one, on sys.path as pytest's rootdir
+try:  # tests/reward_suite as a package (with __init__.py) or, without one, on sys.path as pytest's rootdir
     from .test_remote import TOKEN, TOKEN_ENV, Proc, launch_all, run, stop_all
     from .test_server import client
 except ImportError:

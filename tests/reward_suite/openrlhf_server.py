@@ -1,6 +1,6 @@
 """A plain OpenRLHF-style reward server for the tests (no raylhf imports), with failure knobs.
 
-    python tests/rewards/openrlhf_server.py [--port 0] [--fail-first N] [--fail-status 503] [--delay S]
+    python tests/reward_suite/openrlhf_server.py [--port 0] [--fail-first N] [--fail-status 503] [--delay S]
         [--garbage] [--wrong-count] [--token T] [--certfile F --keyfile F]
 
 POST (any path) {"query": [...], "prompts": [...], "labels": [...]} -> {"rewards": [...], "scores": [...],

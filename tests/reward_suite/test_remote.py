@@ -1,5 +1,5 @@
 """RemoteReward (the HTTP reward client) and the wire formats, against real OpenRLHF-style server processes
-(tests/rewards/openrlhf_server.py) on 127.0.0.1."""
+(tests/reward_suite/openrlhf_server.py) on 127.0.0.1."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from rewards.base import RewardBatch
 from rewards.protocol import RemoteRewardError
 from rewards.remote import RemoteReward
 
-try:  # tests/rewards as a package (with __init__.py) or, without one, on sys.path as pytest's rootdir
+try:  # tests/reward_suite as a package (with __init__.py) or, without one, on sys.path as pytest's rootdir
     from .test_remote import TOKEN, TOKEN_ENV, Proc, expected, launch_all, make_batch, run, stop_all
 except ImportError:
     from test_remote import TOKEN, TOKEN_ENV, Proc, expected, launch_all, make_batch, run, stop_all  # type: ignore
