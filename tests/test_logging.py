@@ -205,7 +205,23 @@ def read_wandb_run(run_dir: Path) -> dict[str, Any]:
         elif kind == "history":
             row = {("/".join(i.nested_key) or i.key): json.loads(i.value_json) for i in rec.history.item}
             out["history"].setdefault(rec.history.step.num, {}).update(row)
+        elif kind == "exit":
+            out["complete"] = True
     return out
+
+
+def read_complete_wandb_run(run_dir: Path, timeout_s: float = 60.0) -> dict[str, Any]:
+    """``read_wandb_run`` once the log holds its exit record: wandb's core process writes the offline log
+    asynchronously and may still be writing after ``run.finish()`` returned (seen once in a full suite run:
+    the history of step 1 was not in the file yet)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = read_wandb_run(run_dir)
+        if run.get("complete") or time.monotonic() > deadline:
+            return run
+        time.sleep(0.5)
 
 
 def test_wandb_offline_run_gets_config_metrics_and_curves(tmp_path: Path, wandb_offline: None) -> None:

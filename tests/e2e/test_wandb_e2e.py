@@ -7,7 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_logging import read_wandb_run, use_offline_wandb  # tests/ is on sys.path (rootdir conftest)
+from test_logging import (  # tests/ is on sys.path (rootdir conftest)
+    read_complete_wandb_run,
+    use_offline_wandb,
+)
 
 from raylhf.config import GRPOConfig, build_config
 from raylhf.tasks.arithmetic import make_problems, write_jsonl
@@ -35,7 +38,8 @@ def test_grpo_reports_to_wandb_offline(tmp_path: Path, tiny_model_dir: Path, mon
     res = run_grpo(cfg)
     assert [h["step"] for h in res.history] == [1, 2]
 
-    run = read_wandb_run(res.run_dir)
+    run = read_complete_wandb_run(res.run_dir)
+    assert run.get("complete"), "the offline W&B log never got its exit record"
     assert run["name"] == "wandb-e2e" and run["tags"] == ["e2e"]
     assert run["config"]["grpo"]["num_steps"] == 2  # the resolved config is the run config
     assert run["config"]["logging"]["report_to"] == ["tensorboard", "wandb"]
