@@ -100,15 +100,6 @@ _UNBOUNDED = 1 << 30
 POLL_S = 2.0  # how often a waiting group re-checks (the fail-fast latency on a fixed cluster)
 PROGRESS_S = 15.0  # how often a waiting group says what it waits for
 
-# the config fields that size each group started by raylhf.rl (named in the "cannot place" message)
-CONFIG_FIELDS = {
-    "policy": "policy.num_workers, policy.num_cpus_per_worker or policy.num_gpus_per_worker",
-    "rollout": "rollout.num_engines, rollout.num_cpus_per_engine or rollout.tensor_parallel_size",
-    "reference": "reference.num_cpus",
-    "reward": "reward.num_workers, reward.num_cpus or reward.num_gpus",
-}
-
-
 @dataclass(frozen=True)
 class NodeCapacity:
     """One alive node: a display name, its total resources and what is free now."""
@@ -319,13 +310,14 @@ def _held_by_others(own: Any) -> str:
     return ", ".join(held)
 
 
-def _fields_hint(name: str, strategy: str) -> str:
-    fields = CONFIG_FIELDS.get(name, f"the {name} group's worker count / CPUs / GPUs in the config")
+def _fields_hint(name: str, strategy: str, sizing: str | None) -> str:
+    fields = sizing or f"the {name} group's worker count / CPUs / GPUs in the config"
     loosen = f", use a looser ray.placement_strategy than {strategy}" if strategy.startswith("STRICT") else ""
     return f"Lower {fields}{loosen}, or give the cluster more (ray.num_cpus for a local cluster, more nodes)"
 
 
-def _wait_ready(pg: Any, name: str, bundles: list[dict[str, float]], strategy: str, timeout_s: float) -> None:
+def _wait_ready(pg: Any, name: str, bundles: list[dict[str, float]], strategy: str, timeout_s: float,
+                sizing: str | None = None) -> None:
     """Wait for a placement group; raise WorkerError at once when it can never fit a cluster that cannot
     grow, else after ``timeout_s``. Says what it waits for at once and every PROGRESS_S."""
     asked = f"{len(bundles)} x {_fmt_bundle(bundles[0])} (strategy {strategy})"
@@ -348,7 +340,7 @@ def _wait_ready(pg: Any, name: str, bundles: list[dict[str, float]], strategy: s
         if not check.possible and grows is False:
             raise WorkerError(
                 f"{name}: cannot place {asked}: {check.reason}. The cluster cannot add nodes ({why_grows}), so "
-                f"waiting would not help. Nodes:\n{table}\n{_fields_hint(name, strategy)}; "
+                f"waiting would not help. Nodes:\n{table}\n{_fields_hint(name, strategy, sizing)}; "
                 "set ray.autoscaling=on if nodes will join."
             )
         if not check.possible:
@@ -362,7 +354,7 @@ def _wait_ready(pg: Any, name: str, bundles: list[dict[str, float]], strategy: s
         if now >= deadline:
             raise WorkerError(
                 f"{name}: could not reserve {asked} within {timeout_s:.0f}s: {state}. Nodes:\n{table}\n"
-                f"{_fields_hint(name, strategy)}"
+                f"{_fields_hint(name, strategy, sizing)}"
             )
         if now - last_print >= PROGRESS_S:
             last_print = now
@@ -383,13 +375,15 @@ class ActorGroup:
         init_kwargs: dict[str, Any] | None = None,
         runtime_env: dict[str, Any] | None = None,
         start_timeout_s: float = 600.0,
+        sizing: str | None = None,
     ) -> None:
+        """``sizing``: the config fields that size this group, named when it cannot be placed."""
         self.name, self.num_ranks = name, num_ranks
         bundles = [{"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})} for _ in range(num_ranks)]
         self.pg: Any = placement_group(bundles, strategy=strategy, name=f"raylhf-{name}")
         self.actors: list[Any] = []
         try:
-            _wait_ready(self.pg, name, bundles, strategy, start_timeout_s)
+            _wait_ready(self.pg, name, bundles, strategy, start_timeout_s, sizing)
             self._start(worker_cls, num_ranks, num_cpus, num_gpus, init_kwargs, runtime_env, start_timeout_s)
         except BaseException:
             self.shutdown()

@@ -53,6 +53,7 @@ def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len
                 ReferenceWorker, 1, name="reference", num_cpus=cfg.reference.num_cpus, num_gpus=gpus_per_rank(None),
                 init_kwargs=dict(model_path=model_path, reference=cfg.reference.model_dump(), dtype=cfg.model.dtype,
                                  trust_remote_code=trust),
+                sizing="reference.num_cpus",
             )
         w.reward = start_reward(cfg.reward, reward_context(cfg), extra_functions(cfg))
     except BaseException:
@@ -86,6 +87,7 @@ def start_reward(cfg: RewardConfig, context: dict[str, Any], extra: list[dict[st
         init_kwargs=dict(functions=[f.model_dump() for f in cfg.functions] + list(extra or []),
                          remote=[r.model_dump() for r in cfg.remote], models=[m.model_dump() for m in cfg.models],
                          plugins=list(cfg.plugins), context=context, secrets=secrets),
+        sizing="reward.num_workers, reward.num_cpus or reward.num_gpus",
     )
 
 
@@ -106,6 +108,7 @@ def start_policy(cfg: PolicyConfig, model_path: str, dtype: str, total_steps: in
         num_gpus=gpus_per_rank(cfg.num_gpus_per_worker), strategy=strategy,
         init_kwargs=dict(model_path=model_path, policy=cfg.model_dump(), dtype=dtype, total_steps=total_steps,
                          seed=seed, trust_remote_code=trust_remote_code),
+        sizing="policy.num_workers, policy.num_cpus_per_worker or policy.num_gpus_per_worker",
     )
 
 
@@ -119,6 +122,7 @@ def start_rollout(cfg: RolloutConfig, model_path: str, dtype: str, max_model_len
         num_gpus=gpus_per_rank(None) * cfg.tensor_parallel_size, strategy=strategy,
         init_kwargs=dict(model_path=model_path, rollout=cfg.model_dump(), dtype=dtype, max_model_len=max_model_len,
                          trust_remote_code=trust_remote_code),
+        sizing="rollout.num_engines, rollout.num_cpus_per_engine or rollout.tensor_parallel_size",
     )
 
 

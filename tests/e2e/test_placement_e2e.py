@@ -10,6 +10,8 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from actors.group import ActorGroup, BaseWorker, WorkerError
+from raylhf import rl
+from raylhf.config.sections import PolicyConfig
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +19,8 @@ pytestmark = pytest.mark.slow
 def test_impossible_group_fails_fast_with_the_numbers(local_ray: None) -> None:
     t0 = time.monotonic()
     with pytest.raises(WorkerError) as err:
-        ActorGroup(BaseWorker, 8, name="policy", num_cpus=1.0)
+        # through the driver's own start function: it names the config fields that size the group
+        rl.start_policy(PolicyConfig(num_workers=8, num_cpus_per_worker=1.0), "unused", "float32", 1, 0, "PACK")
     elapsed = time.monotonic() - t0
     msg = str(err.value)
     assert elapsed < 10, (elapsed, msg)
