@@ -158,6 +158,14 @@ class Scores:
     def scored(self) -> torch.Tensor:
         return ~torch.isnan(self.total)
 
+    def function_means(self) -> dict[str, float]:
+        """Each reward's mean over the completions it scored (NaN when it scored none)."""
+        out = {}
+        for name, values in self.per_function.items():
+            done = [v for v in values if v is not None]
+            out[name] = sum(done) / len(done) if done else float("nan")
+        return out
+
 
 def reward_items(rollouts: list[Rollout], examples: list[PromptExample], tokenizer: Any) -> list[dict[str, Any]]:
     """What the reward workers see of each rollout: prompt text and messages, completion, columns."""
@@ -249,9 +257,7 @@ def evaluate(rollout: ActorGroup, reward: ActorGroup, examples: list[PromptExamp
         total = scores.total[scores.scored]
         out = {"reward": float(total.mean()) if len(total) else float("nan"),
                "response_len": sum(len(r.response_ids) for r in rolls) / max(1, len(rolls))}
-        for label, values in scores.per_function.items():
-            done = [v for v in values if v is not None]
-            out[label] = sum(done) / len(done) if done else float("nan")
+        out.update(scores.function_means())
         out.setdefault("accuracy", out["reward"])
         return {f"eval/{prefix}{k}": v for k, v in out.items()}
 
@@ -287,12 +293,10 @@ def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 def rollout_metrics(rollouts: list[Rollout], scores: Scores, timer: PhaseTimer) -> dict[str, float]:
     n_tok = sum(len(r.response_ids) for r in rollouts)
-    out: dict[str, float] = {}
+    out = {f"reward/{name}": mean for name, mean in scores.function_means().items()}
     for name, values in scores.per_function.items():
-        done = [v for v in values if v is not None]
-        out[f"reward/{name}"] = sum(done) / len(done) if done else float("nan")
-        if len(done) < len(values):
-            out[f"reward/{name}/unscored"] = float(len(values) - len(done))
+        if None in values:
+            out[f"reward/{name}/unscored"] = float(values.count(None))
     out.update({f"reward/{k}": v for k, v in scores.metrics.items()})
     out["reward/unscored_frac"] = float((~scores.scored).float().mean()) if len(rollouts) else 0.0
     out["response/len_mean"] = n_tok / max(1, len(rollouts))
