@@ -7,7 +7,9 @@
 * ``call`` broadcasts a method, ``call_split`` shards a list (or anything with ``shard(rank, world)``)
   by data-parallel rank; results come back in rank order;
 * every wait is fail-fast: the first rank that raises or dies ends the wait with that rank's own
-  error (Ray carries the remote traceback), the other calls are cancelled, no hang.
+  error (Ray carries the remote traceback), the other calls are cancelled, no hang;
+* every call has the watchdog's limit (``call_timeout_s``, from ``runtime.phase_timeout_s``): ranks that do not
+  answer in time end the wait with PhaseTimeoutError and their Python stacks (actors/watchdog.py).
 """
 
 from __future__ import annotations
@@ -25,13 +27,34 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors import watchdog
+
 
 class WorkerError(RuntimeError):
-    """A rank failed; the message carries the group name, the rank and the remote error."""
+    """A rank failed; the message carries the group name, the rank and the remote error. ``what`` is the
+    phase (``group.method``), ``rank`` the failing rank, ``died`` whether its actor process is gone."""
+
+    def __init__(self, message: str, what: str = "", rank: int | None = None, died: bool = False) -> None:
+        super().__init__(message)
+        self.what, self.rank, self.died = what, rank, died
+
+    @property
+    def group(self) -> str:
+        return self.what.split(".", 1)[0]
+
+
+class PhaseTimeoutError(WorkerError):
+    """The watchdog fired: ranks did not answer a call within its limit. The message is the watchdog report
+    (which ranks answered, the silent ones' Python stacks; see actors/watchdog.py)."""
 
 
 class BaseWorker:
-    """Mixin of every worker: rank bookkeeping and the rendezvous address."""
+    """Mixin of every worker: rank bookkeeping, the rendezvous address and the watchdog's ``stacks``.
+
+    Create workers through ActorGroup: ``stacks`` needs the actor class declared with
+    ``ray.remote(concurrency_groups=watchdog.CONCURRENCY_GROUPS)`` (plain ``ray.remote`` fails with a bare
+    AssertionError at ``.remote()``). With a concurrency group Ray runs every method, ``setup`` included, on
+    one background thread of the actor (``__init__`` on the main thread), not on the main thread."""
 
     def __init__(self, rank: int = 0, world_size: int = 1, master_addr: str = "", master_port: int = 0) -> None:
         self.rank, self.world_size = rank, world_size
@@ -55,6 +78,14 @@ class BaseWorker:
     def ping(self) -> int:
         return self.rank
 
+    @ray.method(concurrency_group=watchdog.WATCHDOG_GROUP)
+    def stacks(self) -> dict[str, Any]:
+        """``{"pid", "node", "node_id", "rank", "class", "stacks"}``: the Python stack of every thread (the one
+        running the actor call first) and of the pending asyncio tasks of the worker's event loops. Runs in its
+        own concurrency group, so it answers while a call is busy (sleeping, waiting, in C code without the
+        GIL); ActorGroup creates the actors with that group."""
+        return watchdog.snapshot(getattr(self, "rank", None), type(self).__name__, watchdog.event_loops(self))
+
 
 def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
     """Best-effort cancel of the other ranks' calls. Actor tasks cannot be force-cancelled (Ray raises
@@ -65,8 +96,13 @@ def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
             ray.cancel(r)
 
 
-def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None = None) -> list[Any]:
-    """ray.get on every ref, failing as soon as one fails (with its error), not after all finish."""
+def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None = None,
+             actors: Sequence[Any] | None = None, limit_field: str = watchdog.TIMEOUT_FIELD) -> list[Any]:
+    """ray.get on every ref, failing as soon as one fails (with its error), not after all finish.
+
+    ``timeout_s`` (None: no limit): given ``actors`` (the BaseWorker running each ref, in the same order), a
+    timeout raises PhaseTimeoutError with the watchdog report (also printed to stderr; ``limit_field`` names
+    the setting to raise), else WorkerError naming the silent ranks."""
     pending = list(refs)
     index = {r: i for i, r in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
@@ -75,15 +111,20 @@ def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None =
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready, pending = ray.wait(pending, num_returns=1, timeout=left)
         if not ready:
+            silent = sorted(index[r] for r in pending)
+            if actors is not None:  # the stacks first: cancelling may change them
+                report = watchdog.watchdog_report(what, timeout_s or 0.0, actors, silent, limit_field)
+                _cancel(pending)
+                raise PhaseTimeoutError(report, what)
             _cancel(pending)
-            raise WorkerError(f"{what}: no answer within {timeout_s:.0f}s from ranks "
-                              f"{sorted(index[r] for r in pending)}")
+            raise WorkerError(f"{what}: no answer within {timeout_s:.0f}s from ranks {silent}", what)
         r = ready[0]
         try:
             results[index[r]] = ray.get(r)
         except (RayTaskError, RayActorError) as e:
             _cancel(pending)
-            raise WorkerError(f"{what} failed on rank {index[r]}:\n{e}") from e
+            raise WorkerError(f"{what} failed on rank {index[r]}:\n{e}", what, index[r],
+                              isinstance(e, RayActorError)) from e
     return results
 
 
@@ -376,9 +417,12 @@ class ActorGroup:
         runtime_env: dict[str, Any] | None = None,
         start_timeout_s: float = 600.0,
         sizing: str | None = None,
+        call_timeout_s: float | None = None,
     ) -> None:
-        """``sizing``: the config fields that size this group, named when it cannot be placed."""
+        """``sizing``: the config fields that size this group, named when it cannot be placed.
+        ``call_timeout_s``: the watchdog's limit on every call (``runtime.phase_timeout_s``); None or 0: none."""
         self.name, self.num_ranks = name, num_ranks
+        self.call_timeout_s = call_timeout_s or None
         bundles = [{"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})} for _ in range(num_ranks)]
         self.pg: Any = placement_group(bundles, strategy=strategy, name=f"raylhf-{name}")
         self.actors: list[Any] = []
@@ -392,21 +436,16 @@ class ActorGroup:
     def _start(self, worker_cls: type, num_ranks: int, num_cpus: float, num_gpus: float,
                init_kwargs: dict[str, Any] | None, runtime_env: dict[str, Any] | None, start_timeout_s: float) -> None:
         name = self.name
-        remote_cls = ray.remote(worker_cls)
+        self._remote_cls = ray.remote(concurrency_groups=watchdog.CONCURRENCY_GROUPS)(worker_cls)  # for BaseWorker.stacks
+        self._init_kwargs = dict(init_kwargs or {})
+        self._start_timeout_s = start_timeout_s
+        self.restarts = 0
+        self._opts: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1)
+        if runtime_env:
+            self._opts["runtime_env"] = runtime_env
         master: tuple[str, int] = ("", 0)
         for rank in range(num_ranks):
-            opts: dict[str, Any] = dict(
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
-                max_concurrency=1,
-            )
-            if runtime_env:
-                opts["runtime_env"] = runtime_env
-            actor = remote_cls.options(**opts).remote(
-                rank=rank, world_size=num_ranks, master_addr=master[0], master_port=master[1],
-                **(init_kwargs or {}),
-            )
+            actor = self._new_actor(rank, master)
             if rank == 0:
                 master = tuple(wait_all([actor.node_address.remote()], f"{name} start-up", start_timeout_s)[0])
                 wait_all([actor.set_master.remote(*master)], f"{name} start-up")
@@ -414,16 +453,64 @@ class ActorGroup:
         self.master = master
         self.call("setup", timeout_s=start_timeout_s)
 
+    def _new_actor(self, rank: int, master: tuple[str, int]) -> Any:
+        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank)
+        return self._remote_cls.options(scheduling_strategy=strategy, **self._opts).remote(
+            rank=rank, world_size=self.num_ranks, master_addr=master[0], master_port=master[1], **self._init_kwargs,
+        )
+
+    def dead_ranks(self, timeout_s: float = 30.0) -> list[int]:
+        """Ranks whose actor has died (a ping fails with RayActorError); a rank that does not answer within
+        ``timeout_s`` counts as alive (busy)."""
+        refs = [a.ping.remote() for a in self.actors]
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        dead = []
+        for rank, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=0)
+            except RayActorError:
+                dead.append(rank)
+            except Exception:  # GetTimeoutError: busy, not dead
+                pass
+        return dead
+
+    def restart_dead(self) -> list[int]:
+        """Replace the dead ranks by fresh actors in the same placement-group bundles and set them up
+        (for groups without a rendezvous between ranks: rollout engines, reward workers). Returns the
+        restarted ranks; ``restarts`` counts them over the group's life."""
+        dead = self.dead_ranks()
+        for rank in dead:
+            with contextlib.suppress(Exception):
+                ray.kill(self.actors[rank], no_restart=True)
+            self.actors[rank] = self._new_actor(rank, self.master)
+        if dead:
+            wait_all([self.actors[r].setup.remote() for r in dead], f"{self.name} restart", self._start_timeout_s)
+            self.restarts += len(dead)
+        return dead
+
+    def _wait(self, refs: list[ray.ObjectRef], method: str, timeout_s: float | None, actors: list[Any]) -> list[Any]:
+        """wait_all under the watchdog: the limit is ``timeout_s`` when given (0: none), else the group's
+        ``call_timeout_s``; on expiry PhaseTimeoutError with the silent ranks' stacks."""
+        if timeout_s is None:
+            limit, field = self.call_timeout_s, watchdog.TIMEOUT_FIELD
+        else:
+            limit, field = timeout_s or None, "this call's timeout_s"
+        return wait_all(refs, f"{self.name}.{method}", limit, actors, field)
+
     def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> list[Any]:
-        """The same call on every rank; results in rank order."""
+        """The same call on every rank; results in rank order. ``timeout_s``: see ``_wait``."""
         refs = [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
-        return wait_all(refs, f"{self.name}.{method}", timeout_s)
+        return self._wait(refs, method, timeout_s, list(self.actors))
 
-    def call_rank0(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return wait_all([getattr(self.actors[0], method).remote(*args, **kwargs)], f"{self.name}.{method}")[0]
+    def call_rank0(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
+        """The call on rank 0 only. ``timeout_s``: see ``_wait``."""
+        refs = [getattr(self.actors[0], method).remote(*args, **kwargs)]
+        return self._wait(refs, method, timeout_s, self.actors[:1])[0]
 
-    def call_split(self, method: str, data: Any, *args: Any, **kwargs: Any) -> list[Any]:
-        """Shard ``data`` by rank (``data.shard(rank, world)`` or contiguous list slices) and call."""
+    def call_split(self, method: str, data: Any, *args: Any, timeout_s: float | None = None, **kwargs: Any
+                   ) -> list[Any]:
+        """Shard ``data`` by rank (``data.shard(rank, world)`` or contiguous list slices) and call.
+        ``timeout_s``: see ``_wait``."""
         world = self.num_ranks
         if hasattr(data, "shard"):
             shards = [data.shard(r, world) for r in range(world)]
@@ -432,7 +519,7 @@ class ActorGroup:
             bounds = [round(i * len(items) / world) for i in range(world + 1)]
             shards = [items[bounds[r] : bounds[r + 1]] for r in range(world)]
         refs = [getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards, strict=True)]
-        return wait_all(refs, f"{self.name}.{method}")
+        return self._wait(refs, method, timeout_s, list(self.actors))
 
     def shutdown(self) -> None:
         for a in self.actors:

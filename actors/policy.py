@@ -111,6 +111,9 @@ class PolicyWorker(BaseWorker):
     def train_step(self, batch: TrainBatch, obj: Objective) -> dict[str, float]:
         """One optimizer step on this rank's shard; its metrics reduced over the micro-batches
         (``raylhf.metrics.reduce_metrics``: losses summed, maxima / minima as such, the rest token-weighted)."""
+        from actors.faults import maybe_die
+
+        maybe_die("policy", "train_step")
         t0 = time.perf_counter()
         self.engine.train()
         dev = self.engine.device
@@ -256,6 +259,35 @@ class PolicyWorker(BaseWorker):
         self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True)
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out)
         return str(out)
+
+    # ---- resumable state (raylhf.checkpoint) ----------------------------------------------------
+    def save_state(self, path: str) -> None:
+        """Engine (model, optimizer, LR scheduler) and this rank's RNG states under ``path`` (every rank must
+        call it: DeepSpeed writes each rank's partition)."""
+        from raylhf.checkpoint import save_rng
+
+        out = Path(path)
+        (out / "rng").mkdir(parents=True, exist_ok=True)
+        self.engine.save_checkpoint(str(out / "engine"), tag="state", client_state={"steps_done": self.steps_done},
+                                    save_latest=False)
+        save_rng(out / "rng" / f"rank-{self.rank}.pt")
+
+    def load_state(self, path: str) -> int:
+        """Restore what ``save_state`` wrote; returns the optimizer steps done. The world size must match."""
+        from raylhf.checkpoint import load_rng
+
+        src = Path(path)
+        rng = src / "rng" / f"rank-{self.rank}.pt"
+        if not rng.is_file():
+            raise FileNotFoundError(f"{rng} missing: the checkpoint was written by fewer policy ranks than "
+                                    f"policy.num_workers={self.world_size}; resume with the run's policy.num_workers")
+        load_path, client = self.engine.load_checkpoint(str(src / "engine"), tag="state", load_optimizer_states=True,
+                                                        load_lr_scheduler_states=True)
+        if load_path is None:
+            raise FileNotFoundError(f"DeepSpeed found no engine state under {src / 'engine'}")
+        self.steps_done = int((client or {}).get("steps_done", 0))
+        load_rng(rng)
+        return self.steps_done
 
     def device_name(self) -> str:
         return str(device())

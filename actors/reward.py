@@ -46,6 +46,9 @@ class RewardWorker(BaseWorker):
         """``items``: ``{"prompt", "completion", "completion_ids", "prompt_messages"?, "rendered_prompt"?,
         **columns}``. Returns the total (None where nothing scored), per-reward values, PRM step scores,
         the scorers' metrics and the time taken."""
+        from actors.faults import maybe_die
+
+        maybe_die("reward", "score")
         t0 = time.perf_counter()
         context = {**self.context, **({"step": step} if step is not None else {})}
         batch = RewardBatch.from_items(items, context)

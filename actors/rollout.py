@@ -115,16 +115,25 @@ class RolloutWorker(BaseWorker):
         n: int,
         temperature: float | None = None,
         max_new_tokens: int | None = None,
+        seed: int | None = None,
     ) -> list[Rollout]:
         """``n`` completions for each ``(prompt_index, prompt_ids)``; greedy when temperature is 0.
 
-        (No per-request seed: vLLM's CPU sampler rejects seeded generators; the engine seed applies.)
+        ``seed``: reseed the sampler's RNG for this call (offset by rank), so a call's samples depend only on
+        the weights, the prompts and the seed: a resumed run or a retried step draws what the original drew.
+        (vLLM's CPU sampler rejects per-request seeded generators; the engine core runs in this process, so
+        its sampler draws from this process's global torch RNG.)
         """
         vllm = import_vllm()
         from vllm.inputs import TokensPrompt
 
+        from actors.faults import maybe_die
+
+        maybe_die("rollout", "generate")
         if not prompts:
             return []
+        if seed is not None:
+            torch.manual_seed((seed * 1_000_003 + self.rank) % 2**63)
         temp = self.cfg.get("temperature", 1.0) if temperature is None else temperature
         params = vllm.SamplingParams(
             n=n,

@@ -35,7 +35,13 @@ def required_cpus(cfg: GRPOConfig) -> float:
 
 def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None = None,
              heldout: list | None = None) -> GRPOResult:
-    """Run GRPO; ``model_path`` / ``train`` / ``heldout`` override the config's (the demo passes them)."""
+    """Run GRPO; ``model_path`` / ``train`` / ``heldout`` override the config's (the demo passes them).
+
+    With ``checkpoint.resume`` it continues a run from its checkpoint: same run dir, weights, optimizer,
+    LR schedule, data position and RNG states, so the remaining steps repeat what the run would have done.
+    """
+    from actors.group import WorkerError
+    from raylhf import checkpoint as ckpts
     from raylhf import rl
     from raylhf.algos.advantages import compute_advantages
     from raylhf.assets import load_tokenizer
@@ -55,13 +61,18 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
         raise ValueError(f"only {len(train)} training prompts (after dropping {dropped} longer than "
                          f"data.max_prompt_length={cfg.data.max_prompt_length}); grpo.prompt_batch_size is "
                          f"{g.prompt_batch_size}")
-    run_dir = make_run_dir(cfg.logging, "grpo")
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    print(f"[grpo] run dir {run_dir}; model {model_path}; {len(train)} train / {len(heldout)} held-out prompts",
-          flush=True)
+    resume_from = ckpts.resolve_resume(cfg.checkpoint.resume, Path(cfg.logging.run_dir), cfg.logging.run_name, "grpo")
+    state = ckpts.read_state(resume_from) if resume_from else {}
+    start_step = int(state.get("step", 0))
+    run_dir = ckpts.run_dir_of(resume_from) if resume_from else make_run_dir(cfg.logging, "grpo")
+    (run_dir / ("config.resumed.yaml" if resume_from else "config.yaml")).write_text(to_yaml(cfg))
+    print(f"[grpo] run dir {run_dir}; model {model_path}; {len(train)} train / {len(heldout)} held-out prompts"
+          + (f"; resuming after step {start_step} from {resume_from}" if resume_from else ""), flush=True)
 
     # created first: a missing tracker package (wandb) fails here, before any actor starts
-    logger = MetricsLogger(run_dir, cfg.logging, g.num_steps, "grpo", run_config=cfg.model_dump(mode="json"))
+    logger = MetricsLogger(run_dir, cfg.logging, g.num_steps, "grpo", run_config=cfg.model_dump(mode="json"),
+                           resume_step=start_step if resume_from else None)
+    last_ckpt: Path | None = resume_from
     try:
         init_ray(cfg.ray, required_cpus(cfg))
         max_len = cfg.data.max_prompt_length + ro.max_new_tokens + 8
@@ -71,6 +82,7 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
         workers = rl.start_workers(cfg, model_path, optimizer_steps, max_len)
         policy, rollout, reward, reference = workers.policy, workers.rollout, workers.reward, workers.reference
         assert policy is not None and rollout is not None and reward is not None
+        recovery = rl.Recovery(workers, cfg.runtime.max_actor_restarts, ro.sync_bucket_mb, "grpo")
         try:
             placement = {"policy": policy.call("node_id"), "rollout": rollout.call("node_id"),
                          "reward": reward.call("node_id")}
@@ -78,60 +90,80 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
                   + ", ".join(f"{k}={sorted({n[:8] for n in v})}" for k, v in placement.items()), flush=True)
 
             heldout_ids = [render_prompt(tokenizer, ex.messages) for ex in heldout]
-            def evaluate() -> dict[str, float]:
+            def evaluate(step: int) -> dict[str, float]:
                 if not heldout:
                     return {}
-                return rl.evaluate(rollout, reward, heldout, heldout_ids, tokenizer, ro.max_new_tokens, g.eval_samples,
-                                   g.eval_temperature)
+                return recovery.run("eval", rl.evaluate, rollout, reward, heldout, heldout_ids, tokenizer,
+                                    ro.max_new_tokens, g.eval_samples, g.eval_temperature,
+                                    seed=rl.phase_seed(cfg.seed, step, "eval"))
 
-            eval_before = evaluate()
-            if eval_before:
-                logger.log(0, eval_before, advance=False)
             objective = Objective(
                 pg_coef=1.0, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator, entropy_coef=g.entropy_coef,
                 clip_low=g.clip_low, clip_high=g.clip_high, dual_clip=g.dual_clip, is_level=g.importance_sampling,
                 tis_cap=g.tis_cap, loss_agg=g.loss_agg, norm_const=float(ro.max_new_tokens),
                 temperature=ro.temperature if ro.temperature > 0 else 1.0,
             )
-            stream = rl.prompt_stream(train, g.prompt_batch_size, cfg.data.shuffle, cfg.data.seed)
+            stream = rl.PromptStream(train, g.prompt_batch_size, cfg.data.shuffle, cfg.data.seed)
             world = cfg.policy.num_workers
             bad_steps = BadStepGuard(cfg.runtime.max_bad_steps, run_dir, "grpo")
-            for step in range(1, g.num_steps + 1):
-                timer = rl.PhaseTimer()
-                prompts = next(stream)
-                with timer("generate"):
-                    rollouts = rl.generate(rollout, [render_prompt(tokenizer, ex.messages) for ex in prompts],
-                                           g.samples_per_prompt)
-                with timer("reward"):
-                    scores = rl.score(reward, rollouts, prompts, tokenizer, step)
-                rewards = rl.fill_unscored(scores.total, g.samples_per_prompt)
-                adv = compute_advantages(g.advantage, rewards, g.samples_per_prompt, scale=g.scale_rewards)
-                batch = rl.to_train_batch(rollouts, adv.advantages, mask_truncated=g.overlong == "mask")
-                keep = rl.varied_groups(rewards, g.samples_per_prompt) if g.dynamic_sampling else range(len(batch))
-                batch = batch.select([i for i in keep if scores.scored[i]])  # unscored samples never reach the loss
-                batch = rl.split_for_ranks(batch, world)
-                m = {**rl.rollout_metrics(rollouts, scores, timer), **rl.prefixed("reward/", adv.metrics),
-                     "batch/kept_frac": len(batch) / len(rollouts)}
-                if len(batch):
-                    if reference is not None:
-                        with timer("reference"):
-                            batch.ref_logprobs = rl.logprobs(reference, batch, objective.temperature)
-                    if g.updates_per_batch > 1 or len(batch) > train_size:  # the batch feeds several updates
-                        with timer("old_logprobs"):
-                            batch.old_logprobs = rl.logprobs(policy, batch, objective.temperature)
-                    with timer("train"):
-                        m.update(rl.train(policy, batch, objective, train_size, g.updates_per_batch, world))
-                    with timer("sync"):
-                        rl.sync_weights(policy, rollout, ro.sync_bucket_mb)
-                if g.eval_every and step % g.eval_every == 0 and step < g.num_steps:
-                    m.update(evaluate())
-                m.update(timer.metrics())
-                m["perf/samples_per_s"] = len(rollouts) / m["time/step"]
-                logger.log(step, m)
-                bad_steps.check(step, m, batch)  # a skipped update: batch saved; too many in a row: raises
-                if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < g.num_steps:
-                    policy.call("save", str(run_dir / f"checkpoint-{step}"))
-            eval_after = evaluate()
+            eval_before: dict[str, float] = {}
+            if resume_from:
+                ckpts.restore(policy, resume_from)
+                stream.load_state_dict(state["data"])
+                bad_steps.in_a_row = int(state.get("bad_steps_in_a_row", 0))
+                rl.sync_weights(policy, rollout, ro.sync_bucket_mb)  # the engines start from model.path
+                eval_before = {k: v for k, v in logger.history[0].items() if k.startswith("eval/")} \
+                    if logger.history and logger.history[0].get("step") == 0 else {}
+                ckpts.load_driver_rng(resume_from)
+            else:
+                eval_before = evaluate(0)
+                if eval_before:
+                    logger.log(0, eval_before, advance=False)
+            try:
+                for step in range(start_step + 1, g.num_steps + 1):
+                    timer = rl.PhaseTimer()
+                    prompts = next(stream)
+                    prompt_ids = [render_prompt(tokenizer, ex.messages) for ex in prompts]
+                    with timer("generate"):
+                        rollouts = recovery.run("generate", rl.generate, rollout, prompt_ids, g.samples_per_prompt,
+                                                seed=rl.phase_seed(cfg.seed, step, "generate"))
+                    with timer("reward"):
+                        scores = recovery.run("reward", rl.score, reward, rollouts, prompts, tokenizer, step)
+                    rewards = rl.fill_unscored(scores.total, g.samples_per_prompt)
+                    adv = compute_advantages(g.advantage, rewards, g.samples_per_prompt, scale=g.scale_rewards)
+                    batch = rl.to_train_batch(rollouts, adv.advantages, mask_truncated=g.overlong == "mask")
+                    keep = rl.varied_groups(rewards, g.samples_per_prompt) if g.dynamic_sampling else range(len(batch))
+                    batch = batch.select([i for i in keep if scores.scored[i]])  # unscored samples never reach the loss
+                    batch = rl.split_for_ranks(batch, world)
+                    m = {**rl.rollout_metrics(rollouts, scores, timer), **rl.prefixed("reward/", adv.metrics),
+                         "batch/kept_frac": len(batch) / len(rollouts)}
+                    if len(batch):
+                        if reference is not None:
+                            with timer("reference"):
+                                batch.ref_logprobs = rl.logprobs(reference, batch, objective.temperature)
+                        if g.updates_per_batch > 1 or len(batch) > train_size:  # the batch feeds several updates
+                            with timer("old_logprobs"):
+                                batch.old_logprobs = rl.logprobs(policy, batch, objective.temperature)
+                        with timer("train"):
+                            m.update(rl.train(policy, batch, objective, train_size, g.updates_per_batch, world))
+                        with timer("sync"):
+                            recovery.run("sync", rl.sync_weights, policy, rollout, ro.sync_bucket_mb)
+                    if g.eval_every and step % g.eval_every == 0 and step < g.num_steps:
+                        m.update(evaluate(step))
+                    m.update(timer.metrics())
+                    m.update(recovery.metrics())
+                    m["perf/samples_per_s"] = len(rollouts) / m["time/step"]
+                    logger.log(step, m)
+                    bad_steps.check(step, m, batch)  # a skipped update: batch saved; too many in a row: raises
+                    if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < g.num_steps:
+                        last_ckpt = ckpts.save(policy, run_dir, step, {
+                            "data": stream.state_dict(), "bad_steps_in_a_row": bad_steps.in_a_row,
+                            "recovery": recovery.metrics()}, cfg.checkpoint.keep_last, name="grpo")
+            except WorkerError as e:
+                if e.group == "policy" and e.died:
+                    raise rl.PolicyRankDied.from_error(e, last_ckpt) from e
+                raise
+            eval_after = evaluate(g.num_steps)
             if eval_after:
                 logger.log(g.num_steps, eval_after, advance=False)
             ckpt = None
@@ -153,13 +185,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = cli_entry(GRPOConfig, argv, "raylhf.grpo")
     if cfg is None:
         return 0
+    from actors.group import PhaseTimeoutError
+    from raylhf.checkpoint import ResumeError
     from raylhf.data import DataError
     from raylhf.guard import NonFiniteTrainingError
+    from raylhf.rl import PolicyRankDied
     from raylhf.runtime import TrackerError
 
     try:
         return _run(cfg)
-    except (DataError, TrackerError, NonFiniteTrainingError) as e:  # bad data / tracker / NaN: one line
+    except (DataError, TrackerError, NonFiniteTrainingError, ResumeError, PolicyRankDied, PhaseTimeoutError) as e:
         print(f"raylhf.grpo: error: {e}", file=sys.stderr)
         return 2
 

@@ -6,21 +6,22 @@ Each function is one phase of DESIGN.md's step; the loops in ``raylhf/grpo.py`` 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from actors.group import ActorGroup
+from actors.group import ActorGroup, WorkerError
 from raylhf.batch import Objective, Rollout, TrainBatch
 from raylhf.config.sections import PolicyConfig, RewardConfig, RolloutConfig
 from raylhf.data import PromptExample
 from raylhf.metrics import RANK_SUM_METRICS, reduce_metrics
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,17 +46,20 @@ def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len
 
     w = Workers()
     strategy, trust = cfg.ray.placement_strategy, cfg.model.trust_remote_code
+    limit = cfg.runtime.phase_timeout_s or None  # the watchdog's limit on every phase
     try:
-        w.policy = start_policy(cfg.policy, model_path, cfg.model.dtype, optimizer_steps, cfg.seed, strategy, trust)
-        w.rollout = start_rollout(cfg.rollout, model_path, cfg.model.dtype, max_model_len, strategy, trust)
+        w.policy = start_policy(cfg.policy, model_path, cfg.model.dtype, optimizer_steps, cfg.seed, strategy, trust,
+                                call_timeout_s=limit)
+        w.rollout = start_rollout(cfg.rollout, model_path, cfg.model.dtype, max_model_len, strategy, trust,
+                                  call_timeout_s=limit)
         if cfg.grpo.kl_coef > 0:
             w.reference = ActorGroup(
                 ReferenceWorker, 1, name="reference", num_cpus=cfg.reference.num_cpus, num_gpus=gpus_per_rank(None),
                 init_kwargs=dict(model_path=model_path, reference=cfg.reference.model_dump(), dtype=cfg.model.dtype,
                                  trust_remote_code=trust),
-                sizing="reference.num_cpus",
+                sizing="reference.num_cpus", call_timeout_s=limit,
             )
-        w.reward = start_reward(cfg.reward, reward_context(cfg), extra_functions(cfg))
+        w.reward = start_reward(cfg.reward, reward_context(cfg), extra_functions(cfg), call_timeout_s=limit)
     except BaseException:
         w.shutdown()
         raise
@@ -76,7 +80,8 @@ def reward_context(cfg: Any) -> dict[str, Any]:
 
 
 def start_reward(cfg: RewardConfig, context: dict[str, Any], extra: list[dict[str, Any]] | None = None,
-                 ) -> ActorGroup:
+                 call_timeout_s: float | None = None) -> ActorGroup:
+    """The reward group; ``call_timeout_s``: the watchdog's limit on each call (runtime.phase_timeout_s)."""
     from actors.reward import RewardWorker
 
     # tokens named by reward.remote[].token_env travel from the driver's environment to the reward actors
@@ -87,7 +92,7 @@ def start_reward(cfg: RewardConfig, context: dict[str, Any], extra: list[dict[st
         init_kwargs=dict(functions=[f.model_dump() for f in cfg.functions] + list(extra or []),
                          remote=[r.model_dump() for r in cfg.remote], models=[m.model_dump() for m in cfg.models],
                          plugins=list(cfg.plugins), context=context, secrets=secrets),
-        sizing="reward.num_workers, reward.num_cpus or reward.num_gpus",
+        sizing="reward.num_workers, reward.num_cpus or reward.num_gpus", call_timeout_s=call_timeout_s,
     )
 
 
@@ -100,7 +105,8 @@ def gpus_per_rank(requested: float | None) -> float:
 
 
 def start_policy(cfg: PolicyConfig, model_path: str, dtype: str, total_steps: int, seed: int, strategy: str,
-                 trust_remote_code: bool = False) -> ActorGroup:
+                 trust_remote_code: bool = False, call_timeout_s: float | None = None) -> ActorGroup:
+    """The policy group; ``call_timeout_s``: the watchdog's limit on each call (runtime.phase_timeout_s)."""
     from actors.policy import PolicyWorker
 
     return ActorGroup(
@@ -109,11 +115,13 @@ def start_policy(cfg: PolicyConfig, model_path: str, dtype: str, total_steps: in
         init_kwargs=dict(model_path=model_path, policy=cfg.model_dump(), dtype=dtype, total_steps=total_steps,
                          seed=seed, trust_remote_code=trust_remote_code),
         sizing="policy.num_workers, policy.num_cpus_per_worker or policy.num_gpus_per_worker",
+        call_timeout_s=call_timeout_s,
     )
 
 
 def start_rollout(cfg: RolloutConfig, model_path: str, dtype: str, max_model_len: int, strategy: str,
-                  trust_remote_code: bool = False) -> ActorGroup:
+                  trust_remote_code: bool = False, call_timeout_s: float | None = None) -> ActorGroup:
+    """The rollout engines; ``call_timeout_s``: the watchdog's limit on each call (runtime.phase_timeout_s)."""
     from actors.rollout import RolloutWorker, import_vllm
 
     import_vllm()  # fail on the driver with the install hint, before reserving anything
@@ -123,19 +131,106 @@ def start_rollout(cfg: RolloutConfig, model_path: str, dtype: str, max_model_len
         init_kwargs=dict(model_path=model_path, rollout=cfg.model_dump(), dtype=dtype, max_model_len=max_model_len,
                          trust_remote_code=trust_remote_code),
         sizing="rollout.num_engines, rollout.num_cpus_per_engine or rollout.tensor_parallel_size",
+        call_timeout_s=call_timeout_s,
     )
 
 
-def prompt_stream(examples: list[PromptExample], batch_size: int, shuffle: bool, seed: int,
-                  ) -> Iterator[list[PromptExample]]:
-    """Endless batches of prompts, reshuffled every epoch."""
-    rng = random.Random(seed)
-    for _epoch in itertools.count():
-        order = list(range(len(examples)))
-        if shuffle:
-            rng.shuffle(order)
-        for s in range(0, len(order) - batch_size + 1, batch_size):
-            yield [examples[i] for i in order[s : s + batch_size]]
+class PromptStream:
+    """Endless batches of prompts, reshuffled every epoch; ``state_dict`` / ``load_state_dict`` make the
+    position and the shuffle state part of a checkpoint, so a resumed run sees the batches the original
+    would have seen."""
+
+    def __init__(self, examples: list[PromptExample], batch_size: int, shuffle: bool, seed: int) -> None:
+        self.examples, self.batch_size, self.shuffle = examples, batch_size, shuffle
+        self.rng = random.Random(seed)
+        self.epoch, self.pos = 0, 0
+        self.order = self._new_order()
+
+    def _new_order(self) -> list[int]:
+        order = list(range(len(self.examples)))
+        if self.shuffle:
+            self.rng.shuffle(order)
+        return order
+
+    def __iter__(self) -> PromptStream:
+        return self
+
+    def __next__(self) -> list[PromptExample]:
+        if self.pos + self.batch_size > len(self.order):
+            self.epoch, self.pos = self.epoch + 1, 0
+            self.order = self._new_order()
+        idx = self.order[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return [self.examples[i] for i in idx]
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {"epoch": self.epoch, "pos": self.pos, "order": list(self.order), "num_examples": len(self.examples),
+                "rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_examples"] != len(self.examples):
+            raise ValueError(f"the checkpoint's data stream covers {state['num_examples']} prompts, this run has "
+                             f"{len(self.examples)}: resume with the same data files and data.max_prompt_length")
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.epoch, self.pos, self.order = int(state["epoch"]), int(state["pos"]), list(state["order"])
+
+
+def prompt_stream(examples: list[PromptExample], batch_size: int, shuffle: bool, seed: int) -> PromptStream:
+    return PromptStream(examples, batch_size, shuffle, seed)
+
+
+def phase_seed(seed: int, step: int, phase: str) -> int:
+    """A sampling seed that depends only on the run seed, the step and the phase (not on history)."""
+    return (seed * 1_000_003 + step * 7919 + sum(map(ord, phase))) % 2**31
+
+
+class PolicyRankDied(RuntimeError):
+    """A policy rank died: training state is lost beyond the last checkpoint; the message says how to resume."""
+
+    @classmethod
+    def from_error(cls, e: WorkerError, last_checkpoint: Any) -> PolicyRankDied:
+        where = (f"resume from {last_checkpoint} with --resume auto (or --resume {last_checkpoint})" if last_checkpoint
+                 else "no checkpoint was written yet (set checkpoint.save_every to make runs resumable); start again")
+        cause = type(e.__cause__).__name__ if e.__cause__ is not None else "actor died"
+        return cls(f"policy rank {e.rank} died in {e.what} ({cause}; its log is in the Ray session logs); the "
+                   f"ranks' training state is lost beyond the last checkpoint: {where}")
+
+
+class Recovery:
+    """Restarts rollout engines and reward workers that died and retries the phase that saw it.
+
+    A dead engine is replaced in its placement-group bundle, set up, and given the policy's current
+    weights before the retry; at most ``max_restarts`` restarts per run. Any other failure, and a dead
+    policy or reference rank, propagates (the driver turns a dead policy rank into ``PolicyRankDied``).
+    """
+
+    def __init__(self, workers: Workers, max_restarts: int, bucket_mb: int, name: str = "raylhf") -> None:
+        self.workers, self.max_restarts, self.bucket_mb, self.name = workers, max_restarts, bucket_mb, name
+        self.restarts = 0
+        self.retried = 0
+
+    def run(self, phase: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried after restarting the dead rollout / reward ranks that made it fail."""
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except WorkerError as e:
+                group = {"rollout": self.workers.rollout, "reward": self.workers.reward}.get(e.group)
+                if not e.died or group is None or self.restarts >= self.max_restarts:
+                    raise
+                print(f"[{self.name}] {e.what}: rank {e.rank} died during {phase}; restarting it "
+                      f"({self.restarts + 1} of runtime.max_actor_restarts={self.max_restarts})", flush=True)
+                restarted = group.restart_dead()
+                self.restarts += max(1, len(restarted))
+                if group is self.workers.rollout and phase != "sync":
+                    assert self.workers.policy is not None
+                    sync_weights(self.workers.policy, group, self.bucket_mb)  # the engines lag no update
+                self.retried += 1
+
+    def metrics(self) -> dict[str, float]:
+        return {"recovery/restarts": float(self.restarts), "recovery/retried_phases": float(self.retried)}
 
 
 def generate(rollout: ActorGroup, prompt_ids: list[list[int]], n: int, **kw: Any) -> list[Rollout]:
@@ -245,14 +340,15 @@ def sync_weights(policy: ActorGroup, rollout: ActorGroup, bucket_mb: int) -> flo
 
 
 def evaluate(rollout: ActorGroup, reward: ActorGroup, examples: list[PromptExample], prompt_ids: list[list[int]],
-             tokenizer: Any, max_new_tokens: int, samples: int = 1, temperature: float = 0.0) -> dict[str, float]:
+             tokenizer: Any, max_new_tokens: int, samples: int = 1, temperature: float = 0.0,
+             seed: int | None = None) -> dict[str, float]:
     """Held-out scores over ``samples`` completions per prompt at ``temperature`` (mean@k): ``eval/<label>``
     for every reward (unscored completions excluded), ``eval/reward`` (the weighted sum) and
     ``eval/accuracy`` (the 'accuracy' reward, else the total); with temperature > 0 also one greedy
     completion per prompt as ``eval/greedy_<label>`` and ``eval/greedy_accuracy``."""
 
     def run(n: int, temp: float, prefix: str) -> dict[str, float]:
-        rolls = generate(rollout, prompt_ids, n, temperature=temp, max_new_tokens=max_new_tokens)
+        rolls = generate(rollout, prompt_ids, n, temperature=temp, max_new_tokens=max_new_tokens, seed=seed)
         scores = score(reward, rolls, examples, tokenizer)
         total = scores.total[scores.scored]
         out = {"reward": float(total.mean()) if len(total) else float("nan"),

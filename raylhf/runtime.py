@@ -40,6 +40,8 @@ def init_ray(cfg: RayConfig, required_cpus: float) -> None:
         return
     env = {"env_vars": {"PYTHONPATH": _pythonpath(), "TOKENIZERS_PARALLELISM": "false",
                         "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
+    if os.environ.get("RAYLHF_FAULT_INJECT"):  # the recovery tests' fault injection (actors/faults.py)
+        env["env_vars"]["RAYLHF_FAULT_INJECT"] = os.environ["RAYLHF_FAULT_INJECT"]
     if not sys.stdout.isatty():  # a log file: no carriage-return bars from HF loaders, no colour codes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -109,7 +111,9 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, cfg: LoggingConfig, total_steps: int, desc: str,
                  run_config: dict[str, Any] | None = None, *, stream: TextIO | None = None,
-                 bar_stream: TextIO | None = None) -> None:
+                 bar_stream: TextIO | None = None, resume_step: int | None = None) -> None:
+        """``resume_step``: continue a run resumed from that step's checkpoint: metrics.jsonl keeps its rows up
+        to that step (the rows an interrupted run wrote after it are dropped) and they start ``history``."""
         wandb = import_wandb() if "wandb" in cfg.report_to else None  # fail before any file is opened
         self.cfg, self.run_dir = cfg, run_dir
         self.stream: TextIO = stream if stream is not None else sys.stdout
@@ -121,6 +125,9 @@ class MetricsLogger:
         self._wandb, self.wandb_run = wandb, None
         if wandb is not None:
             self.wandb_run = _start_wandb(wandb, run_dir, cfg, run_config)
+        if resume_step is not None:
+            self.history = _rows_up_to(run_dir / "metrics.jsonl", resume_step)
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.jsonl = (run_dir / "metrics.jsonl").open("a")
         self.tb: Any = None
         if "tensorboard" in cfg.report_to:
@@ -131,7 +138,8 @@ class MetricsLogger:
         if cfg.progress and self.interactive:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, desc=desc, dynamic_ncols=True, file=bar_stream)
+            self.bar = tqdm(total=total_steps, initial=resume_step or 0, desc=desc, dynamic_ncols=True,
+                            file=bar_stream)
 
     def log(self, step: int, metrics: dict[str, float], advance: bool = True) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
@@ -176,6 +184,20 @@ class MetricsLogger:
                 last = max((r["step"] for r in self.history), default=0)
                 self.wandb_run.log({"curves": self._wandb.Image(str(curves))}, step=last)
             self.wandb_run.finish()
+
+
+def _rows_up_to(path: Path, step: int) -> list[dict[str, Any]]:
+    """The metric rows of ``path`` with step <= ``step`` (a torn last line from a killed run is skipped)."""
+    rows: list[dict[str, Any]] = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                rows.append(row)
+    return rows
 
 
 def _start_wandb(wandb: Any, run_dir: Path, cfg: LoggingConfig, run_config: dict[str, Any] | None) -> Any:

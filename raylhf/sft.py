@@ -20,6 +20,8 @@ from raylhf.config import SFTConfig, cli_entry, to_yaml
 def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None = None,
             save_to: str | Path | None = None) -> tuple[str | None, list[dict[str, Any]]]:
     """Train; returns (checkpoint dir, metric history). ``model_path`` / ``examples`` override the config."""
+    from actors.group import WorkerError
+    from raylhf import checkpoint as ckpts
     from raylhf import rl
     from raylhf.assets import load_tokenizer
     from raylhf.batch import Objective, TrainBatch
@@ -37,39 +39,51 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None
         raise ValueError(f"{len(encoded)} usable SFT rows (with response tokens) < sft.batch_size={s.batch_size}")
     steps_per_epoch = len(encoded) // s.batch_size
     num_steps = s.num_steps or steps_per_epoch * s.epochs
-    run_dir = make_run_dir(cfg.logging, "sft")
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    print(f"[sft] run dir {run_dir}; model {model_path}; {len(encoded)} rows, {num_steps} steps", flush=True)
+    resume_from = ckpts.resolve_resume(cfg.checkpoint.resume, Path(cfg.logging.run_dir), cfg.logging.run_name, "sft")
+    state = ckpts.read_state(resume_from) if resume_from else {}
+    start_step = int(state.get("step", 0))
+    run_dir = ckpts.run_dir_of(resume_from) if resume_from else make_run_dir(cfg.logging, "sft")
+    (run_dir / ("config.resumed.yaml" if resume_from else "config.yaml")).write_text(to_yaml(cfg))
+    print(f"[sft] run dir {run_dir}; model {model_path}; {len(encoded)} rows, {num_steps} steps"
+          + (f"; resuming after step {start_step} from {resume_from}" if resume_from else ""), flush=True)
 
     # created first: a missing tracker package (wandb) fails here, before any actor starts
-    logger = MetricsLogger(run_dir, cfg.logging, num_steps, "sft", run_config=cfg.model_dump(mode="json"))
+    logger = MetricsLogger(run_dir, cfg.logging, num_steps, "sft", run_config=cfg.model_dump(mode="json"),
+                           resume_step=start_step if resume_from else None)
     init_ray(cfg.ray, cfg.policy.num_workers * cfg.policy.num_cpus_per_worker)
     policy = rl.start_policy(cfg.policy, model_path, cfg.model.dtype, num_steps, cfg.seed, cfg.ray.placement_strategy,
-                             cfg.model.trust_remote_code)
+                             cfg.model.trust_remote_code, call_timeout_s=cfg.runtime.phase_timeout_s or None)
     objective = Objective(pg_coef=0.0, ce_coef=1.0)
-    rng = random.Random(cfg.data.seed)
-    order: list[int] = []
+    rows = RowOrder(len(encoded), cfg.data.shuffle, cfg.data.seed)
     ckpt = None
+    last_ckpt: Path | None = resume_from
     bad_steps = BadStepGuard(cfg.runtime.max_bad_steps, run_dir, "sft")
     try:
-        for step in range(1, num_steps + 1):
+        if resume_from:
+            ckpts.restore(policy, resume_from)
+            rows.load_state_dict(state["data"])
+            bad_steps.in_a_row = int(state.get("bad_steps_in_a_row", 0))
+            ckpts.load_driver_rng(resume_from)
+        for step in range(start_step + 1, num_steps + 1):
             t = time.perf_counter()
-            if len(order) < s.batch_size:
-                fresh = list(range(len(encoded)))
-                if cfg.data.shuffle:
-                    rng.shuffle(fresh)
-                order += fresh
-            idx, order = order[: s.batch_size], order[s.batch_size :]
+            idx = rows.take(s.batch_size)
             batch = TrainBatch(
                 input_ids=[torch.tensor(encoded[i][0], dtype=torch.long) for i in idx],
                 loss_mask=[torch.tensor(encoded[i][1], dtype=torch.float32) for i in idx],
             )
-            m = rl.reduce_ranks(policy.call_split("train_step", batch, objective.with_counts(batch)))
+            try:
+                m = rl.reduce_ranks(policy.call_split("train_step", batch, objective.with_counts(batch)))
+            except WorkerError as e:
+                if e.died:
+                    raise rl.PolicyRankDied.from_error(e, last_ckpt) from e
+                raise
             m["time/step"] = time.perf_counter() - t
             logger.log(step, m)
             bad_steps.check(step, m, batch)  # a skipped update: batch saved; too many in a row: raises
             if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < num_steps:
-                policy.call("save", str(run_dir / f"checkpoint-{step}"))
+                last_ckpt = ckpts.save(policy, run_dir, step, {"data": rows.state_dict(),
+                                                               "bad_steps_in_a_row": bad_steps.in_a_row},
+                                       cfg.checkpoint.keep_last, name="sft")
         target = Path(save_to) if save_to else run_dir / "checkpoint"
         if cfg.checkpoint.save_final or save_to:
             ckpt = policy.call("save", str(target))[0]
@@ -80,17 +94,52 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None
     return ckpt, logger.history
 
 
+class RowOrder:
+    """Row indices in batches; each pass over the rows in a fresh shuffle, a batch may span two passes.
+    ``state_dict`` makes the position and the shuffle state part of a checkpoint."""
+
+    def __init__(self, num_rows: int, shuffle: bool, seed: int) -> None:
+        self.num_rows, self.shuffle = num_rows, shuffle
+        self.rng = random.Random(seed)
+        self.pending: list[int] = []
+
+    def take(self, n: int) -> list[int]:
+        while len(self.pending) < n:
+            fresh = list(range(self.num_rows))
+            if self.shuffle:
+                self.rng.shuffle(fresh)
+            self.pending += fresh
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {"pending": list(self.pending), "num_rows": self.num_rows, "rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_rows"] != self.num_rows:
+            raise ValueError(f"the checkpoint's data order covers {state['num_rows']} rows, this run has "
+                             f"{self.num_rows}: resume with the same data files and sft.max_length")
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.pending = list(state["pending"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = cli_entry(SFTConfig, argv, "raylhf.sft")
     if cfg is None:
         return 0
+    from actors.group import PhaseTimeoutError
+    from raylhf.checkpoint import ResumeError
     from raylhf.data import DataError
     from raylhf.guard import NonFiniteTrainingError
+    from raylhf.rl import PolicyRankDied
     from raylhf.runtime import TrackerError
 
     try:
         return _run(cfg)
-    except (DataError, TrackerError, NonFiniteTrainingError) as e:  # bad data / tracker / NaN: one line
+    except (DataError, TrackerError, NonFiniteTrainingError, PhaseTimeoutError, ResumeError,
+            PolicyRankDied) as e:  # one line (the watchdog printed its report)
         print(f"raylhf.sft: error: {e}", file=sys.stderr)
         return 2
 

@@ -48,6 +48,10 @@ class CliArgs:
     help: bool = False
 
 
+# short flags for fields users type often: --resume auto
+ALIASES = {"resume": "checkpoint.resume"}
+
+
 def parse_argv(argv: Sequence[str]) -> CliArgs:
     args = CliArgs()
     items = list(argv)
@@ -75,7 +79,7 @@ def parse_argv(argv: Sequence[str]) -> CliArgs:
                     raise ConfigError(f"--{key} needs a value (e.g. --{key} VALUE or --{key}=VALUE)")
                 i += 1
                 raw = items[i]
-            args.overrides.append((key, _parse_value(raw)))
+            args.overrides.append((ALIASES.get(key, key), _parse_value(raw)))
         elif "=" in tok:
             key, raw = tok.split("=", 1)
             args.overrides.append((key, _parse_value(raw)))

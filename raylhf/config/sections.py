@@ -345,7 +345,22 @@ class LoggingConfig(Section):
 
 
 class CheckpointConfig(Section):
-    save_every: int = Field(0, ge=0, description="save every N steps; 0: only at the end")
+    """Resumable checkpoints (docs/reliability.md): <run dir>/checkpoints/step-<N>/, written atomically."""
+
+    save_every: int = Field(
+        0, ge=0,
+        description="every N steps save a resumable checkpoint (engine, optimizer, scheduler, data position, "
+        "RNG states) with an HF export in it; 0: none (only the final HF export)",
+    )
+    keep_last: int | None = Field(
+        2, ge=1, description="keep the newest N resumable checkpoints, delete older ones; null: keep all",
+    )
+    resume: str | None = Field(
+        None,
+        description="auto: continue from the newest complete checkpoint of the run (logging.run_name, else the "
+        "newest run of this trainer under logging.run_dir), fresh start if there is none; or a checkpoint dir "
+        "(step-<N>) / run dir to continue from. CLI: --resume auto|PATH",
+    )
     save_final: bool = Field(True, description="save an HF checkpoint at the end")
 
 
@@ -356,6 +371,16 @@ class RuntimeConfig(Section):
         3, gt=0,
         description="stop after this many steps in a row whose update was skipped for a non-finite loss or grad "
         "norm (each batch is saved to <run dir>/bad_batches/step-<N>.pt); a good step resets the count",
+    )
+    phase_timeout_s: float = Field(
+        1800.0, ge=0,
+        description="watchdog: a phase (generate, reward, train, sync, ...) whose actors have not all answered "
+        "after this many seconds ends the run with a report of those actors and their Python stacks; 0: no limit",
+    )
+    max_actor_restarts: int = Field(
+        3, ge=0,
+        description="rollout engines and reward workers that die are restarted (given the current weights) and "
+        "the phase is retried, up to this many restarts per run; a policy rank that dies ends the run",
     )
 
 

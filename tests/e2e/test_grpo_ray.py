@@ -68,7 +68,8 @@ def test_grpo_two_steps_with_kl_and_minibatches(tmp_path: Path, tiny_model_dir: 
     assert 0.0 <= res.eval_before["eval/accuracy"] <= 1.0
     assert res.checkpoint and (Path(res.checkpoint) / "config.json").exists()
     assert (Path(res.checkpoint) / "tokenizer.json").exists()
-    assert (res.run_dir / "checkpoint-1" / "model.safetensors").exists()  # save_every=1, before the final
+    step1 = res.run_dir / "checkpoints" / "step-000001"  # save_every=1, before the final
+    assert (step1 / "hf" / "model.safetensors").exists() and (step1 / "manifest.json").exists()
     assert (res.run_dir / "curves.png").exists()
     assert any((res.run_dir / "tensorboard").iterdir())
 
