@@ -73,7 +73,9 @@ def warmup_policy(cfg: GRPOConfig) -> str:
         logging=cfg.logging.model_copy(update={"run_name": None}), ray=cfg.ray, seed=cfg.seed,
     )
     examples = demo_sft_examples(cfg.demo)
+    # only what shapes the weights: not logging, placement, checkpointing or the run's guards
     key_src = json.dumps({"sft": sft_cfg.model_dump(mode="json", exclude={"logging": True, "ray": True,
+                                                                          "checkpoint": True, "runtime": True,
                                                                           "policy": {"num_cpus_per_worker"}}),
                           "data": [[e.messages, e.response] for e in examples]}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]

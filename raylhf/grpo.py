@@ -6,7 +6,6 @@ DeepSpeed update(s) -> weight sync. Mode details live in the config, not in bran
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,7 +139,8 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
                     if len(batch):
                         if reference is not None:
                             with timer("reference"):
-                                batch.ref_logprobs = rl.logprobs(reference, batch, objective.temperature)
+                                batch.ref_logprobs = recovery.run("reference", rl.logprobs, reference, batch,
+                                                                  objective.temperature)
                         if g.updates_per_batch > 1 or len(batch) > train_size:  # the batch feeds several updates
                             with timer("old_logprobs"):
                                 batch.old_logprobs = rl.logprobs(policy, batch, objective.temperature)
@@ -190,13 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raylhf.data import DataError
     from raylhf.guard import NonFiniteTrainingError
     from raylhf.rl import PolicyRankDied
-    from raylhf.runtime import TrackerError
+    from raylhf.runtime import TrackerError, cli_error
 
     try:
         return _run(cfg)
     except (DataError, TrackerError, NonFiniteTrainingError, ResumeError, PolicyRankDied, PhaseTimeoutError) as e:
-        print(f"raylhf.grpo: error: {e}", file=sys.stderr)
-        return 2
+        return cli_error("raylhf.grpo", e)
 
 
 def _run(cfg: GRPOConfig) -> int:

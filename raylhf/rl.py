@@ -199,11 +199,12 @@ class PolicyRankDied(RuntimeError):
 
 
 class Recovery:
-    """Restarts rollout engines and reward workers that died and retries the phase that saw it.
+    """Restarts rollout engines, reward workers and reference ranks that died and retries the phase.
 
     A dead engine is replaced in its placement-group bundle, set up, and given the policy's current
-    weights before the retry; at most ``max_restarts`` restarts per run. Any other failure, and a dead
-    policy or reference rank, propagates (the driver turns a dead policy rank into ``PolicyRankDied``).
+    weights before the retry (a reference rank is frozen: it reloads its model); at most ``max_restarts``
+    restarts per run. Any other failure, and a dead policy rank, propagates (the driver turns a dead policy
+    rank into ``PolicyRankDied``).
     """
 
     def __init__(self, workers: Workers, max_restarts: int, bucket_mb: int, name: str = "raylhf") -> None:
@@ -217,7 +218,8 @@ class Recovery:
             try:
                 return fn(*args, **kwargs)
             except WorkerError as e:
-                group = {"rollout": self.workers.rollout, "reward": self.workers.reward}.get(e.group)
+                group = {"rollout": self.workers.rollout, "reward": self.workers.reward,
+                         "reference": self.workers.reference}.get(e.group)
                 if not e.died or group is None or self.restarts >= self.max_restarts:
                     raise
                 print(f"[{self.name}] {e.what}: rank {e.rank} died during {phase}; restarting it "

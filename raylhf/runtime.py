@@ -79,6 +79,18 @@ WANDB_MISSING = (
 )
 
 
+def cli_error(prog: str, e: BaseException) -> int:
+    """Print a run-ending error for the command line (exit code 2). A watchdog report was printed in full when
+    it fired; here only its first line, pointing at it."""
+    from actors.group import PhaseTimeoutError
+
+    text = str(e)
+    if isinstance(e, PhaseTimeoutError):
+        text = text.splitlines()[0] + " (the watchdog report with the stacks is printed above)"
+    print(f"{prog}: error: {text}", file=sys.stderr)
+    return 2
+
+
 class TrackerError(RuntimeError):
     """A tracker named in ``logging.report_to`` cannot start; the message says what to change."""
 

@@ -6,7 +6,6 @@ One policy group, no rollout / reward / reference; the objective is only the cro
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,14 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raylhf.data import DataError
     from raylhf.guard import NonFiniteTrainingError
     from raylhf.rl import PolicyRankDied
-    from raylhf.runtime import TrackerError
+    from raylhf.runtime import TrackerError, cli_error
 
     try:
         return _run(cfg)
     except (DataError, TrackerError, NonFiniteTrainingError, PhaseTimeoutError, ResumeError,
             PolicyRankDied) as e:  # one line (the watchdog printed its report)
-        print(f"raylhf.sft: error: {e}", file=sys.stderr)
-        return 2
+        return cli_error("raylhf.sft", e)
 
 
 def _run(cfg: SFTConfig) -> int:

@@ -3,6 +3,7 @@ state of the data streams and the metrics log across a resume."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -150,7 +151,7 @@ def test_metrics_log_keeps_rows_up_to_the_resumed_step(tmp_path: Path) -> None:
     cfg = LoggingConfig(report_to=[], progress=False)
     rows = [{"step": 0, "eval/accuracy": 0.1}] + [{"step": s, "loss": float(s)} for s in range(1, 8)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 8, "lo')
-    log = MetricsLogger(tmp_path, cfg, 10, "t", resume_step=5, stream=open(os.devnull, "w"))
+    log = MetricsLogger(tmp_path, cfg, 10, "t", resume_step=5, stream=io.StringIO())
     assert [r["step"] for r in log.history] == [0, 1, 2, 3, 4, 5]
     log.log(6, {"loss": 60.0})
     log.close()
