@@ -81,7 +81,7 @@ class PolicyWorker(BaseWorker):
         torch.manual_seed(self.seed)
         precision = self.cfg.get("precision", "auto")
         bf16 = precision == "bf16" or (precision == "auto" and resolve_dtype("auto") == torch.bfloat16)
-        model = load_causal_lm(self.model_path, torch.float32, self.trust_remote_code)
+        model = self.build_model()
         if self.cfg.get("gradient_checkpointing"):
             model.gradient_checkpointing_enable()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -107,6 +107,42 @@ class PolicyWorker(BaseWorker):
         )
         self.micro = micro
 
+    # ---- hooks of the trainers built on this worker (the DPO family, reward models, distillation) ---------
+    def build_model(self) -> torch.nn.Module:
+        """The trained module, in float32 (DeepSpeed casts for bf16)."""
+        return load_causal_lm(self.model_path, torch.float32, self.trust_remote_code)
+
+    def micro_batches(self, batch: TrainBatch) -> list[list[int]]:
+        """The micro-batches of one optimizer step over this rank's shard, as index lists (length-sorted)."""
+        return list(micro_batches([len(x) for x in batch.input_ids], self.micro))
+
+    def token_logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Forward pass of the trained model over a micro-batch: ``(logp [B, L], attention mask [B, L],
+        entropy [B, L] | None)``, right-padded, position ``t`` = log p(token_t | tokens_<t)``. Every loss
+        goes through here (so packing applies to all trainers)."""
+        return forward_logprobs(self.engine, input_ids, temperature, with_entropy=with_entropy)
+
+    def micro_loss(self, sub: TrainBatch, obj: Objective) -> tuple[torch.Tensor, dict[str, float], float]:
+        """One micro-batch: its loss (already normalized by the step's global counts, see ``Objective``), its
+        metrics and its weight when the metrics of the micro-batches and ranks are reduced (trained tokens)."""
+        dev = self.engine.device
+        logp, _, ent = self.token_logprobs(sub.input_ids, obj.temperature, with_entropy=True)
+        if ent is not None and not obj.entropy_coef:
+            ent = ent.detach()
+
+        def padded(xs: list[torch.Tensor] | None) -> torch.Tensor | None:
+            return None if xs is None else pad(xs, 0.0).to(dev, torch.float32)
+
+        mask = padded(sub.loss_mask)
+        assert mask is not None
+        loss, m = objective_loss(
+            logp, ent, mask, obj, advantages=padded(sub.advantages), old_logp=padded(sub.old_logprobs),
+            rollout_logp=padded(sub.rollout_logprobs), ref_logp=padded(sub.ref_logprobs),
+            ce_weights=padded(sub.ce_weights),
+        )
+        return loss, m, float(mask.sum())
+
     # ---- compute --------------------------------------------------------------------------------
     def train_step(self, batch: TrainBatch, obj: Objective) -> dict[str, float]:
         """One optimizer step on this rank's shard; its metrics reduced over the micro-batches
@@ -116,30 +152,15 @@ class PolicyWorker(BaseWorker):
         maybe_die("policy", "train_step")
         t0 = time.perf_counter()
         self.engine.train()
-        dev = self.engine.device
-        groups = list(micro_batches([len(x) for x in batch.input_ids], self.micro))
+        groups = self.micro_batches(batch)
         rows: list[dict[str, float]] = []
         tokens: list[float] = []
         for k, idx in enumerate(groups):
-            sub = batch.select(idx)
             self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
-            logp, _, ent = forward_logprobs(self.engine, sub.input_ids, obj.temperature, with_entropy=True)
-            if ent is not None and not obj.entropy_coef:
-                ent = ent.detach()
-
-            def padded(xs: list[torch.Tensor] | None) -> torch.Tensor | None:
-                return None if xs is None else pad(xs, 0.0).to(dev, torch.float32)
-
-            mask = padded(sub.loss_mask)
-            assert mask is not None
-            loss, m = objective_loss(
-                logp, ent, mask, obj, advantages=padded(sub.advantages), old_logp=padded(sub.old_logprobs),
-                rollout_logp=padded(sub.rollout_logprobs), ref_logp=padded(sub.ref_logprobs),
-                ce_weights=padded(sub.ce_weights),
-            )
+            loss, m, weight = self.micro_loss(batch.select(idx), obj)
             self.engine.backward(loss * self.world_size)
             rows.append(m)
-            tokens.append(float(mask.sum()))
+            tokens.append(weight)
         stage = int(self.cfg.get("zero_stage", 0))
         grad_norm = self._grad_norm() if stage == 0 else None
         # NaN/Inf guard (raylhf.guard): every rank takes the same decision, else the collectives desync

@@ -105,15 +105,17 @@ def gpus_per_rank(requested: float | None) -> float:
 
 
 def start_policy(cfg: PolicyConfig, model_path: str, dtype: str, total_steps: int, seed: int, strategy: str,
-                 trust_remote_code: bool = False, call_timeout_s: float | None = None) -> ActorGroup:
-    """The policy group; ``call_timeout_s``: the watchdog's limit on each call (runtime.phase_timeout_s)."""
+                 trust_remote_code: bool = False, call_timeout_s: float | None = None,
+                 worker_cls: type | None = None, extra: dict[str, Any] | None = None) -> ActorGroup:
+    """The policy group; ``call_timeout_s``: the watchdog's limit on each call (runtime.phase_timeout_s).
+    ``worker_cls``: a PolicyWorker subclass (a trainer's own loss), given ``extra`` keyword arguments."""
     from actors.policy import PolicyWorker
 
     return ActorGroup(
-        PolicyWorker, cfg.num_workers, name="policy", num_cpus=cfg.num_cpus_per_worker,
+        worker_cls or PolicyWorker, cfg.num_workers, name="policy", num_cpus=cfg.num_cpus_per_worker,
         num_gpus=gpus_per_rank(cfg.num_gpus_per_worker), strategy=strategy,
         init_kwargs=dict(model_path=model_path, policy=cfg.model_dump(), dtype=dtype, total_steps=total_steps,
-                         seed=seed, trust_remote_code=trust_remote_code),
+                         seed=seed, trust_remote_code=trust_remote_code, **(extra or {})),
         sizing="policy.num_workers, policy.num_cpus_per_worker or policy.num_gpus_per_worker",
         call_timeout_s=call_timeout_s,
     )

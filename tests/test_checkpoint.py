@@ -15,8 +15,8 @@ import pytest
 
 from raylhf import checkpoint as ck
 from raylhf.config.loader import parse_argv
+from raylhf.offline import RowOrder
 from raylhf.rl import PromptStream
-from raylhf.sft import RowOrder
 
 
 def _write(run: Path, step: int, payload: bytes = b"x" * 100) -> Path:

@@ -1,0 +1,195 @@
+"""The loop every offline trainer shares (SFT, the DPO family, KTO, reward models, GKD).
+
+A trainer describes its run as an :class:`OfflineSpec` (how batches are drawn, the objective, the
+policy worker class with its own loss, an optional evaluation and hooks) and calls :func:`run_offline`,
+which does the rest the same way for all of them: run dir, resume (``checkpoint.resume``), metrics
+(stdout / metrics.jsonl / trackers / curves.png), the NaN guard, resumable checkpoints, the final HF
+export, the watchdog limit, and a clear error when a policy rank dies.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from raylhf.batch import Objective, TrainBatch
+
+R = TypeVar("R")
+
+
+class BatchSource(Protocol):
+    """Where a trainer's optimizer-step batches come from; its state goes into checkpoints."""
+
+    def next_batch(self) -> TrainBatch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class RowOrder:
+    """Row indices in batches; each pass over the rows in a fresh shuffle, a batch may span two passes.
+    ``state_dict`` makes the position and the shuffle state part of a checkpoint."""
+
+    def __init__(self, num_rows: int, shuffle: bool, seed: int) -> None:
+        self.num_rows, self.shuffle = num_rows, shuffle
+        self.rng = random.Random(seed)
+        self.pending: list[int] = []
+
+    def take(self, n: int) -> list[int]:
+        while len(self.pending) < n:
+            fresh = list(range(self.num_rows))
+            if self.shuffle:
+                self.rng.shuffle(fresh)
+            self.pending += fresh
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {"pending": list(self.pending), "num_rows": self.num_rows, "rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_rows"] != self.num_rows:
+            raise ValueError(f"the checkpoint's data order covers {state['num_rows']} rows, this run has "
+                             f"{self.num_rows}: resume with the same data files and length limits")
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.pending = list(state["pending"])
+
+
+class RowBatches(Generic[R]):
+    """Batches of ``batch_size`` rows (shuffled per pass), turned into a TrainBatch by ``collate``."""
+
+    def __init__(self, rows: Sequence[R], batch_size: int, shuffle: bool, seed: int,
+                 collate: Callable[[list[R]], TrainBatch]) -> None:
+        self.rows, self.batch_size, self.collate = rows, batch_size, collate
+        self.order = RowOrder(len(rows), shuffle, seed)
+
+    def next_batch(self) -> TrainBatch:
+        return self.collate([self.rows[i] for i in self.order.take(self.batch_size)])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)
+
+
+@dataclass
+class OfflineSpec:
+    """One offline trainer's run. ``name`` is the trainer (sft, dpo, rm, ...): log prefix, run-dir prefix."""
+
+    name: str
+    num_steps: int
+    batches: BatchSource
+    objective: Objective
+    worker_cls: type | None = None  # a PolicyWorker subclass with the trainer's loss; None: PolicyWorker
+    worker_extra: dict[str, Any] = field(default_factory=dict)  # its extra keyword arguments
+    # the objective of one optimizer step over a batch (default: the objective with the batch's global counts)
+    objective_for: Callable[[Objective, TrainBatch], Objective] | None = None
+    # per-step additions to the batch before training (e.g. reference log-probs), given the policy group
+    prepare: Callable[[Any, TrainBatch], TrainBatch] | None = None
+    # held-out metrics, given the policy group and the step; run at step 0, every eval_every, and at the end
+    evaluate: Callable[[Any, int], dict[str, float]] | None = None
+    eval_every: int = 0
+    after_step: Callable[[Any, int], None] | None = None  # e.g. sync weights to rollout engines (GKD)
+    curves: list[str] = field(default_factory=lambda: ["loss/total"])
+    summary: str = ""  # what the start line says about the data ("1200 rows")
+
+
+@dataclass
+class OfflineResult:
+    run_dir: Path
+    checkpoint: str | None
+    history: list[dict[str, Any]]
+    eval_before: dict[str, float]
+    eval_after: dict[str, float]
+
+
+def run_offline(cfg: Any, spec: OfflineSpec, model_path: str, save_to: str | Path | None = None) -> OfflineResult:
+    """Train ``spec`` with the policy group; ``cfg`` has the shared sections (model, policy, logging,
+    checkpoint, runtime, ray, seed). Returns the run dir, the final HF export, the metric history and the
+    evaluations before / after."""
+    from actors.group import WorkerError
+    from raylhf import checkpoint as ckpts
+    from raylhf import rl
+    from raylhf.config import to_yaml
+    from raylhf.guard import BadStepGuard
+    from raylhf.runtime import MetricsLogger, init_ray, make_run_dir, plot_curves
+
+    name = spec.name
+    resume_from = ckpts.resolve_resume(cfg.checkpoint.resume, Path(cfg.logging.run_dir), cfg.logging.run_name, name)
+    state = ckpts.read_state(resume_from) if resume_from else {}
+    start_step = int(state.get("step", 0))
+    run_dir = ckpts.run_dir_of(resume_from) if resume_from else make_run_dir(cfg.logging, name)
+    (run_dir / ("config.resumed.yaml" if resume_from else "config.yaml")).write_text(to_yaml(cfg))
+    print(f"[{name}] run dir {run_dir}; model {model_path}; {spec.summary + ', ' if spec.summary else ''}"
+          f"{spec.num_steps} steps" + (f"; resuming after step {start_step} from {resume_from}" if resume_from else ""),
+          flush=True)
+
+    # created first: a missing tracker package (wandb) fails here, before any actor starts
+    logger = MetricsLogger(run_dir, cfg.logging, spec.num_steps, name, run_config=cfg.model_dump(mode="json"),
+                           resume_step=start_step if resume_from else None)
+    ckpt: str | None = None
+    eval_before: dict[str, float] = {}
+    eval_after: dict[str, float] = {}
+    try:
+        init_ray(cfg.ray, cfg.policy.num_workers * cfg.policy.num_cpus_per_worker)
+        policy = rl.start_policy(cfg.policy, model_path, cfg.model.dtype, spec.num_steps, cfg.seed,
+                                 cfg.ray.placement_strategy, cfg.model.trust_remote_code,
+                                 call_timeout_s=cfg.runtime.phase_timeout_s or None, worker_cls=spec.worker_cls,
+                                 extra=spec.worker_extra)
+        last_ckpt: Path | None = resume_from
+        bad_steps = BadStepGuard(cfg.runtime.max_bad_steps, run_dir, name)
+        objective_for = spec.objective_for or (lambda obj, batch: obj.with_counts(batch))
+        try:
+            if resume_from:
+                ckpts.restore(policy, resume_from)
+                spec.batches.load_state_dict(state["data"])
+                bad_steps.in_a_row = int(state.get("bad_steps_in_a_row", 0))
+                ckpts.load_driver_rng(resume_from)
+            elif spec.evaluate is not None:
+                eval_before = spec.evaluate(policy, 0)
+                if eval_before:
+                    logger.log(0, eval_before, advance=False)
+            for step in range(start_step + 1, spec.num_steps + 1):
+                t = time.perf_counter()
+                batch = spec.batches.next_batch()
+                if spec.prepare is not None:
+                    batch = spec.prepare(policy, batch)
+                try:
+                    m = rl.reduce_ranks(policy.call_split("train_step", batch, objective_for(spec.objective, batch)))
+                except WorkerError as e:
+                    if e.group == "policy" and e.died:
+                        raise rl.PolicyRankDied.from_error(e, last_ckpt) from e
+                    raise
+                if spec.after_step is not None:
+                    spec.after_step(policy, step)
+                if spec.evaluate is not None and spec.eval_every and step % spec.eval_every == 0 \
+                        and step < spec.num_steps:
+                    m.update(spec.evaluate(policy, step))
+                m["time/step"] = time.perf_counter() - t
+                logger.log(step, m)
+                bad_steps.check(step, m, batch)  # a skipped update: batch saved; too many in a row: raises
+                if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < spec.num_steps:
+                    last_ckpt = ckpts.save(policy, run_dir, step, {
+                        "data": spec.batches.state_dict(), "bad_steps_in_a_row": bad_steps.in_a_row},
+                        cfg.checkpoint.keep_last, name=name)
+            if spec.evaluate is not None:
+                eval_after = spec.evaluate(policy, spec.num_steps)
+                if eval_after:
+                    logger.log(spec.num_steps, eval_after, advance=False)
+            target = Path(save_to) if save_to else run_dir / "checkpoint"
+            if cfg.checkpoint.save_final or save_to:
+                ckpt = policy.call("save", str(target))[0]
+            plot_curves(logger.history, spec.curves, run_dir / "curves.png", name.upper())
+        finally:
+            policy.shutdown()
+    finally:
+        logger.close()
+    return OfflineResult(run_dir, ckpt, logger.history, eval_before, eval_after)
