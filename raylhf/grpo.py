@@ -200,13 +200,81 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(cfg: GRPOConfig) -> int:
     if not cfg.data.train_files:
-        from raylhf.demo import run_demo
-
-        run_demo(cfg)
+        run_default(cfg)
         return 0
     res = run_grpo(cfg)
     print(f"run dir: {res.run_dir}")
     return 0
+
+
+# ---- the embedded default run (no data files): SFT warm-up, then GRPO on the arithmetic task ------------
+
+def warmup_policy(cfg: GRPOConfig) -> str:
+    """The SFT warm-up checkpoint for this demo config (trained once, then cached)."""
+    import hashlib
+    import json
+    import shutil
+
+    from raylhf.config import SFTConfig
+    from raylhf.config.schema import SFTAlgoConfig
+    from raylhf.runtime import cache_root
+    from raylhf.tasks.demo_data import demo_sft_examples
+
+    sft_cfg = SFTConfig(
+        model=cfg.model, policy=cfg.policy.model_copy(update={"lr": cfg.demo.sft_lr, "micro_batch_size": 32, "num_cpus_per_worker": 2,
+                                                                 "lr_scheduler": "cosine", "warmup_steps": 10}),
+        sft=SFTAlgoConfig(num_steps=max(1, cfg.demo.sft_steps), batch_size=32, max_length=64),
+        logging=cfg.logging.model_copy(update={"run_name": None}), ray=cfg.ray, seed=cfg.seed,
+    )
+    examples = demo_sft_examples(cfg.demo)
+    # only what shapes the weights: not logging, placement, checkpointing or the run's guards
+    key_src = json.dumps({"sft": sft_cfg.model_dump(mode="json", exclude={"logging": True, "ray": True,
+                                                                          "checkpoint": True, "runtime": True,
+                                                                          "policy": {"num_cpus_per_worker"}}),
+                          "data": [[e.messages, e.response] for e in examples]}, sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    root = Path(cfg.demo.cache_dir) if cfg.demo.cache_dir else cache_root() / "demo"
+    target = root / f"sft-warmup-{key}"
+    if (target / "config.json").exists():
+        print(f"[demo] using cached SFT warm-up policy {target}", flush=True)
+        return str(target)
+    if cfg.demo.sft_steps == 0:
+        from raylhf.runtime import resolve_model_path
+
+        return resolve_model_path(cfg.model)
+    print(f"[demo] SFT warm-up: {sft_cfg.sft.num_steps} steps on {cfg.demo.sft_examples} demonstrations", flush=True)
+    from raylhf.sft import run_sft
+
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    run_sft(sft_cfg, examples=examples, save_to=tmp)
+    tmp.rename(target)
+    return str(target)
+
+
+def run_default(cfg: GRPOConfig) -> tuple[float, float]:
+    """The embedded demo: the cached SFT warm-up, then GRPO on the arithmetic task; prints held-out accuracy."""
+    from raylhf.runtime import init_ray
+    from raylhf.tasks.demo_data import demo_splits
+
+    init_ray(cfg.ray, required_cpus(cfg))  # sized for GRPO before the SFT warm-up uses it
+    start = warmup_policy(cfg)
+    train, heldout = demo_splits(cfg.demo)
+    res = run_grpo(cfg, model_path=start, train=train, heldout=heldout)
+    def pair(key: str) -> tuple[float, float]:
+        return res.eval_before.get(key, float("nan")), res.eval_after.get(key, float("nan"))
+
+    n, k, temp = len(heldout), cfg.grpo.eval_samples, cfg.grpo.eval_temperature
+    if "eval/any_form_accuracy" in res.eval_after:
+        (a0, a1), (ga0, ga1) = pair("eval/any_form_accuracy"), pair("eval/greedy_any_form_accuracy")
+        print(f"demo: any-form heldout_accuracy (right number in any style) before={a0:.3f} after={a1:.3f}; "
+              f"greedy before={ga0:.3f} after={ga1:.3f}", flush=True)
+    (g0, g1), (before, after) = pair("eval/greedy_accuracy"), pair("eval/accuracy")
+    print(f"demo: greedy heldout_accuracy before={g0:.3f} after={g1:.3f}; the line below is the asked form "
+          f"(the right equation), mean@{k} at temperature {temp} on {n} held-out prompts", flush=True)
+    print(f"demo: heldout_accuracy before={before:.3f} after={after:.3f}", flush=True)
+    print(f"run dir: {res.run_dir}", flush=True)
+    return before, after
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         prompts = None
         if not cfg.data.train_files:  # no data: the embedded demo task's prompts
-            from raylhf.demo import demo_splits
+            from raylhf.tasks.demo_data import demo_splits
 
             prompts = demo_splits(cfg.demo)[0]
             print(f"[sample] no data.train_files: sampling the embedded arithmetic task ({len(prompts)} prompts)",

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(cfg: SFTConfig) -> int:
     if not cfg.data.train_files:
-        from raylhf.demo import demo_sft_examples
+        from raylhf.tasks.demo_data import demo_sft_examples
 
         cfg_examples = demo_sft_examples(cfg.demo)
         ckpt, _ = run_sft(cfg, examples=cfg_examples)
