@@ -50,6 +50,8 @@ def lr_lambda(schedule: str, warmup: int, total: int):  # -> Callable[[int], flo
 
 
 class PolicyWorker(BaseWorker):
+    fault_group = "policy"  # the group name fault injection matches (actors/faults.py)
+
     def __init__(
         self,
         rank: int = 0,
@@ -109,19 +111,37 @@ class PolicyWorker(BaseWorker):
 
     # ---- hooks of the trainers built on this worker (the DPO family, reward models, distillation) ---------
     def build_model(self) -> torch.nn.Module:
-        """The trained module, in float32 (DeepSpeed casts for bf16)."""
-        return load_causal_lm(self.model_path, torch.float32, self.trust_remote_code)
+        """The trained module, in float32 (DeepSpeed casts for bf16); with ``policy.tuner.type=lora`` the model
+        wrapped in peft LoRA adapters, of which only the adapters train (``actors/tuners.py``)."""
+        from actors.tuners import apply_tuner, trainable_counts
+
+        model = load_causal_lm(self.model_path, torch.float32, self.trust_remote_code)
+        tuner = self.cfg.get("tuner") or {}
+        model = apply_tuner(model, tuner, bool(self.cfg.get("gradient_checkpointing")))
+        if self.rank == 0 and tuner.get("type", "full") != "full":
+            trainable, total = trainable_counts(model)
+            print(f"[policy] {tuner['type']}: {trainable:,} of {total:,} parameters train "
+                  f"({100 * trainable / max(1, total):.2f}%)", flush=True)
+        return model
 
     def micro_batches(self, batch: TrainBatch) -> list[list[int]]:
-        """The micro-batches of one optimizer step over this rank's shard, as index lists (length-sorted)."""
-        return list(micro_batches([len(x) for x in batch.input_ids], self.micro))
+        """The micro-batches of one optimizer step over this rank's shard, as index lists: ``micro_batch_size``
+        length-sorted sequences, or ``policy.max_tokens_per_micro_batch`` tokens (``actors.common.micro_batches``)."""
+        from actors.common import packing_options
+
+        packing, max_tokens = packing_options(self.cfg)
+        return list(micro_batches([len(x) for x in batch.input_ids], self.micro, max_tokens, packing))
 
     def token_logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Forward pass of the trained model over a micro-batch: ``(logp [B, L], attention mask [B, L],
         entropy [B, L] | None)``, right-padded, position ``t`` = log p(token_t | tokens_<t)``. Every loss
-        goes through here (so packing applies to all trainers)."""
-        return forward_logprobs(self.engine, input_ids, temperature, with_entropy=with_entropy)
+        goes through here, so ``policy.packing`` (several sequences per row inside, ``actors.packing``) applies
+        to all trainers without changing what they receive."""
+        from actors.common import packing_options
+
+        packing, _ = packing_options(self.cfg)
+        return forward_logprobs(self.engine, input_ids, temperature, with_entropy=with_entropy, packing=packing)
 
     def micro_loss(self, sub: TrainBatch, obj: Objective) -> tuple[torch.Tensor, dict[str, float], float]:
         """One micro-batch: its loss (already normalized by the step's global counts, see ``Objective``), its
@@ -149,7 +169,7 @@ class PolicyWorker(BaseWorker):
         (``raylhf.metrics.reduce_metrics``: losses summed, maxima / minima as such, the rest token-weighted)."""
         from actors.faults import maybe_die
 
-        maybe_die("policy", "train_step")
+        maybe_die(self.fault_group, "train_step")
         t0 = time.perf_counter()
         self.engine.train()
         groups = self.micro_batches(batch)
@@ -226,17 +246,44 @@ class PolicyWorker(BaseWorker):
         return float(torch.stack(grads).norm()) if grads else 0.0
 
     @torch.no_grad()
-    def logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0) -> list[torch.Tensor]:
+    def eval_loss(self, batch: TrainBatch, obj: Objective) -> dict[str, float]:
+        """The objective on this rank's shard without an update (held-out loss): ``micro_loss`` over the
+        micro-batches in eval mode (no dropout) under no_grad, reduced like ``train_step``'s metrics (losses
+        summed; with ``obj``'s global counts, the sum over ranks is the whole batch's loss); ``train_tokens`` is
+        the shard's weighted token count."""
         self.engine.eval()
-        return batched_logprobs(self.engine, input_ids, self.micro, temperature)
+        rows: list[dict[str, float]] = []
+        tokens: list[float] = []
+        for idx in self.micro_batches(batch):
+            _, m, weight = self.micro_loss(batch.select(idx), obj)
+            rows.append(m)
+            tokens.append(weight)
+        out = reduce_metrics(rows, tokens, SUM_METRICS)
+        out["train_tokens"] = sum(tokens)
+        return out
+
+    @torch.no_grad()
+    def logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0) -> list[torch.Tensor]:
+        """Per-sequence token log-probs (no grad, input order), micro-batched and packed as in ``train_step``."""
+        from actors.common import packing_options
+
+        self.engine.eval()
+        packing, max_tokens = packing_options(self.cfg)
+        return batched_logprobs(self.engine, input_ids, self.micro, temperature, packing=packing, max_tokens=max_tokens)
 
     # ---- weights out ----------------------------------------------------------------------------
     def _full_params(self):  # -> Iterator[tuple[str, torch.Tensor]]
-        """(name, full CPU tensor) for every parameter; ZeRO-3 shards are gathered (collective)."""
+        """(name, full CPU tensor) for every parameter; ZeRO-3 shards are gathered (collective). A LoRA policy
+        yields its base model's parameter names with the adapters merged in (what HF and vLLM load)."""
         import deepspeed
+
+        from actors import tuners
 
         module = self.engine.module
         zero3 = int(self.cfg.get("zero_stage", 0)) == 3
+        if tuners.is_lora(module):
+            yield from tuners.merged_params(module, tuners.gatherer(zero3))
+            return
         for name, p in module.named_parameters():
             if zero3:
                 with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
@@ -269,15 +316,29 @@ class PolicyWorker(BaseWorker):
         return refs
 
     def save(self, path: str) -> str | None:
-        """Save an HF checkpoint (rank 0 writes; every rank must call it)."""
-        state = dict(self._full_params())
+        """Save an HF checkpoint (rank 0 writes; every rank must call it). A LoRA policy writes the base model
+        with the adapters merged in at ``path`` and the adapter (peft format) under ``path/adapter``; with
+        ``policy.tuner.merge_on_save=false`` only the adapter, at ``path``. The tokenizer goes beside either."""
+        from actors import tuners
+
+        module = self.engine.module
+        lora = tuners.is_lora(module)
+        merge = not lora or bool((self.cfg.get("tuner") or {}).get("merge_on_save", True))
+        zero3 = int(self.cfg.get("zero_stage", 0)) == 3
+        adapter = tuners.adapter_state(module, tuners.gatherer(zero3)) if lora else {}
+        state = dict(self._full_params()) if merge else {}
         if self.rank != 0:
             return None
         from transformers import AutoTokenizer
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True)
+        if lora:
+            if merge:
+                tuners.save_merged(module, state, out)
+            tuners.save_adapter(module, adapter, out / "adapter" if merge else out, base_model=self.model_path)
+        else:
+            module.save_pretrained(out, state_dict=state, safe_serialization=True)
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out)
         return str(out)
 

@@ -6,7 +6,14 @@ from typing import Any
 
 import torch
 
-from actors.common import batched_logprobs, device, load_causal_lm, resolve_dtype, set_threads
+from actors.common import (
+    batched_logprobs,
+    device,
+    load_causal_lm,
+    packing_options,
+    resolve_dtype,
+    set_threads,
+)
 from actors.group import BaseWorker
 
 
@@ -34,4 +41,6 @@ class ReferenceWorker(BaseWorker):
 
     @torch.no_grad()
     def logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0) -> list[torch.Tensor]:
-        return batched_logprobs(self.model, input_ids, int(self.cfg.get("micro_batch_size", 16)), temperature)
+        packing, max_tokens = packing_options(self.cfg)  # the driver passes policy.packing (default: on)
+        return batched_logprobs(self.model, input_ids, int(self.cfg.get("micro_batch_size", 16)), temperature,
+                                packing=packing, max_tokens=max_tokens)

@@ -51,7 +51,7 @@ class TrainBatch:
         for f in fields(self):
             v = getattr(self, f.name)
             kw[f.name] = None if v is None else [v[i] for i in idx]
-        return TrainBatch(**kw)
+        return type(self)(**kw)  # subclasses (a trainer's extra per-sequence fields) keep their type
 
     def shard(self, rank: int, world: int) -> TrainBatch:
         n = len(self)

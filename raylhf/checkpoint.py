@@ -258,11 +258,14 @@ def load_rng(path: Path) -> None:
 # ---- save / restore through the policy group --------------------------------------------------------------
 
 def save(policy: Any, run_dir: Path, step: int, trainer_state: dict[str, Any], keep_last: int | None,
-         export_hf: bool = True, name: str = "raylhf") -> Path:
+         export_hf: bool = True, name: str = "raylhf", others: dict[str, Any] | None = None) -> Path:
     """Write the resumable checkpoint of ``step`` (every policy rank saves its part; the driver its RNG and
-    ``trainer_state``), commit it atomically, prune to ``keep_last``."""
+    ``trainer_state``; each trained group in ``others``, e.g. a critic, under its name), commit it atomically,
+    prune to ``keep_last``."""
     tmp = staging_dir(run_dir, step)
     policy.call("save_state", str(tmp))
+    for group_name, group in (others or {}).items():
+        group.call("save_state", str(tmp / group_name))
     if export_hf:
         policy.call("save", str(tmp / "hf"))
     save_rng(tmp / DRIVER_RNG)
@@ -273,10 +276,16 @@ def save(policy: Any, run_dir: Path, step: int, trainer_state: dict[str, Any], k
     return final
 
 
-def restore(policy: Any, path: Path) -> dict[str, Any]:
-    """Load a checkpoint into the policy ranks; returns the trainer state. Restore the driver's RNG with
-    :func:`load_driver_rng` just before the first resumed step (start-up consumes random numbers)."""
+def restore(policy: Any, path: Path, others: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load a checkpoint into the policy ranks (and the groups in ``others``, saved under their names);
+    returns the trainer state. Restore the driver's RNG with :func:`load_driver_rng` just before the first
+    resumed step (start-up consumes random numbers)."""
     policy.call("load_state", str(path))
+    for group_name, group in (others or {}).items():
+        if not (Path(path) / group_name).is_dir():
+            raise ResumeError(f"{path} holds no {group_name} state: it was written by a run without a "
+                              f"{group_name}; resume with the same algorithm settings")
+        group.call("load_state", str(Path(path) / group_name))
     return read_state(path)
 
 

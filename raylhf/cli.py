@@ -9,8 +9,11 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "grpo": ("raylhf.grpo", "GRPO-family RL (vLLM rollouts, DeepSpeed policy, rewards)"),
     "sft": ("raylhf.sft", "supervised fine-tuning (the single-actor case)"),
+    "dpo": ("raylhf.dpo", "DPO family on preference pairs (sigmoid, ipo, hinge, cdpo, simpo, orpo, cpo)"),
+    "kto": ("raylhf.kto", "KTO on unpaired replies labelled desirable / undesirable"),
     "serve-reward": ("raylhf.serve_reward", "serve reward functions / a reward model over HTTP"),
     "sample": ("raylhf.sample", "best-of-N sampling: N completions per prompt, scored; writes preference pairs"),
+    "rm": ("raylhf.rm", "reward-model training (Bradley-Terry on preference pairs)"),
 }
 
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from raylhf.loss_scale import ContextType, LossScale, checked_loss_scale, get_loss_scale
+
 if TYPE_CHECKING:
     from raylhf.config.sections import DataConfig
 
@@ -111,10 +113,21 @@ class PromptExample:
 
 @dataclass
 class SFTExample:
-    """One supervised example: prompt turns and the assistant target."""
+    """One supervised conversation: ``messages`` are the turns before the final assistant reply (earlier
+    assistant turns included: multi-turn chats), ``response`` is that reply.
+
+    ``loss`` optionally holds one entry per turn of :meth:`turns` (``messages`` + the reply): ``True`` / ``False``
+    trains / skips that assistant turn whatever the ``sft.loss_scale`` strategy says (the data's per-message
+    ``"loss"`` key), ``None`` leaves it to the strategy; only assistant turns may carry ``True`` / ``False``.
+    """
 
     messages: Messages
     response: str
+    loss: list[bool | None] | None = None
+
+    def turns(self) -> Messages:
+        """The whole conversation: ``messages`` and the final assistant reply."""
+        return [*self.messages, {"role": "assistant", "content": self.response}]
 
 
 @dataclass
@@ -610,7 +623,8 @@ def load_sft_dataset(
     """Load supervised examples from ``sft`` (prompt/response) or ``messages`` rows.
 
     For ``messages`` rows the last turn must be the assistant's: it is the response, the turns before it
-    the prompt. A ``response`` may also be a message list ending with the assistant reply.
+    (earlier assistant replies included) the prompt. A ``response`` may also be a message list ending with the
+    assistant reply. An assistant message may carry ``"loss": true/false`` (kept in ``SFTExample.loss``).
     """
     examples: list[SFTExample] = []
     for row, fmt in _load_rows(
@@ -632,12 +646,36 @@ def load_sft_dataset(
             prompt, response = turns[:-1], turns[-1]["content"]
             if not prompt:
                 raise row.error("'messages' holds only an assistant turn; there is no prompt before it")
+            flags = _loss_flags(data["messages"], "messages", row)
         else:
             prompt = _prompt_messages(data["prompt"], row)
             prefix, response = _completion(data["response"], "response", row)
             prompt = prompt + prefix
-        examples.append(SFTExample(_with_system(prompt, system_prompt), response))
+            flags = _loss_flags(data["prompt"], "prompt", row) + _loss_flags(data["response"], "response", row)
+        if prompt[0]["role"] == "assistant":
+            raise row.error("the conversation starts with an assistant turn; put the user (or system) turn it "
+                            "answers before it")
+        full = _with_system(prompt, system_prompt)
+        flags = [None] * (len(full) - len(prompt)) + flags
+        examples.append(SFTExample(full, response, flags if any(f is not None for f in flags) else None))
     return examples
+
+
+def _loss_flags(value: Any, column: str, row: _Row) -> list[bool | None]:
+    """The per-message ``"loss"`` overrides of a message list (already validated), one per message; a plain
+    string (one turn) has none. Only assistant turns may carry one, and it must be true, false or null."""
+    if not isinstance(value, list):
+        return [None]
+    flags: list[bool | None] = []
+    for i, turn in enumerate(value, start=1):
+        flag = turn.get("loss")
+        if flag is not None and not isinstance(flag, bool):
+            raise row.error(f"{column!r} message {i}: 'loss' must be true, false or null, got {flag!r}")
+        if flag is not None and turn.get("role") != "assistant":
+            raise row.error(f"{column!r} message {i}: only assistant turns take a 'loss' override, this one is "
+                            f"{turn.get('role')!r}; use sft.loss_scale=all to train on the prompt turns")
+        flags.append(flag)
+    return flags
 
 
 def load_preference_dataset(
@@ -789,21 +827,66 @@ def end_of_turn_id(tokenizer: Any) -> int:
 
 
 def tokenize_sft(
-    tokenizer: Any, ex: SFTExample, max_length: int, train_on_prompt: bool = False
-) -> tuple[list[int], list[int]]:
-    """``(input_ids, loss_mask)`` for one SFT example.
+    tokenizer: Any,
+    ex: SFTExample,
+    max_length: int,
+    train_on_prompt: bool = False,
+    *,
+    loss_scale: str | LossScale = "default",
+) -> tuple[list[int], list[float]]:
+    """``(input_ids, weights)`` for one SFT conversation: one loss weight per token.
 
-    ``input_ids`` = rendered prompt (with the assistant header) + response tokens + the template's
-    end-of-turn token; ``loss_mask`` is 1 on the response and end-of-turn tokens (everywhere when
-    ``train_on_prompt``). Both are truncated to ``max_length`` from the right (the tail is cut).
+    ``input_ids`` is the conversation rendered with the chat template, cut into contexts (see
+    :mod:`raylhf.loss_scale`): for each assistant turn, the template text since the previous reply (role headers,
+    system / user / tool turns; ``OTHER``), the reply's tokens (``RESPONSE``) and the template's end-of-turn
+    token (``SUFFIX``); whatever the template puts after the last reply is dropped. Each context is tokenized on
+    its own and its tokens get the weight the ``loss_scale`` strategy (a registered name or an instance) gives
+    it; ``train_on_prompt`` means the ``all`` strategy. A turn's ``SFTExample.loss`` override sets its reply and
+    end-of-turn weights to 1.0 / 0.0. Both lists are truncated to ``max_length`` from the right (the tail is
+    cut). A template that rewrites earlier turns once later ones follow (so that the conversation is not the
+    concatenation of its prefixes) raises :class:`DataError`.
     """
     if max_length <= 0:
         raise ValueError(f"max_length must be positive, got {max_length}")
-    prompt_ids = render_prompt(tokenizer, ex.messages)
-    target = [*_encode(tokenizer, ex.response), end_of_turn_id(tokenizer)]
-    input_ids = prompt_ids + target
-    loss_mask = [1 if train_on_prompt else 0] * len(prompt_ids) + [1] * len(target)
-    return input_ids[:max_length], loss_mask[:max_length]
+    if train_on_prompt:
+        loss_scale = "all"
+    strategy = get_loss_scale(loss_scale) if isinstance(loss_scale, str) else loss_scale
+    turns = ex.turns()
+    overrides = ex.loss or [None] * len(turns)
+    if len(overrides) != len(turns):
+        raise ValueError(f"SFTExample.loss has {len(overrides)} entries for {len(turns)} turns")
+    replies = [k for k, t in enumerate(turns) if t["role"] == "assistant"]
+    eot = end_of_turn_id(tokenizer)
+    eot_text = tokenizer.decode([eot])
+    ids: list[int] = []
+    weights: list[float] = []
+
+    def add(context: str, kind: ContextType, last: bool, query: str | None, override: bool | None) -> None:
+        for piece, w in checked_loss_scale(strategy, context, kind, last, query):
+            toks = [eot] if kind is ContextType.SUFFIX and piece == eot_text else _encode(tokenizer, piece)
+            ids.extend(toks)
+            weights.extend([w if override is None else float(override)] * len(toks))
+
+    consumed = ""  # the template text covered so far
+    query: str | None = None
+    for k in replies:
+        if k == 0:
+            raise DataError("the conversation starts with an assistant turn; put the turn it answers before it")
+        prompt_text = _chat_text(tokenizer, turns[:k], add_generation_prompt=True)
+        if not prompt_text.startswith(consumed):
+            raise DataError(
+                "the chat template renders an earlier part of this conversation differently once later turns "
+                "follow (e.g. it drops reasoning from past replies), so its replies cannot be trained in one "
+                "sequence; split the conversation into one row per reply, or use sft.loss_scale=last_round with "
+                "only the last reply kept"
+            )
+        query = next((t["content"] for t in reversed(turns[:k]) if t["role"] == "user"), query)
+        last = k == replies[-1]
+        add(prompt_text[len(consumed):], ContextType.OTHER, last, query, None)
+        add(turns[k]["content"], ContextType.RESPONSE, last, query, overrides[k])
+        add(eot_text, ContextType.SUFFIX, last, query, overrides[k])
+        consumed = prompt_text + turns[k]["content"] + eot_text
+    return ids[:max_length], weights[:max_length]
 
 
 def drop_long_prompts(

@@ -1,7 +1,7 @@
 """The generic per-token objective every policy rank runs (principle 2: the worker knows no algorithm).
 
     loss = pg_coef * agg(PPO-clip surrogate)  +  kl_coef * agg(KL(policy || ref))
-           - entropy_coef * agg(entropy)        +  ce_coef * sum(w * -logp) / N_weighted
+           - entropy_coef * agg(entropy)        +  ce_coef * sum(w * -logp) / N_trained_tokens
 
 Aggregation uses the step's global token / sequence counts (all ranks, all micro-batches), so the
 sum of micro-batch losses over ranks equals the loss of the whole batch on one rank.
@@ -56,7 +56,8 @@ def objective_loss(
         metrics["entropy"] = float(ent.detach())
     if obj.ce_coef:
         w = mask if ce_weights is None else ce_weights * mask
-        denom = obj.global_tokens if obj.global_tokens is not None else float(w.sum().clamp_min(1.0))
+        # trained tokens (mask), not the weight sum: the normaliser with_counts sets (ms-swift's loss_scale)
+        denom = obj.global_tokens if obj.global_tokens is not None else float(mask.sum().clamp_min(1.0))
         ce = -(logp * w).sum() / denom
         loss = loss + obj.ce_coef * ce
         metrics["loss/ce"] = float(ce.detach())

@@ -6,6 +6,7 @@ Each function is one phase of DESIGN.md's step; the loops in ``raylhf/grpo.py`` 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import time
@@ -30,15 +31,25 @@ class Workers:
     rollout: ActorGroup | None = None
     reference: ActorGroup | None = None
     reward: ActorGroup | None = None
+    critic: ActorGroup | None = None
+
+    def groups(self) -> dict[str, ActorGroup]:
+        named = {"policy": self.policy, "rollout": self.rollout, "reference": self.reference, "reward": self.reward,
+                 "critic": self.critic}
+        return {k: g for k, g in named.items() if g is not None}
+
+    def placement(self) -> dict[str, list[str]]:
+        """Each group's node ids, rank by rank."""
+        return {k: g.call("node_id") for k, g in self.groups().items()}
 
     def shutdown(self) -> None:
-        for g in (self.policy, self.rollout, self.reference, self.reward):
-            if g is not None:
-                g.shutdown()
+        for g in self.groups().values():
+            g.shutdown()
 
 
-def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len: int) -> Workers:
-    """Every actor group of an RL run (policy, rollout, reference when kl_coef > 0, reward).
+def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len: int, algo: Any = None) -> Workers:
+    """Every actor group of an RL run (policy, rollout, reference when the algorithm section ``algo``, default
+    ``cfg.grpo``, has kl_coef > 0, reward).
 
     If one group fails to start, the groups already up are shut down before the error propagates.
     """
@@ -52,11 +63,11 @@ def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len
                                 call_timeout_s=limit)
         w.rollout = start_rollout(cfg.rollout, model_path, cfg.model.dtype, max_model_len, strategy, trust,
                                   call_timeout_s=limit)
-        if cfg.grpo.kl_coef > 0:
+        if (algo if algo is not None else cfg.grpo).kl_coef > 0:
             w.reference = ActorGroup(
                 ReferenceWorker, 1, name="reference", num_cpus=cfg.reference.num_cpus, num_gpus=gpus_per_rank(None),
-                init_kwargs=dict(model_path=model_path, reference=cfg.reference.model_dump(), dtype=cfg.model.dtype,
-                                 trust_remote_code=trust),
+                init_kwargs=dict(model_path=model_path, dtype=cfg.model.dtype, trust_remote_code=trust,
+                                 reference={**cfg.reference.model_dump(), "packing": cfg.policy.packing}),
                 sizing="reference.num_cpus", call_timeout_s=limit,
             )
         w.reward = start_reward(cfg.reward, reward_context(cfg), extra_functions(cfg), call_timeout_s=limit)
@@ -106,17 +117,18 @@ def gpus_per_rank(requested: float | None) -> float:
 
 def start_policy(cfg: PolicyConfig, model_path: str, dtype: str, total_steps: int, seed: int, strategy: str,
                  trust_remote_code: bool = False, call_timeout_s: float | None = None,
-                 worker_cls: type | None = None, extra: dict[str, Any] | None = None) -> ActorGroup:
+                 worker_cls: type | None = None, extra: dict[str, Any] | None = None,
+                 group_name: str = "policy") -> ActorGroup:
     """The policy group; ``call_timeout_s``: the watchdog's limit on each call (runtime.phase_timeout_s).
     ``worker_cls``: a PolicyWorker subclass (a trainer's own loss), given ``extra`` keyword arguments."""
     from actors.policy import PolicyWorker
 
     return ActorGroup(
-        worker_cls or PolicyWorker, cfg.num_workers, name="policy", num_cpus=cfg.num_cpus_per_worker,
+        worker_cls or PolicyWorker, cfg.num_workers, name=group_name, num_cpus=cfg.num_cpus_per_worker,
         num_gpus=gpus_per_rank(cfg.num_gpus_per_worker), strategy=strategy,
         init_kwargs=dict(model_path=model_path, policy=cfg.model_dump(), dtype=dtype, total_steps=total_steps,
                          seed=seed, trust_remote_code=trust_remote_code, **(extra or {})),
-        sizing="policy.num_workers, policy.num_cpus_per_worker or policy.num_gpus_per_worker",
+        sizing=f"{group_name}.num_workers, {group_name}.num_cpus_per_worker or {group_name}.num_gpus_per_worker",
         call_timeout_s=call_timeout_s,
     )
 
@@ -196,7 +208,7 @@ class PolicyRankDied(RuntimeError):
         where = (f"resume from {last_checkpoint} with --resume auto (or --resume {last_checkpoint})" if last_checkpoint
                  else "no checkpoint was written yet (set checkpoint.save_every to make runs resumable); start again")
         cause = type(e.__cause__).__name__ if e.__cause__ is not None else "actor died"
-        return cls(f"policy rank {e.rank} died in {e.what} ({cause}; its log is in the Ray session logs); the "
+        return cls(f"{e.group} rank {e.rank} died in {e.what} ({cause}; its log is in the Ray session logs); the "
                    f"ranks' training state is lost beyond the last checkpoint: {where}")
 
 
@@ -252,6 +264,7 @@ class Scores:
     per_function: dict[str, list[float | None]]
     steps: dict[str, list[list[float] | None]]
     metrics: dict[str, float]
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)  # each reward's weight in the total
 
     @property
     def scored(self) -> torch.Tensor:
@@ -295,7 +308,7 @@ def score(reward: ActorGroup, rollouts: list[Rollout], examples: list[PromptExam
             steps.setdefault(k, []).extend(v)
     metrics = reduce_reward_metrics([p.get("metrics", {}) for p in parts])
     t = torch.tensor([float("nan") if v is None else v for v in total], dtype=torch.float32)
-    return Scores(t, per_fn, steps, metrics)
+    return Scores(t, per_fn, steps, metrics, dict(parts[0].get("weights", {})) if parts else {})
 
 
 def reduce_reward_metrics(per_worker: list[dict[str, float]]) -> dict[str, float]:
@@ -409,6 +422,12 @@ def varied_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
     """Indices of the samples whose group's rewards are not all equal (dynamic sampling, DAPO)."""
     std = rewards.view(-1, group_size).std(dim=1)
     return [i for i in range(len(rewards)) if std[i // group_size] > 0]
+
+
+def values(critic: ActorGroup, batch: TrainBatch) -> list[torch.Tensor]:
+    """The critic's per-token values of every sequence of the batch, spread over its ranks."""
+    parts = critic.call_split("values", batch.input_ids)
+    return [x for part in parts for x in part]
 
 
 def logprobs(group: ActorGroup, batch: TrainBatch, temperature: float) -> list[torch.Tensor]:

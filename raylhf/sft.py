@@ -1,49 +1,128 @@
 """`python -m raylhf.sft`: supervised fine-tuning, the degenerate case of the same driver.
 
-One policy group, no rollout / reward / reference; the objective is only the cross-entropy term.
+One policy group, no rollout / reward / reference; the objective is only the cross-entropy term, weighted per
+token by the ``sft.loss_scale`` strategy (``raylhf/loss_scale.py``: every assistant reply by default, only the
+last one, or every token; a message's ``"loss": true/false`` overrides its turn). ``policy.tuner`` picks full
+fine-tuning or LoRA. A held-out split (``data.eval_files``, or ``sft.eval_fraction`` of the training rows) is
+scored as ``eval/loss`` at step 0, every ``sft.eval_every`` steps and at the end. With no data files the run
+uses generated two-turn arithmetic chats (``raylhf/tasks/chat_data.py``) and their held-out set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from raylhf.batch import Objective, TrainBatch
 from raylhf.config import SFTConfig, cli_entry
+from raylhf.data import DataError, SFTExample
+
+SFTRow = tuple[list[int], list[float]]  # (input_ids, per-token loss weights)
 
 
-def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list | None = None,
-            save_to: str | Path | None = None) -> tuple[str | None, list[dict[str, Any]]]:
-    """Train; returns (checkpoint dir, metric history). ``model_path`` / ``examples`` override the config."""
+def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list[SFTExample] | None = None,
+            save_to: str | Path | None = None, eval_examples: list[SFTExample] | None = None,
+            ) -> tuple[str | None, list[dict[str, Any]]]:
+    """Train; returns (checkpoint dir, metric history). ``model_path`` / ``examples`` / ``eval_examples``
+    override the config (``model.path``, ``data.train_files``, ``data.eval_files`` / ``sft.eval_fraction``)."""
     from raylhf.assets import load_tokenizer
-    from raylhf.batch import Objective, TrainBatch
-    from raylhf.data import load_from_config, tokenize_sft
+    from raylhf.data import load_from_config
+    from raylhf.loss_scale import get_loss_scale
     from raylhf.offline import OfflineSpec, RowBatches, run_offline
     from raylhf.runtime import resolve_model_path
 
     s = cfg.sft
     model_path = model_path or resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
+    strategy = get_loss_scale("all" if s.train_on_prompt else s.loss_scale)
     examples = examples if examples is not None else load_from_config(cfg.data, "sft", split="train")
-    encoded = [tokenize_sft(tokenizer, ex, s.max_length, s.train_on_prompt) for ex in examples]
-    encoded = [(ids, mask) for ids, mask in encoded if sum(mask) > 0]
-    if len(encoded) < s.batch_size:
-        raise ValueError(f"{len(encoded)} usable SFT rows (with response tokens) < sft.batch_size={s.batch_size}")
-    num_steps = s.num_steps or len(encoded) // s.batch_size * s.epochs
-
-    def collate(rows: list[tuple[list[int], list[int]]]) -> TrainBatch:
-        return TrainBatch(input_ids=[torch.tensor(ids, dtype=torch.long) for ids, _ in rows],
-                          loss_mask=[torch.tensor(mask, dtype=torch.float32) for _, mask in rows])
-
+    rows, dropped = encode_examples(tokenizer, examples, s.max_length, strategy, "training")
+    if eval_examples is None and cfg.data.eval_files:
+        eval_examples = load_from_config(cfg.data, "sft", split="eval")
+    if eval_examples is not None:
+        eval_rows, _ = encode_examples(tokenizer, eval_examples, s.max_length, strategy, "held-out")
+        if not eval_rows:
+            raise DataError("no held-out row has a trained token (data.eval_files): check the files, "
+                            "sft.max_length and sft.loss_scale")
+    else:
+        rows, eval_rows = split_rows(rows, s.eval_fraction, cfg.data.seed)
+    if len(rows) < s.batch_size:
+        raise DataError(f"{len(rows)} usable SFT rows (with trained tokens) < sft.batch_size={s.batch_size}: "
+                        "give more data or lower sft.batch_size")
+    num_steps = s.num_steps or len(rows) // s.batch_size * s.epochs
+    tuner = cfg.policy.tuner
     spec = OfflineSpec(
         name="sft", num_steps=num_steps, objective=Objective(pg_coef=0.0, ce_coef=1.0),
-        batches=RowBatches(encoded, s.batch_size, cfg.data.shuffle, cfg.data.seed, collate),
-        curves=["loss/ce"], summary=f"{len(encoded)} rows",
+        batches=RowBatches(rows, s.batch_size, cfg.data.shuffle, cfg.data.seed, collate),
+        evaluate=eval_loss_fn(eval_rows, s.eval_batch_size, cfg.policy.num_workers) if eval_rows else None,
+        eval_every=s.eval_every, curves=["loss/ce", "eval/loss"],
+        summary=f"{len(rows)} rows" + (f" ({dropped} without trained tokens left out)" if dropped else "")
+        + f", {len(eval_rows)} held out, loss_scale {'all' if s.train_on_prompt else s.loss_scale}, tuner {tuner.type}"
+        + (f" (r={tuner.lora_rank}, alpha={tuner.lora_alpha:g})" if tuner.type == "lora" else ""),
     )
     res = run_offline(cfg, spec, model_path, save_to)
     return res.checkpoint, res.history
+
+
+def encode_examples(tokenizer: Any, examples: Sequence[SFTExample], max_length: int, strategy: Any,
+                    what: str = "training") -> tuple[list[SFTRow], int]:
+    """Tokenize ``examples`` with per-token weights; returns the rows with at least one trained token and how
+    many were left out (every trained token cut by ``sft.max_length``, or nothing to train on)."""
+    from raylhf.data import tokenize_sft
+
+    rows: list[SFTRow] = []
+    for i, ex in enumerate(examples, start=1):
+        try:
+            rows.append(tokenize_sft(tokenizer, ex, max_length, loss_scale=strategy))
+        except DataError as e:
+            raise DataError(e.problem, source=f"{what} data", row=i, unit="example") from None
+    kept = [r for r in rows if any(w > 0 for w in r[1])]
+    return kept, len(rows) - len(kept)
+
+
+def split_rows(rows: list[SFTRow], fraction: float, seed: int) -> tuple[list[SFTRow], list[SFTRow]]:
+    """(training rows, held-out rows): a seeded draw of ``ceil(fraction * n)`` rows (none for fraction 0);
+    both keep the original order."""
+    if not fraction:
+        return rows, []
+    n_eval = min(len(rows) - 1, max(1, math.ceil(fraction * len(rows) - 1e-9)))
+    held = set(random.Random(seed).sample(range(len(rows)), n_eval))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def collate(rows: list[SFTRow]) -> TrainBatch:
+    """A TrainBatch: ``loss_mask`` marks the tokens with weight > 0; ``ce_weights`` carries the weights when
+    some are not 0/1 (the objective then computes ``sum(w * -log p) / trained tokens``)."""
+    weights = [torch.tensor(w, dtype=torch.float32) for _, w in rows]
+    binary = all(bool(((w == 0) | (w == 1)).all()) for w in weights)
+    return TrainBatch(input_ids=[torch.tensor(ids, dtype=torch.long) for ids, _ in rows],
+                      loss_mask=[(w > 0).float() for w in weights], ce_weights=None if binary else weights)
+
+
+def eval_loss_fn(rows: list[SFTRow], batch_size: int, world: int) -> Callable[[Any, int], dict[str, float]]:
+    """``OfflineSpec.evaluate`` for the held-out rows: ``eval/loss`` is the weighted NLL per trained token over
+    all of them (the training objective, no update), computed in calls of ``batch_size`` rows; a call's rows
+    are padded with fully masked rows to a multiple of the rank count (they add no tokens)."""
+    from raylhf import rl
+
+    objective = Objective(pg_coef=0.0, ce_coef=1.0).with_counts(collate(rows))
+    filler: SFTRow = (rows[0][0][:2], [0.0] * len(rows[0][0][:2]))
+
+    def evaluate(policy: Any, step: int) -> dict[str, float]:
+        loss = 0.0
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            chunk = chunk + [filler] * (-len(chunk) % world)
+            m = rl.reduce_ranks(policy.call_split("eval_loss", collate(chunk), objective))
+            loss += m["loss/ce"]
+        return {"eval/loss": loss}
+
+    return evaluate
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,7 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from actors.group import PhaseTimeoutError
     from raylhf.checkpoint import ResumeError
-    from raylhf.data import DataError
     from raylhf.guard import NonFiniteTrainingError
     from raylhf.rl import PolicyRankDied
     from raylhf.runtime import TrackerError, cli_error
@@ -65,13 +143,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(cfg: SFTConfig) -> int:
-    if not cfg.data.train_files:
-        from raylhf.tasks.demo_data import demo_sft_examples
+    if not cfg.data.train_files:  # the embedded default: generated two-turn chats and their held-out set
+        from raylhf.tasks.chat_data import demo_chat_splits
 
-        cfg_examples = demo_sft_examples(cfg.demo)
-        ckpt, _ = run_sft(cfg, examples=cfg_examples)
+        train, heldout = demo_chat_splits(cfg.demo)
+        ckpt, history = run_sft(cfg, examples=train, eval_examples=heldout)
     else:
-        ckpt, _ = run_sft(cfg)
+        ckpt, history = run_sft(cfg)
+    evals = [r["eval/loss"] for r in history if "eval/loss" in r]
+    train_loss = [r["loss/ce"] for r in history if "loss/ce" in r]
+    if train_loss:
+        print(f"sft: train loss/ce first step {train_loss[0]:.4f} -> last step {train_loss[-1]:.4f}"
+              + (f"; eval/loss before {evals[0]:.4f} -> after {evals[-1]:.4f}" if len(evals) >= 2 else ""))
     print(f"checkpoint: {ckpt}")
     return 0
 

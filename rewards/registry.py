@@ -332,7 +332,8 @@ class CombinedScorer:
             for i, v in enumerate(values):
                 if v is not None:
                     total[i] = (total[i] or 0.0) + weight * float(v)  # type: ignore[arg-type]
-        return {"total": total, "per_function": per_fn, "steps": steps}
+        weights = {scorer.name: weight for scorer, weight in self.scorers}
+        return {"total": total, "per_function": per_fn, "steps": steps, "weights": weights}
 
     async def score(self, batch: RewardBatch) -> list[Score]:
         if self.kind == "prm":  # a single PRM: its per-step lists (the reward server returns them)

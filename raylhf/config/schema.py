@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from raylhf.config.rm import RMConfig
 from raylhf.config.sections import (
     CheckpointConfig,
     DataConfig,
@@ -147,7 +148,26 @@ class SFTAlgoConfig(Section):
     epochs: int = Field(1, gt=0, description="passes over the data when num_steps is null")
     batch_size: int = Field(16, gt=0, description="sequences per optimizer step (all ranks)")
     max_length: int = Field(512, gt=0, description="prompt + response tokens; longer rows are truncated")
-    train_on_prompt: bool = Field(False, description="also compute the loss on prompt tokens")
+    loss_scale: str = Field(
+        "default", description="which tokens train (raylhf/loss_scale.py): default = every assistant reply, "
+        "last_round = only the last reply, all = every token; a message's \"loss\": true/false overrides its turn"
+    )
+    train_on_prompt: bool = Field(False, description="also train on prompt tokens: the same as loss_scale=all")
+    eval_fraction: float = Field(
+        0.0, ge=0, lt=1, description="hold out this share of the training rows for eval/loss when data.eval_files "
+        "is empty (a seeded draw with data.seed)"
+    )
+    eval_every: int = Field(0, ge=0, description="log eval/loss every N steps; 0: only at the start and the end")
+    eval_batch_size: int = Field(64, gt=0, description="held-out sequences per eval call (all ranks)")
+
+    @field_validator("loss_scale")
+    @classmethod
+    def _known_loss_scale(cls, v: str) -> str:
+        from raylhf.loss_scale import LOSS_SCALES
+
+        if v not in LOSS_SCALES:
+            raise ValueError(f"unknown loss scale {v!r}; registered: {', '.join(sorted(LOSS_SCALES))}")
+        return v
 
 
 class SFTConfig(Section):
@@ -169,6 +189,12 @@ class SFTConfig(Section):
                 f"sft.batch_size ({self.sft.batch_size}) must be divisible by policy.num_workers "
                 f"({self.policy.num_workers})"
             )
+        if self.sft.eval_fraction and self.data.eval_files:
+            raise ValueError("sft.eval_fraction holds out training rows, but data.eval_files already gives the "
+                             "held-out set: set one of them (sft.eval_fraction=0 to use data.eval_files)")
+        if self.sft.train_on_prompt and self.sft.loss_scale not in ("default", "all"):
+            raise ValueError(f"sft.train_on_prompt=true means sft.loss_scale=all, but sft.loss_scale is "
+                             f"{self.sft.loss_scale!r}: drop train_on_prompt")
         return self
 
 
@@ -203,7 +229,94 @@ class SampleConfig(Section):
     seed: int = Field(1, description="global seed")
 
 
-CONFIGS: dict[str, type[Section]] = {"grpo": GRPOConfig, "sft": SFTConfig, "sample": SampleConfig}
+from raylhf.config.dpo import DPOConfig, KTOConfig  # noqa: E402  (here: it imports DemoConfig from this module)
+
+
+class PPOAlgoConfig(Section):
+    """PPO (actor-critic) and the estimator switch: ``advantage: gae`` trains a critic; the others need none."""
+
+    num_steps: int = Field(40, gt=0, description="training steps (one rollout batch each)")
+    prompt_batch_size: int = Field(16, gt=0, description="prompts per step")
+    samples_per_prompt: int = Field(
+        4, gt=0, description="completions per prompt (1 is enough for gae; grpo / rloo need >= 2)")
+    train_batch_size: int | None = Field(
+        None, gt=0, description="samples per optimizer step (mini-batch); null: the whole rollout batch")
+    ppo_epochs: int = Field(2, gt=0, description="passes over each rollout batch, for the policy and the critic")
+    advantage: Literal["gae", "grpo", "rloo", "reinforce++", "reinforce++-baseline"] = Field(
+        "gae", description="advantage estimator; only gae starts a critic")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="grpo estimator: divide by the group std, the batch std, or not")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount (gae)")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    whiten_advantages: bool = Field(True, description="gae: whiten advantages over the batch's response tokens")
+    kl_coef: float = Field(0.05, ge=0, description="KL(policy || reference) coefficient (initial value if adaptive)")
+    kl_in_reward: bool = Field(
+        True, description="true: -kl_coef * KL per token in the reward (classic PPO); false: a loss term")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="KL estimator (k1 in the reward, k3 as a loss term are the usual choices)")
+    kl_target: float | None = Field(
+        None, gt=0, description="adaptive KL controller target (Ziegler et al.); null: fixed kl_coef")
+    kl_horizon: float = Field(10000.0, gt=0, description="adaptive KL controller horizon (samples)")
+    clip_low: float = Field(0.2, ge=0, description="PPO clip range below 1")
+    clip_high: float = Field(0.2, ge=0, description="PPO clip range above 1")
+    value_clip: float | None = Field(0.2, gt=0, description="value clip range around the rollout-time values")
+    critic_warmup_steps: int = Field(0, ge=0, description="first steps train only the critic")
+    loss_agg: LossAgg = Field("token-mean", description="how per-token policy losses are aggregated")
+    entropy_coef: float = Field(0.0, description="entropy bonus coefficient")
+    step_separator: str = Field(
+        "\n\n", description="PRM step rewards go on the last token of each step, steps split by this separator")
+    eval_every: int = Field(0, ge=0, description="evaluate held-out accuracy every N steps; 0: start and end")
+    eval_samples: int = Field(4, gt=0, description="samples per held-out prompt (mean@k)")
+    eval_temperature: float = Field(1.0, ge=0, description="sampling temperature of the held-out accuracy")
+
+
+class CriticConfig(PolicyConfig):
+    model_path: str | None = Field(
+        None, description="value model start: a causal LM or a reward model checkpoint; null: the policy's start")
+
+
+class PPOConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-5, micro_batch_size=32,
+                                                                      num_cpus_per_worker=2))
+    critic: CriticConfig = Field(default_factory=lambda: CriticConfig(lr=1e-4, micro_batch_size=32,
+                                                                      num_cpus_per_worker=1))
+    rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16, num_cpus_per_engine=2))
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    reward: RewardConfig = Field(
+        default_factory=lambda: RewardConfig(functions=[
+            RewardFunctionConfig(name="exact_match", label="accuracy", kwargs={"column": "equation"}),
+            RewardFunctionConfig(name="accuracy", label="any_form_accuracy", weight=0.0),
+        ])
+    )
+    ppo: PPOAlgoConfig = Field(default_factory=lambda: PPOAlgoConfig(eval_every=10))
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    seed: int = Field(1, description="global seed")
+
+    @model_validator(mode="after")
+    def _batches(self) -> PPOConfig:
+        p = self.ppo
+        rollout_batch = p.prompt_batch_size * p.samples_per_prompt
+        train = p.train_batch_size or rollout_batch
+        if rollout_batch % train:
+            raise ValueError(f"ppo.train_batch_size ({train}) must divide the rollout batch ppo.prompt_batch_size x "
+                             f"ppo.samples_per_prompt = {rollout_batch}; e.g. {_nearest_divisor(rollout_batch, train)}")
+        for name, workers in (("policy", self.policy.num_workers), ("critic", self.critic.num_workers)):
+            if train % workers:
+                raise ValueError(f"ppo.train_batch_size ({train}) must be divisible by {name}.num_workers ({workers})")
+        if p.samples_per_prompt < 2 and p.advantage in ("grpo", "rloo"):
+            raise ValueError(f"ppo.advantage={p.advantage} compares samples within a group: set "
+                             "ppo.samples_per_prompt >= 2 (or use ppo.advantage=gae)")
+        return self
+
+
+CONFIGS: dict[str, type[Section]] = {"grpo": GRPOConfig, "ppo": PPOConfig, "sft": SFTConfig, "sample": SampleConfig, "rm": RMConfig,
+                                     "dpo": DPOConfig, "kto": KTOConfig}
 
 
 def config_class(prefix: str) -> type[Section] | None:

@@ -152,6 +152,23 @@ class DataConfig(Section):
     seed: int = Field(42, description="data shuffling seed")
 
 
+class TunerConfig(Section):
+    """Which parameters of the policy train: all of them, or LoRA adapters (peft) on a frozen base."""
+
+    type: Literal["full", "lora"] = Field("full", description="full: every parameter trains; lora: only LoRA adapters")
+    lora_rank: int = Field(8, gt=0, description="LoRA rank r")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha; the adapter's update is scaled by alpha / r")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch's input (training only)")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="module names (or suffixes) that get adapters; all-linear: every linear layer but the output head",
+    )
+    merge_on_save: bool = Field(
+        True, description="exports hold the base model with the adapter merged in (a plain HF model) plus the adapter "
+        "under adapter/; false: the adapter alone"
+    )
+
+
 class PolicyConfig(Section):
     num_workers: int = Field(1, gt=0, description="data-parallel policy ranks (DeepSpeed world size)")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage")
@@ -161,6 +178,16 @@ class PolicyConfig(Section):
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="decay after warm-up")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up optimizer steps")
     micro_batch_size: int = Field(8, gt=0, description="sequences per forward/backward on one rank")
+    packing: bool = Field(
+        True, description="pack several sequences into one row of a forward pass (positions restart per sequence, "
+        "attention isolated: block-diagonal mask on sdpa/eager, varlen on flash_attention_2/3); same loss and "
+        "gradients, less padding; also the reference model's forwards (docs/performance.md)"
+    )
+    max_tokens_per_micro_batch: int | None = Field(
+        None, gt=0, description="token budget of one micro-batch instead of micro_batch_size sequences: real tokens "
+        "when packing, padded tokens (count x longest) when not; a longer sequence gets a micro-batch of its own; "
+        "null: micro_batch_size sequences"
+    )
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 where the device supports it (CUDA), fp32 on CPU"
@@ -168,6 +195,7 @@ class PolicyConfig(Section):
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
     num_cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rank")
     num_gpus_per_worker: float | None = Field(None, ge=0, description="Ray GPUs per rank; null: 1 if GPUs exist")
+    tuner: TunerConfig = Field(default_factory=TunerConfig, description="full fine-tuning or LoRA (peft)")
 
 
 class RolloutConfig(Section):

@@ -1,0 +1,101 @@
+"""PPO through the real driver: a critic, PRM step rewards, the adaptive KL controller; the estimator
+switch starts no critic; a critic rank that dies ends the run with a clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from raylhf.config import PPOConfig, build_config, to_yaml
+from raylhf.tasks.arithmetic import make_problems, write_jsonl
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+
+ROOT = Path(__file__).resolve().parents[2]
+PRM = '''from rewards import PRM
+
+class DigitSteps(PRM):
+    """One score per step (steps split by blank lines): the step's fraction of digit characters."""
+    def __call__(self, completions, **kwargs):
+        out = []
+        for c in completions:
+            steps = [s for s in c.split("\\n\\n") if s.strip()] or [c]
+            out.append([sum(ch.isdigit() for ch in s) / max(1, len(s)) for s in steps])
+        return out
+
+prms = {"digit_steps": DigitSteps}
+'''
+
+
+def ppo_cfg(tmp_path: Path, model: Path, **over: object) -> PPOConfig:
+    cols = {"prompt": "question", "solution": "answer"}
+    train = write_jsonl(make_problems(32, seed=1, max_operand=9), tmp_path / "train.jsonl", cols)
+    heldout = write_jsonl(make_problems(8, seed=2, max_operand=9), tmp_path / "eval.jsonl", cols)
+    plugin = tmp_path / "digit_prm.py"
+    plugin.write_text(PRM)
+    base: dict[str, object] = {
+        "model.path": str(model), "data.train_files": [str(train)], "data.eval_files": [str(heldout)],
+        "data.columns": cols, "reward.plugins": [str(plugin)],
+        "reward.functions": [{"name": "accuracy"}, {"name": "digit_steps", "weight": 1.0}],
+        "ppo.num_steps": 2, "ppo.prompt_batch_size": 4, "ppo.samples_per_prompt": 2, "ppo.kl_target": 0.01,
+        "ppo.kl_horizon": 100, "rollout.max_new_tokens": 8, "policy.micro_batch_size": 4, "critic.micro_batch_size": 4,
+        "policy.lr": 1e-3, "rollout.num_cpus_per_engine": 1, "policy.num_cpus_per_worker": 1,
+        "critic.num_cpus_per_worker": 1, "logging.run_dir": str(tmp_path / "runs"), "logging.progress": False,
+        "checkpoint.save_final": False,
+    }
+    base.update(over)
+    return build_config(PPOConfig, overrides=list(base.items()))
+
+
+def test_ppo_with_critic_prm_steps_and_adaptive_kl(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from raylhf.ppo import run_ppo
+
+    res = run_ppo(ppo_cfg(tmp_path, tiny_model_dir))
+    assert "critic" in res.placement
+    rows = [r for r in res.history if "time/train" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("critic/loss/value", "vf/explained_var", "critic/vf/clip_frac", "kl/coef", "kl/mean_seq",
+                "reward/digit_steps", "reward/steps_unplaced_frac", "grad_norm", "critic/grad_norm"):
+        assert key in rows[-1], key
+    assert rows[0]["reward/steps_unplaced_frac"] < 1.0  # the PRM's steps were placed on step-end tokens
+    assert rows[0]["kl/coef"] == pytest.approx(0.05)
+    assert rows[1]["kl/coef"] != pytest.approx(0.05)  # the adaptive controller moved it after step 1
+    assert rows[-1]["critic/grad_norm"] > 0 and rows[-1]["grad_norm"] > 0
+
+
+def test_estimator_switch_starts_no_critic(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from raylhf.ppo import run_ppo
+
+    res = run_ppo(ppo_cfg(tmp_path, tiny_model_dir, **{"ppo.advantage": "grpo", "ppo.num_steps": 1,
+                                                       "ppo.kl_coef": 0.0, "data.eval_files": []}))
+    assert set(res.placement) == {"policy", "rollout", "reward"}
+    row = next(r for r in res.history if "time/train" in r)
+    assert not any(k.startswith(("critic/", "vf/", "kl/")) for k in row)
+    assert "reward/advantage_std" in row
+
+
+def test_dead_critic_rank_ends_the_run_with_a_clear_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = ppo_cfg(tmp_path, tiny_model_dir, **{"ppo.num_steps": 3, "data.eval_files": []})
+    cfg_file = tmp_path / "ppo.yaml"
+    cfg_file.write_text(to_yaml(cfg))
+    env = {**os.environ, "RAYLHF_FAULT_INJECT": f"critic.train_step@3:{tmp_path / 'fired'}"}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "raylhf.ppo", "--config", str(cfg_file),
+         f"ray.address={ray.get_runtime_context().gcs_address}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    err = next(x for x in out.splitlines() if x.startswith("raylhf.ppo: error:"))
+    assert "critic rank 0 died in critic.train_step" in err and "no checkpoint was written yet" in err
+    rows = [json.loads(x) for x in (Path(cfg.logging.run_dir) / os.listdir(cfg.logging.run_dir)[0] /
+                                    "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "time/step" in r] == [1]  # the critic died in step 2's update
+    print(f"critic death to exit: {time.monotonic() - t0:.0f}s (run included)")
