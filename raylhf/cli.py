@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve-reward": ("raylhf.serve_reward", "serve reward functions / a reward model over HTTP"),
     "sample": ("raylhf.sample", "best-of-N sampling: N completions per prompt, scored; writes preference pairs"),
     "rm": ("raylhf.rm", "reward-model training (Bradley-Terry on preference pairs)"),
+    "gkd": ("raylhf.gkd", "on-policy distillation (GKD): student samples, teacher distributions, generalized JSD"),
 }
 
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from raylhf.config.gkd import GKDConfig
 from raylhf.config.rm import RMConfig
 from raylhf.config.sections import (
     CheckpointConfig,
@@ -315,7 +316,7 @@ class PPOConfig(Section):
         return self
 
 
-CONFIGS: dict[str, type[Section]] = {"grpo": GRPOConfig, "ppo": PPOConfig, "sft": SFTConfig, "sample": SampleConfig, "rm": RMConfig,
+CONFIGS: dict[str, type[Section]] = {"grpo": GRPOConfig, "ppo": PPOConfig, "sft": SFTConfig, "sample": SampleConfig, "rm": RMConfig, "gkd": GKDConfig,
                                      "dpo": DPOConfig, "kto": KTOConfig}
 
 

@@ -67,16 +67,19 @@ def test_dpo_learns_the_training_pairs(dpo_run: Any) -> None:
     assert "eval/loss" in dpo_run.eval_after and (dpo_run.run_dir / "curves.png").exists()
 
 
-def test_precomputed_reference_gives_the_same_first_step(tmp_path: Path, tiny_model_dir: Path,
-                                                         dpo_run: Any) -> None:
+def test_precomputed_reference_on_two_ranks_gives_the_same_first_step(tmp_path: Path, tiny_model_dir: Path,
+                                                                      dpo_run: Any) -> None:
+    """precompute_ref (then no reference actor) and 2 data-parallel ranks (4 pairs each, 2 per micro-batch):
+    the first step's loss and gradient are those of the per-batch reference run on one rank."""
     from raylhf.dpo import run_dpo
 
     cache = tmp_path / "ref_cache"
-    res = run_dpo(dpo_cfg(tmp_path, tiny_model_dir, **{"dpo.rpo_alpha": 0.1, "dpo.num_steps": 1,
-                                                       "dpo.precompute_ref": True, "dpo.ref_cache_dir": str(cache)}))
+    res = run_dpo(dpo_cfg(tmp_path, tiny_model_dir, **{
+        "dpo.rpo_alpha": 0.1, "dpo.num_steps": 1, "dpo.precompute_ref": True, "dpo.ref_cache_dir": str(cache),
+        "policy.num_workers": 2, "policy.micro_batch_size": 4}))
     assert len(list(cache.glob("*.pt"))) == 1  # the whole dataset's reference log-probs, cached
     step1, per_batch = _train_rows(res)[0], _train_rows(dpo_run)[0]
-    for key in ("loss/total", "loss/pref", "loss/nll", "grad_norm"):
+    for key in ("loss/total", "loss/pref", "loss/nll", "grad_norm", "rewards/chosen", "logps/rejected"):
         assert step1[key] == pytest.approx(per_batch[key], rel=1e-4, abs=1e-6), key
 
 
