@@ -876,9 +876,9 @@ def tokenize_sft(
         if not prompt_text.startswith(consumed):
             raise DataError(
                 "the chat template renders an earlier part of this conversation differently once later turns "
-                "follow (e.g. it drops reasoning from past replies), so its replies cannot be trained in one "
-                "sequence; split the conversation into one row per reply, or use sft.loss_scale=last_round with "
-                "only the last reply kept"
+                "follow (e.g. it drops reasoning from past replies, or does not end a reply with its end-of-turn "
+                f"token {eot_text!r}), so its replies cannot be trained in one sequence; split the conversation "
+                "into one row per reply"
             )
         query = next((t["content"] for t in reversed(turns[:k]) if t["role"] == "user"), query)
         last = k == replies[-1]

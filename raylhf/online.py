@@ -133,9 +133,11 @@ class OnlineRun:
 @contextlib.contextmanager
 def online_run(cfg: Any, algo: Any, name: str, model_path: str, train: list[Any], heldout: list[Any],
                optimizer_steps: int, required_cpus: float, curves: list[str],
-               start_extra: Callable[[Any], None] | None = None) -> Iterator[OnlineRun]:
+               start_extra: Callable[[Any], None] | None = None, policy_cls: type | None = None,
+               policy_extra: dict[str, Any] | None = None) -> Iterator[OnlineRun]:
     """Set up an online RL run (see the module doc); ``start_extra(workers)`` starts the trainer's own groups
-    (e.g. a critic) into ``workers`` (shut down with the others); ``curves``: the metrics of curves.png."""
+    (e.g. a critic) into ``workers`` (shut down with the others); ``curves``: the metrics of curves.png;
+    ``policy_cls`` / ``policy_extra``: a PolicyWorker subclass with the trainer's loss (online DPO)."""
     from actors.group import WorkerError
     from raylhf import checkpoint as ckpts
     from raylhf import rl
@@ -167,7 +169,8 @@ def online_run(cfg: Any, algo: Any, name: str, model_path: str, train: list[Any]
         init_ray(cfg.ray, required_cpus)
         t0 = time.perf_counter()
         max_len = cfg.data.max_prompt_length + ro.max_new_tokens + 8
-        workers = rl.start_workers(cfg, model_path, optimizer_steps, max_len, algo=algo)
+        workers = rl.start_workers(cfg, model_path, optimizer_steps, max_len, algo=algo, policy_cls=policy_cls,
+                                   policy_extra=policy_extra)
         try:
             if start_extra is not None:
                 start_extra(workers)

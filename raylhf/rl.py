@@ -47,7 +47,8 @@ class Workers:
             g.shutdown()
 
 
-def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len: int, algo: Any = None) -> Workers:
+def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len: int, algo: Any = None,
+                  policy_cls: type | None = None, policy_extra: dict[str, Any] | None = None) -> Workers:
     """Every actor group of an RL run (policy, rollout, reference when the algorithm section ``algo``, default
     ``cfg.grpo``, has kl_coef > 0, reward).
 
@@ -60,7 +61,7 @@ def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len
     limit = cfg.runtime.phase_timeout_s or None  # the watchdog's limit on every phase
     try:
         w.policy = start_policy(cfg.policy, model_path, cfg.model.dtype, optimizer_steps, cfg.seed, strategy, trust,
-                                call_timeout_s=limit)
+                                call_timeout_s=limit, worker_cls=policy_cls, extra=policy_extra)
         w.rollout = start_rollout(cfg.rollout, model_path, cfg.model.dtype, max_model_len, strategy, trust,
                                   call_timeout_s=limit)
         if (algo if algo is not None else cfg.grpo).kl_coef > 0:

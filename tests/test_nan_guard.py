@@ -150,7 +150,8 @@ class _LM(torch.nn.Module):
         torch.manual_seed(0)
         self.emb = torch.nn.Embedding(8, 8)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Any = None, use_cache: bool = False) -> Any:
+    def forward(self, input_ids: torch.Tensor, attention_mask: Any = None, use_cache: bool = False,
+                position_ids: Any = None) -> Any:  # position_ids: what a packed forward (policy.packing) sends
         return SimpleNamespace(logits=self.emb(input_ids))
 
 

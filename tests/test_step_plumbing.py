@@ -159,7 +159,8 @@ class _UniformLM(torch.nn.Module):
         self.emb = torch.nn.Embedding(4, 4)
         torch.nn.init.zeros_(self.emb.weight)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Any = None, use_cache: bool = False) -> Any:
+    def forward(self, input_ids: torch.Tensor, attention_mask: Any = None, use_cache: bool = False,
+                position_ids: Any = None) -> Any:  # position_ids: what a packed forward (policy.packing) sends
         return SimpleNamespace(logits=self.emb(input_ids))
 
 

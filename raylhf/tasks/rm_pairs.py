@@ -1,13 +1,12 @@
 """Synthetic preference pairs for the reward-model default run (no data files): arithmetic prompts where the
 chosen reply is the right equation and the rejected one a wrong equation, or the right / a wrong number in
-another style (the replies and their kinds are ``raylhf.tasks.preferences.answers``, shared with the DPO
-family's data).
+another style (the kinds of ``raylhf.tasks.preferences``, the DPO family's data), a third of the pairs each.
 
 Unlike the DPO data, half of the prompts are the bare question ("What is 4+18?", as in
 examples/data/arithmetic_train.jsonl) and half carry the demo's instruction, so the reward model also scores
 GRPO rollouts on the bare prompts. Pure data (it imports no trainer). Each pair carries its ``kind`` so
 held-out accuracy can be reported per kind: ``wrong_equation`` pairs need arithmetic (the answer is off by
-1-9, so its last digit differs), the others mostly the asked form.
+1-9, so its last digit differs), the others only the asked form.
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ from dataclasses import dataclass
 from raylhf.data import PreferenceExample
 from raylhf.tasks.arithmetic import make_problems
 from raylhf.tasks.demo_data import INSTRUCTION
-from raylhf.tasks.preferences import REJECTED_KINDS, answers
+from raylhf.tasks.preferences import OTHER_STYLES, REJECTED_KINDS
 
-KINDS: tuple[str, ...] = tuple(k for k, _ in REJECTED_KINDS)
+KINDS: tuple[str, ...] = tuple(k for k, _ in REJECTED_KINDS)  # drawn with equal shares here
 
 
 @dataclass
@@ -31,9 +30,22 @@ class LabelledPair:
     kind: str
 
 
+def _wrong(value: int, rng: random.Random) -> int:
+    """A nearby wrong answer: off by 1-9, never negative."""
+    x = value + rng.choice([-1, 1]) * rng.randint(1, 9)
+    return x if x >= 0 else value + rng.randint(1, 9)
+
+
 def _pair(row: dict[str, str], rng: random.Random) -> LabelledPair:
     question = row["prompt"].removeprefix("What is ").removesuffix("?")
-    chosen, rejected, kind = answers(question, int(row["solution"]), rng)
+    value = int(row["solution"])
+    kind = rng.choice(KINDS)
+    if kind == "wrong_equation":
+        rejected = f"{question}={_wrong(value, rng)}"
+    else:
+        number = value if kind == "right_number_other_style" else _wrong(value, rng)
+        rejected = rng.choice(OTHER_STYLES).format(x=number)
+    chosen = f"{question}={value}"
     prompt = row["prompt"] + (INSTRUCTION if rng.random() < 0.5 else "")
     return LabelledPair(PreferenceExample([{"role": "user", "content": prompt}], chosen, rejected), kind)
 
