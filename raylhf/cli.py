@@ -9,6 +9,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "grpo": ("raylhf.grpo", "GRPO-family RL (vLLM rollouts, DeepSpeed policy, rewards)"),
     "ppo": ("raylhf.ppo", "PPO with a critic (GAE), or the grpo / rloo / reinforce++ estimators without one"),
+    "online-dpo": ("raylhf.online_dpo", "online DPO: sample, score, pair best vs worst, DPO update, sync"),
     "sft": ("raylhf.sft", "supervised fine-tuning (the single-actor case)"),
     "dpo": ("raylhf.dpo", "DPO family on preference pairs (sigmoid, ipo, hinge, cdpo, simpo, orpo, cpo)"),
     "kto": ("raylhf.kto", "KTO on unpaired replies labelled desirable / undesirable"),

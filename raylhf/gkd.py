@@ -136,7 +136,8 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
     student_path = student_path or resolve_model_path(cfg.model)
     teacher_path = teacher_path or cfg.teacher.path
     if not teacher_path:
-        raise DataError("no teacher: set teacher.path")
+        raise DataError("no teacher: set teacher.path (the embedded default's teacher only goes with its own data, "
+                        "when data.train_files is empty)")
     tokenizer = load_tokenizer(cfg.model.tokenizer or student_path)
     train = train if train is not None else load_from_config(cfg.data, "sft", split="train")
     if heldout is None:

@@ -4,6 +4,8 @@ tokens, the student's JSD micro-losses adding up to the batch loss, the resumabl
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,7 +146,16 @@ def test_padding_for_ranks_trains_no_token() -> None:
 def test_config_rules() -> None:
     with pytest.raises(Exception, match=r"gkd\.batch_size \(5\) must be divisible by policy\.num_workers \(2\)"):
         build_config(GKDConfig, overrides=[("gkd.batch_size", 5), ("policy.num_workers", 2)])
-    with pytest.raises(Exception, match=r"teacher\.path is not"):
-        build_config(GKDConfig, overrides=[("data.train_files", "x.jsonl")])
     assert build_config(GKDConfig, overrides=[("gkd.lmbda", 1.0)]).gkd.lmbda == 1.0
     assert math.isclose(GKDConfig().gkd.beta, 0.5)
+
+
+def test_cli_without_a_teacher_is_one_clear_line(tmp_path: Path) -> None:
+    rows = tmp_path / "sft.jsonl"
+    rows.write_text('{"prompt": "q", "response": "a"}\n')
+    r = subprocess.run([sys.executable, "-m", "raylhf.gkd", "--data.train_files", str(rows)], capture_output=True,
+                       text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [
+        "raylhf.gkd: error: no teacher: set teacher.path (the embedded default's teacher only goes with its own "
+        "data, when data.train_files is empty)"]

@@ -66,3 +66,12 @@ def test_gae_on_the_placed_rewards_by_hand() -> None:
     # deltas: t1: -0.05 + 0.4 - 0.2 = 0.15; t2: 0 + 0.6 - 0.4 = 0.2; t3: 0.9 - 0.6 = 0.3
     # A3 = 0.3; A2 = 0.2 + 0.5*0.3 = 0.35; A1 = 0.15 + 0.5*0.35 = 0.325
     assert est.advantages[0, 1:].tolist() == pytest.approx([0.325, 0.35, 0.3])
+
+
+def test_online_dpo_pairs_best_and_worst_and_skips_ties() -> None:
+    from raylhf.online_dpo import best_worst_pairs
+
+    nan = float("nan")
+    r = torch.tensor([0.1, 0.9, 0.5, 0.9,   1.0, 1.0, 1.0, 1.0,   nan, 0.2, nan, nan,   0.3, nan, 0.0, 0.31])
+    assert best_worst_pairs(r, 4) == [(1, 0), (15, 14)]  # group 2 ties, group 3 has one scored sample
+    assert best_worst_pairs(r, 4, min_margin=0.5) == [(1, 0)]
