@@ -131,9 +131,13 @@ class PreferenceWorker(PolicyWorker):
         self.spec = preference or PreferenceLoss()
 
     def micro_batches(self, batch: TrainBatch) -> list[list[int]]:
-        """Whole pairs (or KTO examples) per micro-batch, at most ``policy.micro_batch_size`` sequences."""
+        """Whole pairs (or KTO examples) per micro-batch: at most ``policy.micro_batch_size`` sequences, or
+        ``policy.max_tokens_per_micro_batch`` tokens (packed or padded, as ``policy.packing`` says)."""
+        from actors.common import packing_options
+
         assert isinstance(batch, PreferenceBatch)
-        return group_micro_batches(batch.group_ids, [len(x) for x in batch.input_ids], self.micro)
+        packing, max_tokens = packing_options(self.cfg)
+        return group_micro_batches(batch.group_ids, [len(x) for x in batch.input_ids], self.micro, max_tokens, packing)
 
     def micro_loss(self, sub: TrainBatch, obj: Objective) -> tuple[torch.Tensor, dict[str, float], float]:
         """The micro-batch's loss (normalized by the step's pairs ``obj.global_seqs`` and, for the NLL term, the

@@ -29,6 +29,11 @@ class TeacherDists:
     ids: torch.Tensor | None = None
     tail: torch.Tensor | None = None
 
+    def head(self, n: int) -> TeacherDists:
+        """The first ``n`` positions (``head(0)``: none, for a padding sequence that trains no token)."""
+        return TeacherDists(self.values[:n], None if self.ids is None else self.ids[:n],
+                            None if self.tail is None else self.tail[:n])
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.values, self.ids, self.tail) if t is not None)
 

@@ -17,12 +17,18 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from raylhf.config import GKDConfig, cli_entry
 from raylhf.offline import RowOrder
+
+if TYPE_CHECKING:
+    from actors.distill import DistillBatch
+    from actors.group import ActorGroup
+    from raylhf.batch import Rollout
+    from raylhf.data import SFTExample
 
 
 @dataclass
@@ -53,7 +59,7 @@ class GKDBatches:
         self.rng = random.Random(seed + 1)
         self.step = 0
 
-    def next_batch(self) -> Any:
+    def next_batch(self) -> DistillBatch:
         from actors.distill import DistillBatch
 
         rows = [self.rows[i] for i in self.order.take(self.batch_size)]
@@ -74,7 +80,7 @@ class GKDBatches:
         self.step = int(state["step"])
 
 
-def encode_rows(tokenizer: Any, examples: Sequence[Any], max_length: int) -> list[Encoded]:
+def encode_rows(tokenizer: Any, examples: Sequence[SFTExample], max_length: int) -> list[Encoded]:
     """Dataset rows as token ids (chat template), trained on the reply; rows with no trained token are dropped."""
     from raylhf.data import render_prompt, tokenize_sft
 
@@ -87,7 +93,7 @@ def encode_rows(tokenizer: Any, examples: Sequence[Any], max_length: int) -> lis
     return out
 
 
-def with_samples(batch: Any, rollouts: Sequence[Any]) -> Any:
+def with_samples(batch: DistillBatch, rollouts: Sequence[Rollout]) -> DistillBatch:
     """``batch`` with the sequences marked ``sampled`` answered by ``rollouts`` (in that order): prompt + the
     student's completion, trained on the completion."""
     from actors.distill import DistillBatch
@@ -101,25 +107,23 @@ def with_samples(batch: Any, rollouts: Sequence[Any]) -> Any:
     return DistillBatch(input_ids=ids, loss_mask=masks, prompt_lens=batch.prompt_lens, sampled=batch.sampled)
 
 
-def padded_for_ranks(batch: Any, world: int) -> Any:
+def padded_for_ranks(batch: DistillBatch, world: int) -> DistillBatch:
     """``batch`` grown to a multiple of ``world`` sequences with copies that train no token (ZeRO-3 ranks run
     their forwards in lockstep, so every rank gets as many sequences)."""
     from actors.distill import DistillBatch
-    from actors.teacher import TeacherDists
 
     extra = -len(batch) % world
     if not extra:
         return batch
     last = batch.input_ids[-1]
-    empty = TeacherDists(batch.teacher[-1].values[:0], None if batch.teacher[-1].ids is None else
-                         batch.teacher[-1].ids[:0], None if batch.teacher[-1].tail is None else batch.teacher[-1].tail[:0])
+    empty = batch.teacher[-1].head(0)
     return DistillBatch(input_ids=[*batch.input_ids, *[last] * extra],
                         loss_mask=[*batch.loss_mask, *[torch.zeros(len(last))] * extra],
                         teacher=[*batch.teacher, *[empty] * extra])
 
 
 def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str | None = None,
-            train: Sequence[Any] | None = None, heldout: Sequence[Any] | None = None) -> GKDResult:
+            train: Sequence[SFTExample] | None = None, heldout: Sequence[SFTExample] | None = None) -> GKDResult:
     """Distil ``teacher_path`` (default ``teacher.path``) into the student (default ``model.path``, else a tiny
     random model); ``train`` / ``heldout`` (SFTExample rows) override the data files."""
     from actors.distill import DistillWorker, trained_positions
@@ -167,7 +171,7 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
                                    cfg.model.trust_remote_code, call_timeout_s=limit)
         vocab = int(teacher.call_rank0("vocab_size"))
 
-        def teacher_dists(batch: Any, top_k: int) -> Any:
+        def teacher_dists(batch: DistillBatch, top_k: int) -> DistillBatch:
             batch.teacher = teacher.call_rank0("distributions", batch.input_ids, trained_positions(batch.loss_mask),
                                                top_k, g.temperature)
             return batch
@@ -175,11 +179,11 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
         source = GKDBatches(rows, g.batch_size, cfg.data.shuffle, cfg.data.seed, g.lmbda)
         synced = {"engines": False}
 
-        def sync(policy: Any) -> None:
+        def sync(policy: ActorGroup) -> None:
             rl.sync_weights(policy, rollout, cfg.rollout.sync_bucket_mb)
             synced["engines"] = True
 
-        def prepare(policy: Any, batch: Any) -> Any:
+        def prepare(policy: ActorGroup, batch: DistillBatch) -> DistillBatch:
             if any(batch.sampled):
                 if not synced["engines"]:  # a resumed run: the engines start from the student's start weights
                     sync(policy)
@@ -197,7 +201,7 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
             held_batch = padded_for_ranks(teacher_dists(held_batch, 0), world)
         held_prompts = [r.ids[: r.prompt_len] for r in held_rows]
 
-        def evaluate(policy: Any, step: int) -> dict[str, float]:
+        def evaluate(policy: ActorGroup, step: int) -> dict[str, float]:
             if held_batch is None:
                 return {}
             out = _divergences(policy, held_batch, "eval/")
@@ -213,7 +217,7 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
             out["eval/response_len"] = sum(len(r.response_ids) for r in rolls) / max(1, len(rolls))
             return out
 
-        def after_step(policy: Any, step: int) -> None:
+        def after_step(policy: ActorGroup, step: int) -> None:
             if g.lmbda > 0 or (g.eval_every and step % g.eval_every == 0) or step == g.num_steps:
                 sync(policy)
 
@@ -233,14 +237,14 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
     return GKDResult(res.run_dir, res.checkpoint, res.history, res.eval_before, res.eval_after)
 
 
-def source_batch(rows: list[Encoded]) -> Any:
+def source_batch(rows: list[Encoded]) -> DistillBatch | None:
     """All ``rows`` as one DistillBatch (dataset responses), or None when there are none."""
     if not rows:
         return None
     return GKDBatches(rows, len(rows), False, 0, 0.0).next_batch()
 
 
-def _divergences(policy: Any, batch: Any, prefix: str, suffix: str = "") -> dict[str, float]:
+def _divergences(policy: ActorGroup, batch: DistillBatch, prefix: str, suffix: str = "") -> dict[str, float]:
     parts = policy.call_split("divergences", batch)
     tokens = sum(p["tokens"] for p in parts)
     if not tokens:

@@ -57,7 +57,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, model_path: str | None = None, train: l
     heldout = heldout if heldout is not None else (
         load_from_config(cfg.data, "prompt", split="eval") if cfg.data.eval_files else [])
     spec = PreferenceLoss(loss_type=d.loss_type, beta=d.beta, simpo_gamma=d.simpo_gamma)
-    curves = ["reward/mean", "reward/accuracy", "eval/accuracy", "eval/greedy_accuracy", "rewards/accuracies"]
+    curves = ["reward/accuracy", "eval/accuracy", "eval/greedy_accuracy", "rewards/accuracies"]
     with online_run(cfg, d, "online_dpo", model_path, train, heldout, d.num_steps, required_cpus(cfg), curves,
                     policy_cls=PreferenceWorker, policy_extra={"preference": spec}) as run:
         for step, prompts, prompt_ids in run.steps():

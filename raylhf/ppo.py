@@ -108,7 +108,7 @@ def run_ppo(cfg: PPOConfig, model_path: str | None = None, train: list | None = 
                 cfg.ray.placement_strategy, cfg.model.trust_remote_code, cfg.runtime.phase_timeout_s or None,
                 worker_cls=CriticWorker, group_name="critic")
 
-    curves = ["reward/mean", "reward/accuracy", "eval/accuracy", "eval/greedy_accuracy", "critic/loss/value"]
+    curves = ["reward/accuracy", "eval/accuracy", "eval/greedy_accuracy", "critic/loss/value"]
     with online_run(cfg, p, "ppo", model_path, train, heldout, optimizer_steps, required_cpus(cfg), curves,
                     start_extra=start_critic) as run:
         kl_ctl.value = float(run.extra_state.get("kl_coef", kl_ctl.value))

@@ -291,17 +291,26 @@ def collate_unpaired(rows: Sequence[EncodedUnpaired]) -> PreferenceBatch:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def group_micro_batches(group_ids: Sequence[int], lengths: Sequence[int], micro_batch_size: int) -> list[list[int]]:
+def group_micro_batches(group_ids: Sequence[int], lengths: Sequence[int], micro_batch_size: int,
+                        max_tokens: int | None = None, packed: bool = False) -> list[list[int]]:
     """Index lists of one optimizer step's micro-batches: whole groups (a pair stays together), groups sorted by
-    their longest sequence (less padding), at most ``micro_batch_size`` sequences each (a group larger than
-    that is a micro-batch of its own)."""
+    their longest sequence (less padding), each micro-batch at most ``micro_batch_size`` sequences, or with
+    ``max_tokens`` (``policy.max_tokens_per_micro_batch``) at most that many tokens: the sum of the lengths when
+    ``packed``, the padded size ``count x longest`` when not. A group over the limit is a micro-batch of its own."""
     groups: dict[int, list[int]] = {}
     for i, g in enumerate(group_ids):
         groups.setdefault(g, []).append(i)
     order = sorted(groups.values(), key=lambda idx: (max(lengths[i] for i in idx), idx[0]))
+
+    def fits(idx: list[int]) -> bool:
+        if max_tokens is None:
+            return len(idx) <= micro_batch_size
+        sizes = [lengths[i] for i in idx]
+        return (sum(sizes) if packed else len(sizes) * max(sizes)) <= max_tokens
+
     out: list[list[int]] = []
     for idx in order:
-        if out and len(out[-1]) + len(idx) <= micro_batch_size:
+        if out and fits(out[-1] + idx):
             out[-1].extend(idx)
         else:
             out.append(list(idx))

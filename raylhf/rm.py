@@ -13,11 +13,16 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from raylhf.config import RMConfig, cli_entry
 
-Pair = Any  # a PreferenceExample, or a raylhf.tasks.rm_pairs.LabelledPair (the example and its kind)
+if TYPE_CHECKING:
+    from actors.group import ActorGroup
+    from raylhf.data import PreferenceExample
+    from raylhf.tasks.rm_pairs import LabelledPair
+
+Pair: TypeAlias = "PreferenceExample | LabelledPair"  # a pair, or a synthetic pair with its kind
 
 
 @dataclass
@@ -102,7 +107,7 @@ def _split_heldout(pairs: list[EncodedPair], fraction: float, seed: int) -> tupl
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
-def heldout_metrics(policy: Any, pairs: list[EncodedPair], world: int) -> dict[str, float]:
+def heldout_metrics(policy: ActorGroup, pairs: list[EncodedPair], world: int) -> dict[str, float]:
     """Pair accuracy (chosen scored strictly higher), mean margin and mean Bradley-Terry loss on held-out
     pairs, plus the accuracy per pair kind when the pairs have kinds. Every rank scores an equal share."""
     import torch

@@ -102,6 +102,11 @@ def test_micro_batches_keep_pairs_together() -> None:
         assert len({group_ids[i] for i in g}) * 2 == len(g) <= 4  # whole pairs only
     assert groups == [[2, 3, 6, 7], [0, 1, 4, 5]]  # sorted by the pair's longest sequence: 4, 6 | 9, 20
     assert group_micro_batches(group_ids, lengths, 1) == [[2, 3], [6, 7], [0, 1], [4, 5]]  # a pair beats the size
+    # token budget (policy.max_tokens_per_micro_batch): packed = sum of lengths, padded = count x longest
+    assert group_micro_batches(group_ids, lengths, 99, max_tokens=20, packed=True) == [[2, 3, 6, 7], [0, 1], [4, 5]]
+    assert group_micro_batches(group_ids, lengths, 99, max_tokens=24, packed=False) == [[2, 3, 6, 7], [0, 1], [4, 5]]
+    assert group_micro_batches(group_ids, lengths, 99, max_tokens=23, packed=False) == [[2, 3], [6, 7], [0, 1],
+                                                                                        [4, 5]]
 
 
 def test_kl_partners_is_a_seeded_derangement() -> None:
