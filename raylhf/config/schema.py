@@ -276,8 +276,13 @@ class CriticConfig(PolicyConfig):
         None, description="value model start: a causal LM or a reward model checkpoint; null: the policy's start")
 
 
+def _demo_model() -> ModelConfig:
+    # the GRPO demo's model: the default runs share its cached SFT warm-up
+    return ModelConfig(tiny=TinyModelConfig(hidden_size=256, num_layers=4, intermediate_size=768))
+
+
 class PPOConfig(Section):
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=_demo_model)
     data: DataConfig = Field(default_factory=DataConfig)
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-5, micro_batch_size=32,
                                                                       num_cpus_per_worker=2))
@@ -338,7 +343,7 @@ class OnlineDPOAlgoConfig(Section):
 
 
 class OnlineDPOConfig(Section):
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=_demo_model)
     data: DataConfig = Field(default_factory=DataConfig)
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-6, micro_batch_size=32,
                                                                       num_cpus_per_worker=2))
