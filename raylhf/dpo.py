@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from raylhf.config import DPOConfig, cli_entry
+from raylhf.config import DPOConfig
 from raylhf.config.dpo import DPOAlgoConfig
 
 
@@ -51,21 +51,9 @@ def run_dpo(cfg: DPOConfig, model_path: str | None = None, train: list | None = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = cli_entry(DPOConfig, argv, "raylhf.dpo")
-    if cfg is None:
-        return 0
-    from actors.group import PhaseTimeoutError
-    from raylhf.checkpoint import ResumeError
-    from raylhf.data import DataError
-    from raylhf.guard import NonFiniteTrainingError
-    from raylhf.rl import PolicyRankDied
-    from raylhf.runtime import TrackerError, cli_error
+    from raylhf.runtime import run_main
 
-    try:
-        return _run(cfg)
-    except (DataError, TrackerError, NonFiniteTrainingError, PhaseTimeoutError, ResumeError,
-            PolicyRankDied) as e:  # one line (the watchdog printed its report)
-        return cli_error("raylhf.dpo", e)
+    return run_main("raylhf.dpo", DPOConfig, argv, _run)
 
 
 def _run(cfg: DPOConfig) -> int:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from raylhf.config import GKDConfig, cli_entry
+from raylhf.config import GKDConfig
 from raylhf.offline import RowOrder
 
 if TYPE_CHECKING:
@@ -254,21 +254,9 @@ def _divergences(policy: ActorGroup, batch: DistillBatch, prefix: str, suffix: s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = cli_entry(GKDConfig, argv, "raylhf.gkd")
-    if cfg is None:
-        return 0
-    from actors.group import PhaseTimeoutError
-    from raylhf.checkpoint import ResumeError
-    from raylhf.data import DataError
-    from raylhf.guard import NonFiniteTrainingError
-    from raylhf.rl import PolicyRankDied
-    from raylhf.runtime import TrackerError, cli_error
+    from raylhf.runtime import run_main
 
-    try:
-        return _run(cfg)
-    except (DataError, TrackerError, NonFiniteTrainingError, PhaseTimeoutError, ResumeError,
-            PolicyRankDied) as e:  # one line (the watchdog printed its report)
-        return cli_error("raylhf.gkd", e)
+    return run_main("raylhf.gkd", GKDConfig, argv, _run)
 
 
 def _run(cfg: GKDConfig) -> int:

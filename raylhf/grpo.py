@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raylhf.config import GRPOConfig, cli_entry
+from raylhf.config import GRPOConfig
 
 
 @dataclass
@@ -86,20 +86,9 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = cli_entry(GRPOConfig, argv, "raylhf.grpo")
-    if cfg is None:
-        return 0
-    from actors.group import PhaseTimeoutError
-    from raylhf.checkpoint import ResumeError
-    from raylhf.data import DataError
-    from raylhf.guard import NonFiniteTrainingError
-    from raylhf.rl import PolicyRankDied
-    from raylhf.runtime import TrackerError, cli_error
+    from raylhf.runtime import run_main
 
-    try:
-        return _run(cfg)
-    except (DataError, TrackerError, NonFiniteTrainingError, ResumeError, PolicyRankDied, PhaseTimeoutError) as e:
-        return cli_error("raylhf.grpo", e)
+    return run_main("raylhf.grpo", GRPOConfig, argv, _run)
 
 
 def _run(cfg: GRPOConfig) -> int:

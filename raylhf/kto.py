@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from raylhf.config import KTOConfig, cli_entry
+from raylhf.config import KTOConfig
 
 
 def run_kto(cfg: KTOConfig, model_path: str | None = None, train: list | None = None,
@@ -48,21 +48,9 @@ def run_kto(cfg: KTOConfig, model_path: str | None = None, train: list | None = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = cli_entry(KTOConfig, argv, "raylhf.kto")
-    if cfg is None:
-        return 0
-    from actors.group import PhaseTimeoutError
-    from raylhf.checkpoint import ResumeError
-    from raylhf.data import DataError
-    from raylhf.guard import NonFiniteTrainingError
-    from raylhf.rl import PolicyRankDied
-    from raylhf.runtime import TrackerError, cli_error
+    from raylhf.runtime import run_main
 
-    try:
-        return _run(cfg)
-    except (DataError, TrackerError, NonFiniteTrainingError, PhaseTimeoutError, ResumeError,
-            PolicyRankDied) as e:  # one line (the watchdog printed its report)
-        return cli_error("raylhf.kto", e)
+    return run_main("raylhf.kto", KTOConfig, argv, _run)
 
 
 def _run(cfg: KTOConfig) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from raylhf.config import OnlineDPOConfig, cli_entry
+from raylhf.config import OnlineDPOConfig
 
 
 def required_cpus(cfg: OnlineDPOConfig) -> float:
@@ -84,27 +84,20 @@ def run_online_dpo(cfg: OnlineDPOConfig, model_path: str | None = None, train: l
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = cli_entry(OnlineDPOConfig, argv, "raylhf.online_dpo")
-    if cfg is None:
-        return 0
-    from actors.group import PhaseTimeoutError
-    from raylhf.checkpoint import ResumeError
-    from raylhf.data import DataError
-    from raylhf.guard import NonFiniteTrainingError
-    from raylhf.rl import PolicyRankDied
-    from raylhf.runtime import TrackerError, cli_error
+    from raylhf.runtime import run_main
 
-    try:
-        if not cfg.data.train_files:
-            from raylhf.grpo import run_default
+    return run_main("raylhf.online_dpo", OnlineDPOConfig, argv, _run)
 
-            run_default(cfg, run_online_dpo, cfg.online_dpo, required_cpus(cfg))
-            return 0
-        res = run_online_dpo(cfg)
-        print(f"run dir: {res.run_dir}")
+
+def _run(cfg: OnlineDPOConfig) -> int:
+    if not cfg.data.train_files:  # the embedded default: the SFT warm-up, then this trainer on the demo task
+        from raylhf.grpo import run_default
+
+        run_default(cfg, run_online_dpo, cfg.online_dpo, required_cpus(cfg))
         return 0
-    except (DataError, TrackerError, NonFiniteTrainingError, ResumeError, PolicyRankDied, PhaseTimeoutError) as e:
-        return cli_error("raylhf.online_dpo", e)
+    res = run_online_dpo(cfg)
+    print(f"run dir: {res.run_dir}")
+    return 0
 
 
 if __name__ == "__main__":

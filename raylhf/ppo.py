@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from raylhf.config import PPOConfig, cli_entry
+from raylhf.config import PPOConfig
 
 
 def required_cpus(cfg: PPOConfig) -> float:
@@ -179,27 +179,20 @@ class _Sub:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = cli_entry(PPOConfig, argv, "raylhf.ppo")
-    if cfg is None:
-        return 0
-    from actors.group import PhaseTimeoutError
-    from raylhf.checkpoint import ResumeError
-    from raylhf.data import DataError
-    from raylhf.guard import NonFiniteTrainingError
-    from raylhf.rl import PolicyRankDied
-    from raylhf.runtime import TrackerError, cli_error
+    from raylhf.runtime import run_main
 
-    try:
-        if not cfg.data.train_files:
-            from raylhf.grpo import run_default
+    return run_main("raylhf.ppo", PPOConfig, argv, _run)
 
-            run_default(cfg, run_ppo, cfg.ppo, required_cpus(cfg))
-            return 0
-        res = run_ppo(cfg)
-        print(f"run dir: {res.run_dir}")
+
+def _run(cfg: PPOConfig) -> int:
+    if not cfg.data.train_files:  # the embedded default: the SFT warm-up, then this trainer on the demo task
+        from raylhf.grpo import run_default
+
+        run_default(cfg, run_ppo, cfg.ppo, required_cpus(cfg))
         return 0
-    except (DataError, TrackerError, NonFiniteTrainingError, ResumeError, PolicyRankDied, PhaseTimeoutError) as e:
-        return cli_error("raylhf.ppo", e)
+    res = run_ppo(cfg)
+    print(f"run dir: {res.run_dir}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from raylhf.config import RMConfig, cli_entry
+from raylhf.config import RMConfig
 
 if TYPE_CHECKING:
     from actors.group import ActorGroup
@@ -187,21 +187,9 @@ def run_rm(cfg: RMConfig, model_path: str | None = None, train: Sequence[Pair] |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = cli_entry(RMConfig, argv, "raylhf.rm")
-    if cfg is None:
-        return 0
-    from actors.group import PhaseTimeoutError
-    from raylhf.checkpoint import ResumeError
-    from raylhf.data import DataError
-    from raylhf.guard import NonFiniteTrainingError
-    from raylhf.rl import PolicyRankDied
-    from raylhf.runtime import TrackerError, cli_error
+    from raylhf.runtime import run_main
 
-    try:
-        return _run(cfg)
-    except (DataError, TrackerError, NonFiniteTrainingError, PhaseTimeoutError, ResumeError,
-            PolicyRankDied) as e:  # one line (the watchdog printed its report)
-        return cli_error("raylhf.rm", e)
+    return run_main("raylhf.rm", RMConfig, argv, _run)
 
 
 def _run(cfg: RMConfig) -> int:

@@ -79,6 +79,27 @@ WANDB_MISSING = (
 )
 
 
+def run_main(prog: str, config_cls: type, argv: Any, run: Any) -> int:
+    """An entry module's ``main``: parse the config (``--help``, ``--dry-run``, one-line config errors), call
+    ``run(cfg)``, and turn the run-ending errors a user can act on (bad data, a tracker, NaN steps, a resume
+    path, a dead policy / critic rank, the watchdog) into one line on stderr and exit code 2."""
+    from raylhf.config import cli_entry
+
+    cfg = cli_entry(config_cls, argv, prog)
+    if cfg is None:
+        return 0
+    from actors.group import PhaseTimeoutError
+    from raylhf.checkpoint import ResumeError
+    from raylhf.data import DataError
+    from raylhf.guard import NonFiniteTrainingError
+    from raylhf.rl import PolicyRankDied
+
+    try:
+        return int(run(cfg) or 0)
+    except (DataError, TrackerError, NonFiniteTrainingError, PhaseTimeoutError, ResumeError, PolicyRankDied) as e:
+        return cli_error(prog, e)
+
+
 def cli_error(prog: str, e: BaseException) -> int:
     """Print a run-ending error for the command line (exit code 2). A watchdog report was printed in full when
     it fired; here only its first line, pointing at it."""

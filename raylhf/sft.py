@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from raylhf.batch import Objective, TrainBatch
-from raylhf.config import SFTConfig, cli_entry
+from raylhf.config import SFTConfig
 from raylhf.data import DataError, SFTExample
 
 SFTRow = tuple[list[int], list[float]]  # (input_ids, per-token loss weights)
@@ -126,20 +126,9 @@ def eval_loss_fn(rows: list[SFTRow], batch_size: int, world: int) -> Callable[[A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = cli_entry(SFTConfig, argv, "raylhf.sft")
-    if cfg is None:
-        return 0
-    from actors.group import PhaseTimeoutError
-    from raylhf.checkpoint import ResumeError
-    from raylhf.guard import NonFiniteTrainingError
-    from raylhf.rl import PolicyRankDied
-    from raylhf.runtime import TrackerError, cli_error
+    from raylhf.runtime import run_main
 
-    try:
-        return _run(cfg)
-    except (DataError, TrackerError, NonFiniteTrainingError, PhaseTimeoutError, ResumeError,
-            PolicyRankDied) as e:  # one line (the watchdog printed its report)
-        return cli_error("raylhf.sft", e)
+    return run_main("raylhf.sft", SFTConfig, argv, _run)
 
 
 def _run(cfg: SFTConfig) -> int:
