@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 from raylhf.config import PPOConfig, build_config, to_yaml
 from raylhf.tasks.arithmetic import make_problems, write_jsonl
@@ -54,10 +55,42 @@ def ppo_cfg(tmp_path: Path, model: Path, **over: object) -> PPOConfig:
     return build_config(PPOConfig, overrides=list(base.items()))
 
 
-def test_ppo_with_critic_prm_steps_and_adaptive_kl(tmp_path: Path, tiny_model_dir: Path) -> None:
+def _gae_by_hand(r: list[float], v: list[float], m: list[float], gamma: float, lam: float) -> list[float]:
+    """GAE over the selected positions of one row, written as the textbook backward recursion."""
+    sel = [t for t, x in enumerate(m) if x > 0]
+    adv = [0.0] * len(r)
+    running, next_v = 0.0, 0.0
+    for t in reversed(sel):
+        delta = r[t] + gamma * next_v - v[t]
+        running = delta + gamma * lam * running
+        adv[t], next_v = running, v[t]
+    return adv
+
+
+def test_ppo_with_critic_prm_steps_and_adaptive_kl(tmp_path: Path, tiny_model_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also: the GAE the driver computes from the live critic's values and the placed rewards equals the
+    hand-written recursion, and the returns it trains the critic on are advantages + values."""
+    import raylhf.algos.advantages as adv_mod
     from raylhf.ppo import run_ppo
 
+    calls = []
+    real_gae = adv_mod.gae
+
+    def recording_gae(token_rewards, values, mask, gamma=1.0, lam=1.0):  # type: ignore[no-untyped-def]
+        out = real_gae(token_rewards, values, mask, gamma, lam)
+        calls.append((token_rewards.clone(), values.clone(), mask.clone(), gamma, lam, out))
+        return out
+
+    monkeypatch.setattr(adv_mod, "gae", recording_gae)
     res = run_ppo(ppo_cfg(tmp_path, tiny_model_dir))
+    assert len(calls) == 2  # one per step
+    for r, v, m, gamma, lam, out in calls:
+        assert (gamma, lam) == (1.0, 0.95) and v.abs().sum() > 0  # the critic's values, not zeros
+        for i in range(len(r)):
+            expected = _gae_by_hand(r[i].tolist(), v[i].tolist(), m[i].tolist(), gamma, lam)
+            assert out.advantages[i].tolist() == pytest.approx(expected, abs=1e-5)
+        assert torch.allclose(out.returns, (out.advantages + v) * m, atol=1e-6)
     assert "critic" in res.placement
     rows = [r for r in res.history if "time/train" in r]
     assert [r["step"] for r in rows] == [1, 2]
