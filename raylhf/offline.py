@@ -118,23 +118,14 @@ def run_offline(cfg: Any, spec: OfflineSpec, model_path: str, save_to: str | Pat
     from actors.group import WorkerError
     from raylhf import checkpoint as ckpts
     from raylhf import rl
-    from raylhf.config import to_yaml
     from raylhf.guard import BadStepGuard
-    from raylhf.runtime import MetricsLogger, init_ray, make_run_dir, plot_curves
+    from raylhf.runtime import init_ray, open_run, plot_curves
 
     name = spec.name
-    resume_from = ckpts.resolve_resume(cfg.checkpoint.resume, Path(cfg.logging.run_dir), cfg.logging.run_name, name)
-    state = ckpts.read_state(resume_from) if resume_from else {}
+    run_dir, resume_from, state, logger = open_run(
+        cfg, name, spec.num_steps,
+        f"model {model_path}; {spec.summary + ', ' if spec.summary else ''}{spec.num_steps} steps")
     start_step = int(state.get("step", 0))
-    run_dir = ckpts.run_dir_of(resume_from) if resume_from else make_run_dir(cfg.logging, name)
-    (run_dir / ("config.resumed.yaml" if resume_from else "config.yaml")).write_text(to_yaml(cfg))
-    print(f"[{name}] run dir {run_dir}; model {model_path}; {spec.summary + ', ' if spec.summary else ''}"
-          f"{spec.num_steps} steps" + (f"; resuming after step {start_step} from {resume_from}" if resume_from else ""),
-          flush=True)
-
-    # created first: a missing tracker package (wandb) fails here, before any actor starts
-    logger = MetricsLogger(run_dir, cfg.logging, spec.num_steps, name, run_config=cfg.model_dump(mode="json"),
-                           resume_step=start_step if resume_from else None)
     ckpt: str | None = None
     eval_before: dict[str, float] = {}
     eval_after: dict[str, float] = {}

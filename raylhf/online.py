@@ -142,10 +142,9 @@ def online_run(cfg: Any, algo: Any, name: str, model_path: str, train: list[Any]
     from raylhf import checkpoint as ckpts
     from raylhf import rl
     from raylhf.assets import load_tokenizer
-    from raylhf.config import to_yaml
     from raylhf.data import drop_long_prompts, render_prompt
     from raylhf.guard import BadStepGuard
-    from raylhf.runtime import MetricsLogger, init_ray, make_run_dir, plot_curves
+    from raylhf.runtime import init_ray, open_run, plot_curves
 
     ro = cfg.rollout
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
@@ -154,17 +153,9 @@ def online_run(cfg: Any, algo: Any, name: str, model_path: str, train: list[Any]
         raise ValueError(f"only {len(train)} training prompts (after dropping {dropped} longer than "
                          f"data.max_prompt_length={cfg.data.max_prompt_length}); {name}.prompt_batch_size is "
                          f"{algo.prompt_batch_size}")
-    resume_from = ckpts.resolve_resume(cfg.checkpoint.resume, Path(cfg.logging.run_dir), cfg.logging.run_name, name)
-    state = ckpts.read_state(resume_from) if resume_from else {}
+    run_dir, resume_from, state, logger = open_run(
+        cfg, name, algo.num_steps, f"model {model_path}; {len(train)} train / {len(heldout)} held-out prompts")
     start_step = int(state.get("step", 0))
-    run_dir = ckpts.run_dir_of(resume_from) if resume_from else make_run_dir(cfg.logging, name)
-    (run_dir / ("config.resumed.yaml" if resume_from else "config.yaml")).write_text(to_yaml(cfg))
-    print(f"[{name}] run dir {run_dir}; model {model_path}; {len(train)} train / {len(heldout)} held-out prompts"
-          + (f"; resuming after step {start_step} from {resume_from}" if resume_from else ""), flush=True)
-
-    # created first: a missing tracker package (wandb) fails here, before any actor starts
-    logger = MetricsLogger(run_dir, cfg.logging, algo.num_steps, name, run_config=cfg.model_dump(mode="json"),
-                           resume_step=start_step if resume_from else None)
     try:
         init_ray(cfg.ray, required_cpus)
         t0 = time.perf_counter()

@@ -79,6 +79,28 @@ WANDB_MISSING = (
 )
 
 
+def open_run(cfg: Any, name: str, total_steps: int, describe: str) -> tuple[Path, Path | None, dict[str, Any],
+                                                                          MetricsLogger]:
+    """The run dir of a trainer ``name`` with its metrics logger: a new one, or the one of the checkpoint
+    ``checkpoint.resume`` names (then the logger keeps the metric rows up to its step). Writes the config
+    (``config.resumed.yaml`` on resume) and prints the start line ``[name] run dir ...; <describe>``.
+    Returns (run dir, checkpoint resumed from or None, its trainer state, logger)."""
+    from raylhf import checkpoint as ckpts
+    from raylhf.config import to_yaml
+
+    resume_from = ckpts.resolve_resume(cfg.checkpoint.resume, Path(cfg.logging.run_dir), cfg.logging.run_name, name)
+    state = ckpts.read_state(resume_from) if resume_from else {}
+    start_step = int(state.get("step", 0))
+    run_dir = ckpts.run_dir_of(resume_from) if resume_from else make_run_dir(cfg.logging, name)
+    (run_dir / ("config.resumed.yaml" if resume_from else "config.yaml")).write_text(to_yaml(cfg))
+    print(f"[{name}] run dir {run_dir}; {describe}"
+          + (f"; resuming after step {start_step} from {resume_from}" if resume_from else ""), flush=True)
+    # created first: a missing tracker package (wandb) fails here, before any actor starts
+    logger = MetricsLogger(run_dir, cfg.logging, total_steps, name, run_config=cfg.model_dump(mode="json"),
+                           resume_step=start_step if resume_from else None)
+    return run_dir, resume_from, state, logger
+
+
 def run_main(prog: str, config_cls: type, argv: Any, run: Any) -> int:
     """An entry module's ``main``: parse the config (``--help``, ``--dry-run``, one-line config errors), call
     ``run(cfg)``, and turn the run-ending errors a user can act on (bad data, a tracker, NaN steps, a resume
