@@ -441,6 +441,12 @@ class ActorGroup:
         self._start_timeout_s = start_timeout_s
         self.restarts = 0
         self._opts: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1)
+        from raylhf.registry import actor_env
+
+        plugin_env = actor_env()  # the run's plugin files, loaded in the actor at its first registry lookup
+        if plugin_env:
+            runtime_env = dict(runtime_env or {})
+            runtime_env["env_vars"] = {**dict(runtime_env.get("env_vars") or {}), **plugin_env}
         if runtime_env:
             self._opts["runtime_env"] = runtime_env
         master: tuple[str, int] = ("", 0)

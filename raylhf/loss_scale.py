@@ -29,8 +29,10 @@ assistant turn (see :mod:`raylhf.data`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
+
+from raylhf.registry import Registry
 
 __all__ = [
     "LOSS_SCALES",
@@ -39,6 +41,7 @@ __all__ = [
     "LastRoundLossScale",
     "LossScale",
     "checked_loss_scale",
+    "collect_loss_scales",
     "get_loss_scale",
     "register_loss_scale",
 ]
@@ -62,7 +65,12 @@ class LossScale:
         return [context], [1.0 if trained else 0.0]
 
 
-LOSS_SCALES: dict[str, type[LossScale]] = {}
+def _check_loss_scale(name: str, cls: object) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, LossScale)):
+        raise TypeError(f"loss scale {name!r}: register a LossScale subclass, got {cls!r}")
+
+
+LOSS_SCALES: Registry[type[LossScale]] = Registry("loss scale", "sft.loss_scale", _check_loss_scale)
 
 
 def register_loss_scale(name: str) -> Callable[[type[LossScale]], type[LossScale]]:
@@ -70,18 +78,15 @@ def register_loss_scale(name: str) -> Callable[[type[LossScale]], type[LossScale
 
     A name registered twice (by a different class) is an error, so plugins cannot silently replace a strategy.
     """
+    return LOSS_SCALES.decorator(name)
 
-    def deco(cls: type[LossScale]) -> type[LossScale]:
-        if not (isinstance(cls, type) and issubclass(cls, LossScale)):
-            raise TypeError(f"loss scale {name!r}: register a LossScale subclass, got {cls!r}")
-        prev = LOSS_SCALES.get(name)
-        if prev is not None and prev is not cls:
-            raise ValueError(f"loss scale {name!r} is already registered (by {prev.__module__}.{prev.__qualname__}); "
-                             "rename yours")
-        LOSS_SCALES[name] = cls
-        return cls
 
-    return deco
+def collect_loss_scales(table: object, source: str) -> None:
+    """A plugin module's ``loss_scale_map`` (name -> LossScale subclass or instance) into the registry."""
+    if not isinstance(table, Mapping):
+        raise TypeError(f"{source} must be a dict of name -> LossScale subclass")
+    for name, obj in table.items():
+        LOSS_SCALES.register(str(name), obj if isinstance(obj, type) else type(obj), source)
 
 
 register_loss_scale("default")(LossScale)
@@ -109,9 +114,10 @@ class AllLossScale(LossScale):
 
 def get_loss_scale(name: str) -> LossScale:
     """A fresh instance of the strategy registered as ``name``; an unknown name lists the registered ones."""
-    cls = LOSS_SCALES.get(name)
-    if cls is None:
-        raise ValueError(f"unknown sft.loss_scale {name!r}; registered strategies: {', '.join(sorted(LOSS_SCALES))}")
+    try:
+        cls = LOSS_SCALES.get_entry(name)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
     return cls()
 
 

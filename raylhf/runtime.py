@@ -86,8 +86,10 @@ def open_run(cfg: Any, name: str, total_steps: int, describe: str) -> tuple[Path
     (``config.resumed.yaml`` on resume) and prints the start line ``[name] run dir ...; <describe>``.
     Returns (run dir, checkpoint resumed from or None, its trainer state, logger)."""
     from raylhf import checkpoint as ckpts
+    from raylhf import registry
     from raylhf.config import to_yaml
 
+    registry.activate(registry.config_plugins(cfg), replace=True)  # here and in every actor started after this
     resume_from = ckpts.resolve_resume(cfg.checkpoint.resume, Path(cfg.logging.run_dir), cfg.logging.run_name, name)
     state = ckpts.read_state(resume_from) if resume_from else {}
     start_step = int(state.get("step", 0))

@@ -134,11 +134,12 @@ def run_sample(cfg: SampleConfig, prompts: list[PromptExample] | None = None,
                model_path: str | None = None) -> SampleResult:
     from tqdm import tqdm
 
-    from raylhf import rl
+    from raylhf import registry, rl
     from raylhf.assets import load_tokenizer
     from raylhf.data import drop_long_prompts, load_from_config, render_prompt
     from raylhf.runtime import init_ray, resolve_model_path
 
+    registry.activate(registry.config_plugins(cfg), replace=True)
     s, ro = cfg.sample, cfg.rollout
     model_path = model_path or resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)

@@ -21,24 +21,19 @@ import logging
 import math
 import sys
 import types
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from raylhf import registry as plugin_registry
+from raylhf.registry import Registry
 from rewards.base import ORM, PRM, AsyncORM, InferRequest, RewardBatch, Score, Scorer
 
 RewardFn = Callable[..., Any]
-REWARDS: dict[str, Any] = {}  # name -> function or ORM/PRM class
+REWARDS: Registry[Any] = Registry("reward", "reward.functions")  # name -> function or ORM/PRM class
 
 
 def _register(name: str, obj: Any, origin: str = "") -> None:
-    if name in REWARDS and REWARDS[name] is not obj:
-        prev = REWARDS[name]
-        raise ValueError(
-            f"reward {name!r} is already registered (by {getattr(prev, '__module__', '?')}){origin}; "
-            "rename yours"
-        )
-    REWARDS[name] = obj
+    REWARDS.register(name, obj, origin or None)
 
 
 def register_reward(name: str) -> Callable[[Any], Any]:
@@ -57,7 +52,7 @@ register_prm = register_reward
 
 # ---------------------------------------------------------------- plugin files and the ms-swift stand-in
 
-def _install_swift_shim() -> None:
+def install_swift_shim() -> None:
     """Provide ``swift.plugin`` / ``swift.llm`` / ``swift.utils`` names when ms-swift is not installed."""
     if "swift" in sys.modules or importlib.util.find_spec("swift") is not None:
         return
@@ -77,46 +72,27 @@ def _install_swift_shim() -> None:
                         "swift.rewards": plugin})
 
 
-def _import_target(target: str) -> types.ModuleType:
-    _install_swift_shim()
-    if target.endswith(".py"):
-        path = Path(target).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"reward file {target} does not exist")
-        mod_name = f"raylhf_user_{path.stem}_{abs(hash(str(path)))}"
-        if mod_name in sys.modules:
-            return sys.modules[mod_name]
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[mod_name]
-            raise
-        return module
-    return importlib.import_module(target)
+def collect_table(table: Any, source: str) -> None:
+    """A plugin module's ``orms`` / ``prms`` dict (name -> function or class) into the reward registry."""
+    if not isinstance(table, Mapping):
+        raise TypeError(f"{source} must be a dict of name -> reward function or ORM/PRM class")
+    for name, obj in table.items():
+        _register(str(name), obj, source)
 
 
-def _collect_dicts(module: types.ModuleType, origin: str) -> None:
-    for attr in ("orms", "prms"):
-        table = getattr(module, attr, None)
-        if isinstance(table, dict):
-            for name, obj in table.items():
-                _register(str(name), obj, f" and {origin} registers it again in its {attr!r} dict")
+def collect_swift_shim(origin: str) -> None:
+    """Entries a plugin file added to the stand-in ``swift.plugin.orms`` / ``prms`` dicts."""
     shim = sys.modules.get("swift.plugin")
-    if shim is not None and getattr(sys.modules.get("swift"), "__raylhf_shim__", False):
-        for attr in ("orms", "prms"):
-            for name, obj in getattr(shim, attr).items():
-                _register(str(name), obj, f" and {origin} adds it to swift.plugin.{attr}")
+    if shim is None:
+        return
+    for attr in ("orms", "prms"):
+        for name, obj in getattr(shim, attr).items():
+            _register(str(name), obj, f"{origin} (swift.plugin.{attr})")
 
 
 def load_plugin(ref: str) -> types.ModuleType:
-    """Import a plugin file / module (``reward.plugins``): runs its decorators, collects ``orms``/``prms``."""
-    module = _import_target(ref)
-    _collect_dicts(module, ref)
-    return module
+    """Import a plugin file / module (``reward.plugins`` / ``plugins``): runs its decorators, collects its tables."""
+    return plugin_registry.load_plugin(ref)
 
 
 def load_object(ref: str) -> Any:
@@ -125,10 +101,9 @@ def load_object(ref: str) -> Any:
         raise ValueError(f"{ref!r} is not 'file.py:function' or 'package.module:function'")
     target, attr = ref.rsplit(":", 1)
     try:
-        module = _import_target(target)
+        module = plugin_registry.load_plugin(target)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e} (from {ref!r})") from e
-    _collect_dicts(module, target)
     if not hasattr(module, attr):
         public = [n for n in dir(module) if not n.startswith("_")]
         raise AttributeError(f"{target} has no {attr!r}; it defines: {', '.join(public)}")
@@ -139,6 +114,7 @@ def lookup(name: str) -> Any:
     """The registered object or the ``file.py:attr`` target for a ``reward.functions`` name."""
     import rewards.orm  # noqa: F401  (registers the built-ins)
 
+    plugin_registry.ensure_loaded()
     if name in REWARDS:
         return REWARDS[name]
     if ":" in name:

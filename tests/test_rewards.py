@@ -31,7 +31,7 @@ def test_accuracy_without_solution_says_which_column() -> None:
 
 def test_registry_rejects_duplicates() -> None:
     resolve_reward({"name": "accuracy"})  # loads the built-ins
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
         register_reward("accuracy")(lambda **_: [])
     assert "accuracy" in REWARDS
 

@@ -18,6 +18,7 @@ from raylhf.config.sections import (
     RuntimeConfig,
     Section,
     TinyModelConfig,
+    TrainerSections,
 )
 
 DPOLossType = Literal["sigmoid", "ipo", "hinge", "cdpo", "simpo", "orpo", "cpo"]
@@ -75,7 +76,7 @@ class DPOAlgoConfig(_OfflineAlgo):
         return self
 
 
-class DPOConfig(Section):
+class DPOConfig(TrainerSections):
     """`python -m raylhf.dpo`: offline preference optimization on chosen / rejected pairs."""
 
     model: ModelConfig = Field(default_factory=_demo_model)
@@ -108,7 +109,7 @@ class KTOAlgoConfig(_OfflineAlgo):
                             "is estimated over the step's examples, so keep it >= 8")
 
 
-class KTOConfig(Section):
+class KTOConfig(TrainerSections):
     """`python -m raylhf.kto`: KTO on unpaired replies labelled desirable / undesirable."""
 
     model: ModelConfig = Field(default_factory=_demo_model)

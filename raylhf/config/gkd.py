@@ -16,6 +16,7 @@ from raylhf.config.sections import (
     RolloutConfig,
     RuntimeConfig,
     Section,
+    TrainerSections,
 )
 
 
@@ -62,7 +63,7 @@ class GKDDemoConfig(Section):
     cache_dir: str | None = Field(None, description="where the teacher (warm-up policy) is cached; null: ~/.cache/raylhf")
 
 
-class GKDConfig(Section):
+class GKDConfig(TrainerSections):
     model: ModelConfig = Field(default_factory=ModelConfig, description="the student (null path: a tiny random model)")
     data: DataConfig = Field(default_factory=lambda: DataConfig(format="auto"))
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=1e-3, micro_batch_size=32,

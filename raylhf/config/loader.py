@@ -6,6 +6,7 @@ Accepted command-line forms::
     --rollout.temperature 0.8            dotted override, value parsed as YAML
     --rollout.temperature=0.8
     rollout.temperature=0.8
+    --plugins my_plugins.py              plugin file or module (repeatable; added to the config's plugins)
     --dry-run                            print the resolved config as YAML and exit 0
     --help                               list every field with its default and description
 
@@ -50,6 +51,8 @@ class CliArgs:
 
 # short flags for fields users type often: --resume auto
 ALIASES = {"resume": "checkpoint.resume"}
+# flags that add to a list each time they are given
+REPEATABLE = {"plugins"}
 
 
 def parse_argv(argv: Sequence[str]) -> CliArgs:
@@ -79,7 +82,16 @@ def parse_argv(argv: Sequence[str]) -> CliArgs:
                     raise ConfigError(f"--{key} needs a value (e.g. --{key} VALUE or --{key}=VALUE)")
                 i += 1
                 raw = items[i]
-            args.overrides.append((ALIASES.get(key, key), _parse_value(raw)))
+            key = ALIASES.get(key, key)
+            if key in REPEATABLE:  # --plugins a.py --plugins b.py: both
+                value = _parse_value(raw)
+                prev = next((v for k, v in args.overrides if k == key), None)
+                if prev is None:
+                    args.overrides.append((key, value if isinstance(value, list) else [value]))
+                else:
+                    prev.extend(value if isinstance(value, list) else [value])
+            else:
+                args.overrides.append((key, _parse_value(raw)))
         elif "=" in tok:
             key, raw = tok.split("=", 1)
             args.overrides.append((key, _parse_value(raw)))
@@ -208,12 +220,38 @@ def build_config(model: type[T], config_files: Sequence[str] = (), overrides: Se
         single: dict[str, Any] = {}
         set_dotted(single, key, value)
         check_unknown_keys(model, single, "command-line overrides")
+        if key in REPEATABLE:  # added to what the config files gave
+            before, new = _as_list(tree.get(key)), _as_list(value)
+            value = before + [v for v in new if v not in before]
         set_dotted(tree, key, value)
     source = ", ".join([*config_files, *(["command line"] if overrides else [])]) or "defaults"
+    _activate_plugins(tree)
     try:
         return model.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _activate_plugins(tree: dict[str, Any]) -> None:
+    """Load the config's plugin files before validation, so the names they register (``sft.loss_scale``,
+    ``policy.optimizer``, ...) validate; a file that fails to import is a config error naming it."""
+    refs = _as_list(tree.get("plugins"))
+    reward = tree.get("reward")
+    if isinstance(reward, dict):
+        refs += _as_list(reward.get("plugins"))
+    if not refs:
+        return
+    from raylhf.registry import activate
+
+    for ref in refs:
+        try:
+            activate([ref])
+        except Exception as e:  # the user's file: say which one and what went wrong
+            raise ConfigError(f"plugin {ref}: {type(e).__name__}: {e}") from None
 
 
 def to_yaml(cfg: BaseModel) -> str:

@@ -14,6 +14,7 @@ from raylhf.config.sections import (
     RuntimeConfig,
     Section,
     TinyModelConfig,
+    TrainerSections,
 )
 
 
@@ -50,7 +51,7 @@ class RMDemoConfig(Section):
     cache_dir: str | None = Field(None, description="where the warm-up policy is cached; null: ~/.cache/raylhf")
 
 
-class RMConfig(Section):
+class RMConfig(TrainerSections):
     # the GRPO demo's model, so the default run reuses its cached SFT warm-up policy
     model: ModelConfig = Field(
         default_factory=lambda: ModelConfig(tiny=TinyModelConfig(hidden_size=256, num_layers=4, intermediate_size=768))

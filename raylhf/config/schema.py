@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from raylhf.config.agent import AgentConfig
 from raylhf.config.gkd import GKDConfig
 from raylhf.config.rm import RMConfig
 from raylhf.config.sections import (
@@ -13,6 +14,7 @@ from raylhf.config.sections import (
     DataConfig,
     LoggingConfig,
     ModelConfig,
+    PluginSections,
     PolicyConfig,
     RayConfig,
     ReferenceConfig,
@@ -22,6 +24,7 @@ from raylhf.config.sections import (
     RuntimeConfig,
     Section,
     TinyModelConfig,
+    TrainerSections,
 )
 
 LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
@@ -84,7 +87,7 @@ class GRPOAlgoConfig(Section):
     )
 
 
-class GRPOConfig(Section):
+class GRPOConfig(TrainerSections):
     model: ModelConfig = Field(
         default_factory=lambda: ModelConfig(tiny=TinyModelConfig(hidden_size=256, num_layers=4, intermediate_size=768))
     )
@@ -103,6 +106,7 @@ class GRPOConfig(Section):
         ])
     )
     grpo: GRPOAlgoConfig = Field(default_factory=lambda: GRPOAlgoConfig(eval_every=10))
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="multi-turn rollouts with tools")
     demo: DemoConfig = Field(default_factory=DemoConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -160,18 +164,24 @@ class SFTAlgoConfig(Section):
     )
     eval_every: int = Field(0, ge=0, description="log eval/loss every N steps; 0: only at the start and the end")
     eval_batch_size: int = Field(64, gt=0, description="held-out sequences per eval call (all ranks)")
+    loss: str = Field("default", description="token loss: default = the weighted cross-entropy, or a loss "
+                      "registered by a plugin file (@register_loss_func / loss_mapping)")
+    metrics: list[str] = Field(default_factory=list, description="eval metrics on the held-out rows: acc (token "
+                               "accuracy), nlg (BLEU/ROUGE of generated replies), or a plugin file's METRIC_MAPPING")
 
     @field_validator("loss_scale")
     @classmethod
     def _known_loss_scale(cls, v: str) -> str:
         from raylhf.loss_scale import LOSS_SCALES
 
-        if v not in LOSS_SCALES:
-            raise ValueError(f"unknown loss scale {v!r}; registered: {', '.join(sorted(LOSS_SCALES))}")
+        try:
+            LOSS_SCALES.get_entry(v)  # plugins given with --plugins are loaded before validation
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
         return v
 
 
-class SFTConfig(Section):
+class SFTConfig(TrainerSections):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=1e-3, micro_batch_size=16))
@@ -217,7 +227,7 @@ class SampleAlgoConfig(Section):
     max_prompts: int | None = Field(None, gt=0, description="sample only the first N prompts")
 
 
-class SampleConfig(Section):
+class SampleConfig(PluginSections):
     """`raylhf sample`: best-of-N sampling on the rollout actors, scored on the reward actors (swift sample)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -281,7 +291,7 @@ def _demo_model() -> ModelConfig:
     return ModelConfig(tiny=TinyModelConfig(hidden_size=256, num_layers=4, intermediate_size=768))
 
 
-class PPOConfig(Section):
+class PPOConfig(TrainerSections):
     model: ModelConfig = Field(default_factory=_demo_model)
     data: DataConfig = Field(default_factory=DataConfig)
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-5, micro_batch_size=32,
@@ -342,7 +352,7 @@ class OnlineDPOAlgoConfig(Section):
         return 0.0 if self.loss_type == "simpo" else 1.0
 
 
-class OnlineDPOConfig(Section):
+class OnlineDPOConfig(TrainerSections):
     model: ModelConfig = Field(default_factory=_demo_model)
     data: DataConfig = Field(default_factory=DataConfig)
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=5e-6, micro_batch_size=32,

@@ -153,9 +153,12 @@ class DataConfig(Section):
 
 
 class TunerConfig(Section):
-    """Which parameters of the policy train: all of them, or LoRA adapters (peft) on a frozen base."""
+    """Which parameters of the policy train: all of them, LoRA adapters (peft) on a frozen base, or a tuner
+    registered by a plugin file (``raylhf.plugins.Tuner``)."""
 
-    type: Literal["full", "lora"] = Field("full", description="full: every parameter trains; lora: only LoRA adapters")
+    type: str = Field("full", description="full: every parameter trains; lora: only LoRA adapters; or a "
+                      "registered tuner (built-ins and plugin files' extra_tuners / @register_tuner)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="options of a plugin tuner")
     lora_rank: int = Field(8, gt=0, description="LoRA rank r")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha; the adapter's update is scaled by alpha / r")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch's input (training only)")
@@ -196,6 +199,9 @@ class PolicyConfig(Section):
     num_cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rank")
     num_gpus_per_worker: float | None = Field(None, ge=0, description="Ray GPUs per rank; null: 1 if GPUs exist")
     tuner: TunerConfig = Field(default_factory=TunerConfig, description="full fine-tuning or LoRA (peft)")
+    optimizer: str = Field("adamw", description="a registered optimizer factory: adamw, or one from a plugin "
+                           "file's optimizers_map / @register_optimizer")
+    optimizer_kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the optimizer factory")
 
 
 class RolloutConfig(Section):
@@ -325,6 +331,30 @@ class RewardConfig(Section):
         if dup:
             raise ValueError(f"reward names must be unique across reward.remote / reward.models: {dup}")
         return self
+
+
+class CallbackConfig(Section):
+    shorthand: ClassVar[str | None] = "name"  # `early_stopping` means {name: early_stopping}
+    name: str = Field(description="a registered callback (early_stopping, or one from a plugin file)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="its constructor arguments")
+
+
+class PluginSections(Section):
+    """The top-level fields every entry point shares: the plugin files of the run."""
+
+    plugins: list[str] = Field(
+        default_factory=list, description="plugin files (path/to/file.py) or modules, loaded before the run in the "
+        "driver and in every actor; --plugins FILE adds one (repeatable); check one with raylhf check-plugin FILE"
+    )
+
+
+class TrainerSections(PluginSections):
+    """Top-level fields of every training loop: plugins and callbacks."""
+
+    callbacks: list[CallbackConfig] = Field(
+        default_factory=list, description="callbacks by name (e.g. {name: early_stopping, kwargs: {metric: "
+        "eval/loss, patience: 3}}); a plugin file's extra_callbacks are always added"
+    )
 
 
 ReportTo = Literal["tensorboard", "wandb"]

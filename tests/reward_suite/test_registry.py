@@ -91,7 +91,7 @@ def test_loading_the_same_plugin_twice_is_fine_but_a_clash_is_not(swift_plugin: 
     load_plugin(str(swift_plugin))  # idempotent
     other = tmp_path / "clash.py"
     other.write_text("def acc(completions, **kw):\n    return [0.0] * len(completions)\n\norms = {'accuracy': acc}\n")
-    with pytest.raises(ValueError, match=r"'accuracy' is already registered.*rename"):
+    with pytest.raises(ValueError, match=r"'accuracy' is registered twice.*rename"):
         load_plugin(str(other))
 
 
