@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("raylhf.sample", "best-of-N sampling: N completions per prompt, scored; writes preference pairs"),
     "rm": ("raylhf.rm", "reward-model training (Bradley-Terry on preference pairs)"),
     "gkd": ("raylhf.gkd", "on-policy distillation (GKD): student samples, teacher distributions, generalized JSD"),
+    "check-plugin": ("raylhf.check_plugin", "load a plugin file and check each entry against its interface"),
 }
 
 

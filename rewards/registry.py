@@ -328,3 +328,36 @@ class CombinedScorer:
     async def aclose(self) -> None:
         for s, _ in self.scorers:
             await s.aclose()
+
+
+# ---------------------------------------------------------------- raylhf check-plugin
+
+def check_plugin_entry(name: str, obj: Any) -> str:
+    """``raylhf check-plugin``: build the scorer for reward ``name`` and score two synthetic completions
+    (prompt "What is 2+2?", completions "4" / "5", column ``solution`` ["4", "4"]); it must return one score per
+    completion (a number, per-step numbers for a PRM, or None)."""
+    from raylhf.registry import PluginCheckError
+
+    expected = ("a function f(completions, **kwargs) / f(prompts, completions, completion_ids, **columns), or an "
+                "ORM/PRM class with __call__(self, completions, **kwargs) or __call__(self, infer_requests, "
+                "ground_truths=None, **kwargs)")
+    if not callable(obj):
+        raise PluginCheckError(f"reward {name!r} is not callable; expected {expected}")
+    try:
+        scorer = function_scorer({"name": name})
+    except TypeError as e:
+        if inspect.isclass(obj):
+            return f"not run: the class needs constructor arguments ({e}); give them as reward.functions kwargs"
+        raise PluginCheckError(f"reward {name!r}: {e}; expected {expected}") from e
+    batch = RewardBatch(prompts=["What is 2+2?"] * 2, completions=["4", "5"], completion_ids=[[19], [20]],
+                        prompt_messages=[[{"role": "user", "content": "What is 2+2?"}]] * 2,
+                        columns={"solution": ["4", "4"]}, context={"step": 0, "max_new_tokens": 16})
+    try:
+        scores = asyncio.run(scorer.score(batch))
+    except (KeyError, AttributeError) as e:
+        return (f"not run: it needs something the synthetic batch lacks ({type(e).__name__}: {e}); "
+                "it may read a dataset column other than 'solution'")
+    except (TypeError, ValueError) as e:
+        raise PluginCheckError(f"reward {name!r} failed on 2 synthetic completions: {e}; expected {expected}, "
+                               "returning one score per completion") from e
+    return f"{scorer.kind} on 2 synthetic completions returned {scores}"
