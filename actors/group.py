@@ -18,7 +18,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +94,21 @@ def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
     for r in refs:
         with contextlib.suppress(Exception):
             ray.cancel(r)
+
+
+class Pending:
+    """Calls started on a group's ranks; ``result()`` waits for them once (later calls return the same)."""
+
+    def __init__(self, wait: Callable[[], list[Any]]) -> None:
+        self._wait: Callable[[], list[Any]] | None = wait
+        self._result: list[Any] | None = None
+
+    def result(self) -> list[Any]:
+        if self._wait is not None:
+            wait, self._wait = self._wait, None
+            self._result = wait()
+        assert self._result is not None
+        return self._result
 
 
 def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None = None,
@@ -517,6 +532,12 @@ class ActorGroup:
                    ) -> list[Any]:
         """Shard ``data`` by rank (``data.shard(rank, world)`` or contiguous list slices) and call.
         ``timeout_s``: see ``_wait``."""
+        return self.submit_split(method, data, *args, timeout_s=timeout_s, **kwargs).result()
+
+    def submit_split(self, method: str, data: Any, *args: Any, timeout_s: float | None = None, **kwargs: Any
+                     ) -> Pending:
+        """``call_split`` without waiting: the ranks start now, ``.result()`` waits (under the watchdog limit,
+        counted from when ``result`` is called) and raises what ``call_split`` would."""
         world = self.num_ranks
         if hasattr(data, "shard"):
             shards = [data.shard(r, world) for r in range(world)]
@@ -525,7 +546,8 @@ class ActorGroup:
             bounds = [round(i * len(items) / world) for i in range(world + 1)]
             shards = [items[bounds[r] : bounds[r + 1]] for r in range(world)]
         refs = [getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards, strict=True)]
-        return self._wait(refs, method, timeout_s, list(self.actors))
+        actors = list(self.actors)
+        return Pending(lambda: self._wait(refs, method, timeout_s, actors))
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -1,17 +1,27 @@
-"""GRPO throughput: raylhf (Ray + vLLM + DeepSpeed actors) against TRL's ``GRPOTrainer`` in one run.
+"""GRPO throughput: raylhf (Ray + vLLM + DeepSpeed actors) against TRL's ``GRPOTrainer``, measured in one run.
 
 Both sides get the same random-weight Llama, the same arithmetic prompts in the same order, the same samples
-per prompt, batch, lengths, temperature, learning rate and precision (fp32 on CPU), with no KL term and one
-optimizer step per generation round. The script prints per-step times, then a comparison table, and ends with
+per prompt, batch, lengths, temperature, learning rate, precision (fp32 on CPU) and a dense reward (the share of
+digit characters, so advantages are non-zero and the update does real work), with no KL term and one optimizer
+step per generation round. Two workloads:
 
-    ratio_samples_per_s=<raylhf samples/s divided by TRL samples/s>
+* ``max``: the random model almost never stops, so every response runs to ``--max-new-tokens``;
+* ``longtail``: the same model with its EOS logit raised (a constant feature in the embeddings and a weight on
+  it in the EOS row of the output head) so lengths spread from a few tokens to the maximum, mean about a third
+  of it: what real responses look like, and where continuous batching and packing pay.
 
-Each side runs in its own child process, one after the other, so they never compete for the cores and neither
-inherits the other's imports or threads. Child output (Ray, vLLM, TRL logs) goes to stderr; the tables and the
-ratio line go to stdout.
+The machine's limit is printed beside: the step's FLOPs (6 x params x trained tokens for the update,
+2 x params x generated tokens for generation) over this machine's fp32 matmul rate measured in the same run,
+and each side's fraction of it. Sides run interleaved ``--repeats`` times (raylhf, TRL, raylhf, TRL, ...), each
+in its own child process, one after the other, so they never compete for the cores; the report gives medians and
+the min-max spread. The last two lines of stdout are
 
-    .venv/bin/python benchmarks/grpo_vs_trl.py                       # full size (several minutes on 2 cores)
-    .venv/bin/python benchmarks/grpo_vs_trl.py --hidden 128 --layers 2 --steps 1 --max-new-tokens 16  # smoke
+    limit_fraction=<raylhf's median fraction of the limit on the max workload>
+    ratio_samples_per_s=<median raylhf/TRL samples/s on the longtail workload>
+
+    .venv/bin/python benchmarks/grpo_vs_trl.py                       # full size (~30-40 minutes on 2 cores)
+    .venv/bin/python benchmarks/grpo_vs_trl.py --hidden 128 --layers 2 --heads 4 --kv-heads 2 --steps 1 \
+        --max-new-tokens 16 --repeats 1                              # smoke
 """
 
 from __future__ import annotations
@@ -63,18 +73,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "GRPOConfig's policy.num_cpus_per_worker and rollout.num_cpus_per_engine")
     p.add_argument("--trl-threads", type=int, default=0,
                    help="torch threads of the TRL process; 0 leaves torch's default (all cores)")
+    p.add_argument("--workloads", default="max,longtail",
+                   help="comma-separated: max (responses run to max length), longtail (EOS raised)")
+    p.add_argument("--longtail-mean", type=float, default=1 / 3,
+                   help="longtail: target mean response length as a fraction of --max-new-tokens")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per side and workload")
+    p.add_argument("--reward", choices=["digits", "accuracy"], default="digits",
+                   help="digits: share of digit characters (dense); accuracy: the arithmetic answer (all 0 for a "
+                        "random model, so every advantage is 0)")
+    p.add_argument("--async-steps", type=int, default=None,
+                   help="raylhf grpo.async_steps (default: GRPOConfig's)")
+    p.add_argument("--trl-vllm", action="store_true",
+                   help="also try TRL with use_vllm=True, vllm_mode=colocate (vLLM CPU build) once per workload")
     p.add_argument("--skip-raylhf", action="store_true", help="run only TRL (debugging; no ratio line)")
     p.add_argument("--skip-trl", action="store_true", help="run only raylhf (debugging; no ratio line)")
     p.add_argument("--workdir", default=None, help="model, run dirs and results go here; default a temp dir")
     # internal: how the parent starts one side in a child process
-    p.add_argument("--side", choices=["raylhf", "trl"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=["raylhf", "trl", "trl-vllm"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.intermediate is None:
         args.intermediate = 3 * args.hidden
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
+        p.error("--steps and --repeats must be >= 1 and --warmup >= 0")
+    args.workload_list = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if not args.workload_list or set(args.workload_list) - {"max", "longtail"}:
+        p.error(f"--workloads takes max and/or longtail, got {args.workloads!r}")
     if args.samples_per_prompt < 2:
         p.error("--samples-per-prompt must be >= 2 (GRPO compares samples within a group)")
     per_step = args.prompts_per_step * args.samples_per_prompt
@@ -129,7 +154,7 @@ def run_raylhf(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[
         ("grpo.updates_per_batch", 1),
         ("grpo.kl_coef", 0.0),
         ("grpo.loss_agg", "token-mean"),
-        ("reward.functions", [{"name": "accuracy", "kwargs": {"strict": False}}]),  # as on the TRL side
+        ("reward.functions", [reward_spec(args)]),  # the same function on the TRL side
         ("logging.run_dir", str(workdir / "runs")),
         ("logging.progress", False),
         ("logging.tensorboard", False),
@@ -141,6 +166,8 @@ def run_raylhf(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[
     engine_cpus = defaults.rollout.num_cpus_per_engine if args.actor_threads is None else args.actor_threads
     overrides += [("policy.num_cpus_per_worker", float(policy_cpus)),
                   ("rollout.num_cpus_per_engine", float(engine_cpus))]
+    if args.async_steps is not None:
+        overrides.append(("grpo.async_steps", args.async_steps))
     cfg = build_config(GRPOConfig, overrides=overrides)
     t0 = time.perf_counter()
     try:
@@ -161,6 +188,7 @@ def run_raylhf(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[
             "time_sync": row.get("time/sync", 0.0),
             "samples": n,
             "gen_tokens": row["response/len_mean"] * n,
+            "reward_mean": row.get("reward/mean"),
         })
     threads = {"policy": max(1, int(cfg.policy.num_cpus_per_worker)),
                "engine": max(1, int(cfg.rollout.num_cpus_per_engine))}
@@ -171,6 +199,23 @@ def run_raylhf(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[
 # ---------------------------------------------------------------------------------------------------------
 # TRL side (child process)
 # ---------------------------------------------------------------------------------------------------------
+def reward_spec(args: argparse.Namespace) -> dict[str, Any]:
+    if args.reward == "digits":
+        return {"name": f"{ROOT / 'benchmarks' / 'bench_rewards.py'}:digit_fraction"}
+    return {"name": "accuracy", "kwargs": {"strict": False}}
+
+
+TRL_REWARD_MEANS: list[float] = []  # one per generation round (= optimizer step)
+
+
+def trl_digit_fraction(completions: list[Any], **kw: Any) -> list[float]:
+    from benchmarks.bench_rewards import digit_fraction
+
+    out = digit_fraction(completions, **kw)
+    TRL_REWARD_MEANS.append(sum(out) / max(1, len(out)))
+    return out
+
+
 def trl_accuracy(completions: list[Any], solution: list[Any], **_: Any) -> list[float]:
     """raylhf's ``accuracy`` reward; TRL passes chat completions as message lists, so take their text."""
     from rewards.orm import accuracy
@@ -179,7 +224,7 @@ def trl_accuracy(completions: list[Any], solution: list[Any], **_: Any) -> list[
     return accuracy(texts, solution)
 
 
-def run_trl(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[str, Any]:
+def run_trl(args: argparse.Namespace, model_dir: str, workdir: Path, use_vllm: bool = False) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -256,7 +301,9 @@ def run_trl(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[str
         logging_steps=1,
         report_to=[],
         save_strategy="no",
-        use_vllm=False,
+        use_vllm=use_vllm,
+        **({"vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3, "vllm_enable_sleep_mode": False}
+           if use_vllm else {}),
         shuffle_dataset=False,
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -265,7 +312,8 @@ def run_trl(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[str
         raise RuntimeError(f"TRL generation_batch_size is {config.generation_batch_size}, expected {n}")
     timer = StepTimer()
     cls = TimedGRPOTrainer if timed else GRPOTrainer
-    trainer = cls(model=model, reward_funcs=[trl_accuracy], args=config, train_dataset=dataset,
+    reward_fn = trl_digit_fraction if args.reward == "digits" else trl_accuracy
+    trainer = cls(model=model, reward_funcs=[reward_fn], args=config, train_dataset=dataset,
                   processing_class=tokenizer, callbacks=[timer])
     t0 = time.perf_counter()
     trainer.train()
@@ -289,8 +337,9 @@ def run_trl(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[str
             "samples": gen["samples"] if gen is not None else n,
             "gen_tokens": tokens,
             "logged_mean_length": mean_len,
+            "reward_mean": TRL_REWARD_MEANS[k - 1] if len(TRL_REWARD_MEANS) >= k else logged.get("reward"),
         })
-    return {"side": "trl", "steps": steps, "wall_s": wall, "threads": torch.get_num_threads(),
+    return {"side": "trl-vllm" if use_vllm else "trl", "steps": steps, "wall_s": wall, "threads": torch.get_num_threads(),
             "loss_type": args.trl_loss_type}
 
 
@@ -319,6 +368,98 @@ def prepare_model(args: argparse.Namespace, workdir: Path) -> tuple[Path, int]:
     return out, n_params
 
 
+def geometric_stop_prob(mean: float, max_len: int) -> float:
+    """The per-token stop probability p whose length distribution, capped at ``max_len``, has mean ``mean``:
+    E[len] = (1 - (1 - p)^max_len) / p, solved by bisection."""
+    lo, hi = 1e-6, 1.0
+    for _ in range(100):
+        p = (lo + hi) / 2
+        if (1 - (1 - p) ** max_len) / p > mean:
+            lo = p
+        else:
+            hi = p
+    return (lo + hi) / 2
+
+
+def longtail_model(base: Path, args: argparse.Namespace) -> Path:
+    """A copy of ``base`` whose EOS logit is raised so response lengths spread (mean ~ longtail_mean x max).
+
+    A random Llama has no bias to raise, so the copy gets one: embedding feature 0 becomes a constant, which
+    dominates the final RMS-normed state's feature 0 at every position, and the EOS row of the output head gets a
+    weight on it. That weight is set (bisection on sampled positions) so EOS has the per-token probability p of
+    a geometric length distribution with the target mean. Everything else is the base model, on both sides."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    target = args.longtail_mean * args.max_new_tokens
+    out = base.parent / f"{base.name}-eos{target:.0f}"
+    if (out / "config.json").exists():
+        return out
+    from raylhf.assets import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    eos = int(model.config.eos_token_id if isinstance(model.config.eos_token_id, int)
+              else model.config.eos_token_id[0])
+    p_target = geometric_stop_prob(target, args.max_new_tokens)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, model.config.vocab_size, (16, 64), generator=g)
+        hidden = model.model(input_ids=ids).last_hidden_state.reshape(-1, model.config.hidden_size)
+        logits = model.lm_head(hidden)
+        others = logits.clone()
+        others[:, eos] = float("-inf")
+        rest = torch.logsumexp(others, dim=-1)
+        base_eos, h0 = logits[:, eos] - hidden[:, 0] * model.lm_head.weight[eos, 0], hidden[:, 0]
+
+        def p_eos(w: float) -> float:
+            le = base_eos + w * h0
+            return float(torch.sigmoid(le - rest).mean())
+
+        lo, hi = -50.0, 50.0
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if p_eos(mid) < p_target else (lo, mid)
+        model.lm_head.weight[eos, 0] = (lo + hi) / 2
+    model.save_pretrained(out)
+    load_tokenizer(str(base)).save_pretrained(str(out))
+    for extra in ("generation_config.json",):
+        if (base / extra).exists() and not (out / extra).exists():
+            (out / extra).write_text((base / extra).read_text())
+    log(f"longtail model {out}: EOS p={p_target:.4f}/token for mean length {target:.1f} of {args.max_new_tokens}")
+    return out
+
+
+def matmul_gflops(hidden: int, intermediate: int, seconds: float = 3.0) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s) at the model's shapes: [4096, hidden] x [hidden, intermediate],
+    all cores, best of repeated runs for ``seconds``."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    a, b = torch.randn(4096, hidden), torch.randn(hidden, intermediate)
+    for _ in range(3):
+        a @ b
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = max(best, 5 * 2 * 4096 * hidden * intermediate / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def prompt_tokens_per_step(args: argparse.Namespace, model_dir: Path) -> list[float]:
+    """Chat-rendered prompt tokens of each step's prompts (x samples per prompt): what both sides train on."""
+    from raylhf.assets import load_tokenizer
+
+    tok = load_tokenizer(str(model_dir))
+    rows = problems(args)
+    lens = [len(tok.apply_chat_template(user_turn(r["prompt"]), tokenize=True, add_generation_prompt=True))
+            for r in rows]
+    k = args.prompts_per_step
+    return [sum(lens[i * k:(i + 1) * k]) * args.samples_per_prompt for i in range(total_steps(args))]
+
+
 def _prod(shape: list[int]) -> int:
     out = 1
     for d in shape:
@@ -326,45 +467,55 @@ def _prod(shape: list[int]) -> int:
     return out
 
 
-def run_side(side: str, argv: list[str], model_dir: Path, workdir: Path) -> dict[str, Any]:
-    result = workdir / f"result-{side}.json"
+def run_side(side: str, argv: list[str], model_dir: Path, workdir: Path, tag: str) -> dict[str, Any] | None:
+    result = workdir / f"result-{tag}.json"
     result.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--side", side,
            "--model-dir", str(model_dir), "--result", str(result), "--workdir", str(workdir)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    log(f"--- {side}: starting child process")
+    log(f"--- {tag}: starting child process")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=sys.stderr, env=env, check=False)
     if proc.returncode != 0 or not result.exists():
-        raise SystemExit(f"[bench] the {side} run failed (exit code {proc.returncode}); see the log above")
-    log(f"--- {side}: done in {time.perf_counter() - t0:.1f}s (process wall time, start-up included)")
+        if side == "trl-vllm":
+            return None  # optional: reported as not run
+        raise SystemExit(f"[bench] the {tag} run failed (exit code {proc.returncode}); see the log above")
+    log(f"--- {tag}: done in {time.perf_counter() - t0:.1f}s (process wall time, start-up included)")
     return json.loads(result.read_text())
 
 
-def summarize(res: dict[str, Any], warmup: int) -> dict[str, float | None]:
+def summarize(res: dict[str, Any], args: argparse.Namespace, n_params: int, rate: float,
+              prompt_tokens: list[float]) -> dict[str, float | None]:
+    """Means over the measured steps of one run, and its fraction of the machine's limit."""
+    warmup = args.warmup
     measured = [s for s in res["steps"] if s["step"] > warmup]
     if not measured:
         raise SystemExit(f"[bench] {res['side']}: no measured steps (history has {len(res['steps'])} steps)")
     t = sum(s["time_step"] for s in measured)
     samples = sum(s["samples"] for s in measured)
     tokens = sum(s["gen_tokens"] for s in measured)
+    trained = tokens + sum(prompt_tokens[s["step"] - 1] for s in measured)
+    flops = 6 * n_params * trained + 2 * n_params * tokens
+    limit_s = flops / (rate * 1e9)
     gens = [s["time_generate"] for s in measured if s.get("time_generate") is not None]
     gen_t = sum(gens) / len(gens) if len(gens) == len(measured) else None
+    rewards = [s["reward_mean"] for s in measured if s.get("reward_mean") is not None]
     out: dict[str, float | None] = {
-        "steps": float(len(measured)),
         "time_step": t / len(measured),
         "time_generate": gen_t,
         "time_rest": t / len(measured) - gen_t if gen_t is not None else None,
         "len_mean": tokens / samples,
         "tokens_per_s": tokens / t,
-        "gen_tokens_per_s": tokens / (gen_t * len(measured)) if gen_t else None,
         "samples_per_s": samples / t,
+        "limit_s": limit_s / len(measured),
+        "limit_fraction": limit_s / t,
+        "reward_mean": sum(rewards) / len(rewards) if rewards else None,
     }
     if res["side"] == "raylhf":
-        out["time_train"] = sum(s["time_train"] for s in measured) / len(measured)
-        out["time_sync"] = sum(s["time_sync"] for s in measured) / len(measured)
+        for key in ("time_train", "time_sync"):
+            out[key] = sum(s[key] for s in measured) / len(measured)
     return out
 
 
@@ -372,71 +523,66 @@ def fmt(v: float | None, spec: str = ".2f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def report(args: argparse.Namespace, n_params: int, results: dict[str, dict[str, Any]]) -> None:
+def median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    n = len(ys)
+    return ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2
+
+
+def spread(xs: list[float | None], spec: str) -> str:
+    vals = [x for x in xs if x is not None]
+    if not vals:
+        return "n/a"
+    text = format(median(vals), spec)
+    return text if len(vals) == 1 else f"{text} [{format(min(vals), spec)}-{format(max(vals), spec)}]"
+
+
+def header(args: argparse.Namespace, n_params: int, rate: float) -> None:
     n = samples_per_step(args)
     print(f"model: random Llama hidden={args.hidden} layers={args.layers} heads={args.heads} "
           f"kv_heads={args.kv_heads} intermediate={args.intermediate} params={n_params / 1e6:.2f}M (fp32, CPU)")
     print(f"batch: {args.prompts_per_step} prompts x {args.samples_per_prompt} samples = {n} samples/step, "
           f"max_new_tokens={args.max_new_tokens}, temperature=1.0, beta=0, 1 update/batch, lr={args.lr:g}, "
-          f"micro_batch={args.micro_batch_size}; {args.warmup} warm-up + {args.steps} measured steps")
-    if "raylhf" in results:
-        th = results["raylhf"]["threads"]
-        th_text = f"policy {th['policy']}, engine {th['engine']}" if isinstance(th, dict) else f"{th} each"
-        print(f"raylhf: vLLM engine + DeepSpeed policy actors (torch threads: {th_text}), loss_agg=token-mean")
-    if "trl" in results:
-        print(f"TRL: GRPOTrainer, HF generate, one process (torch threads: {results['trl']['threads']}), "
-              f"loss_type={results['trl']['loss_type']}")
-    loads = ", ".join(f"{side} {res['loadavg_1min'][0]:.2f} -> {res['loadavg_1min'][1]:.2f}"
-                      for side, res in results.items() if "loadavg_1min" in res)
-    print(f"machine: {os.cpu_count()} CPUs; 1-min load average at the start -> end of each side: {loads}")
+          f"micro_batch={args.micro_batch_size}; reward={args.reward}; {args.warmup} warm-up + {args.steps} "
+          f"measured steps per run, {args.repeats} interleaved runs per side and workload")
+    print(f"machine: {os.cpu_count()} CPUs, fp32 matmul {rate:.1f} GFLOP/s (measured now); limit = "
+          "(6 x params x trained tokens + 2 x params x generated tokens) / that rate")
+
+
+def report_workload(name: str, runs: dict[str, list[dict[str, float | None]]], per_step: list[str]) -> float | None:
+    """Print one workload's table; returns the median raylhf/TRL samples/s ratio (None without both sides)."""
     print()
-    print("per step (* = warm-up, not measured)")
-    print(f"{'side':<7} {'step':>5} {'time_s':>8} {'gen_s':>8} {'rest_s':>8} {'len_mean':>9} {'tok/s':>8} "
-          f"{'samples/s':>10}")
-    for side, res in results.items():
-        for s in res["steps"]:
-            mark = "*" if s["step"] <= args.warmup else " "
-            g = s.get("time_generate")
-            rest = s["time_step"] - g if g is not None else None
-            print(f"{side:<7} {s['step']:>4}{mark} {s['time_step']:>8.2f} {fmt(g):>8} {fmt(rest):>8} "
-                  f"{s['gen_tokens'] / s['samples']:>9.1f} {s['gen_tokens'] / s['time_step']:>8.1f} "
-                  f"{s['samples'] / s['time_step']:>10.3f}")
-    print()
-    sums = {side: summarize(res, args.warmup) for side, res in results.items()}
-    rows = [
-        ("step time (s)", "time_step", ".2f"),
-        ("  generate (s)", "time_generate", ".2f"),
-        ("  rest: reward+train+sync (s)", "time_rest", ".2f"),
-        ("mean response length (tokens)", "len_mean", ".1f"),
-        ("gen tokens/s (over step time)", "tokens_per_s", ".1f"),
-        ("gen tokens/s (during generate)", "gen_tokens_per_s", ".1f"),
-        ("samples/s", "samples_per_s", ".3f"),
-    ]
-    sides = list(sums)
-    head = f"{'mean over measured steps':<32}" + "".join(f"{s:>12}" for s in sides)
-    if len(sides) == 2:
-        head += f"{'raylhf/TRL':>12}"
-    print(head)
-    for label, key, spec in rows:
-        vals = [sums[s].get(key) for s in sides]
-        line = f"{label:<32}" + "".join(f"{fmt(v, spec):>12}" for v in vals)
-        if len(sides) == 2:
-            a, b = vals
-            line += f"{fmt(a / b if a is not None and b else None, '.2f'):>12}"
+    print(f"== workload {name} ==")
+    for line in per_step:
         print(line)
-    if "raylhf" in sums:
-        r = sums["raylhf"]
-        print(f"raylhf breakdown (s): train={fmt(r['time_train'])} sync={fmt(r['time_sync'])}")
-    if len(sides) == 2:
-        ratio = sums["raylhf"]["samples_per_s"] / sums["trl"]["samples_per_s"]  # type: ignore[operator]
-        print(f"ratio_samples_per_s={ratio:.3f}", flush=True)
+    sides = [s for s in ("raylhf", "trl", "trl-vllm") if runs.get(s)]
+    rows = [("step time (s)", "time_step", ".2f"), ("  generate (s)", "time_generate", ".2f"),
+            ("  rest: reward+train+sync (s)", "time_rest", ".2f"), ("  raylhf train (s)", "time_train", ".2f"),
+            ("  raylhf sync (s)", "time_sync", ".2f"), ("mean response length", "len_mean", ".1f"),
+            ("gen tokens/s", "tokens_per_s", ".1f"), ("samples/s", "samples_per_s", ".3f"),
+            ("limit step time (s)", "limit_s", ".2f"), ("fraction of the limit", "limit_fraction", ".3f"),
+            ("reward mean", "reward_mean", ".3f")]
+    print(f"{'median [min-max] over runs':<30}" + "".join(f"{s:>24}" for s in sides))
+    for label, key, spec in rows:
+        cells = [spread([r.get(key) for r in runs[s]], spec) for s in sides]
+        if all(c == "n/a" for c in cells):
+            continue
+        print(f"{label:<30}" + "".join(f"{c:>24}" for c in cells))
+    if not (runs.get("raylhf") and runs.get("trl")):
+        return None
+    ratios = [a["samples_per_s"] / b["samples_per_s"]  # type: ignore[operator]
+              for a, b in zip(runs["raylhf"], runs["trl"], strict=False)]
+    print(f"{'raylhf/TRL samples/s':<30}{spread(list(ratios), '.3f'):>24}  (per interleaved pair)")
+    return median(ratios)
 
 
 def child(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
-    fn = run_raylhf if args.side == "raylhf" else run_trl
     load_before = os.getloadavg()[0]
-    res = fn(args, args.model_dir, workdir)
+    if args.side == "raylhf":
+        res = run_raylhf(args, args.model_dir, workdir)
+    else:
+        res = run_trl(args, args.model_dir, workdir, use_vllm=args.side == "trl-vllm")
     res["loadavg_1min"] = [load_before, os.getloadavg()[0]]
     Path(args.result).write_text(json.dumps(res, indent=1))
     return 0
@@ -453,14 +599,43 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"workdir {workdir}")
     with contextlib.redirect_stdout(sys.stderr):  # import-time library warnings stay off the report
-        model_dir, n_params = prepare_model(args, workdir)
-    log(f"model {model_dir}: {n_params / 1e6:.2f}M parameters")
-    results: dict[str, dict[str, Any]] = {}
-    if not args.skip_raylhf:
-        results["raylhf"] = run_side("raylhf", argv, model_dir, workdir)
-    if not args.skip_trl:
-        results["trl"] = run_side("trl", argv, model_dir, workdir)
-    report(args, n_params, results)
+        base, n_params = prepare_model(args, workdir)
+        models = {"max": base}
+        if "longtail" in args.workload_list:
+            models["longtail"] = longtail_model(base, args)
+        prompt_tokens = prompt_tokens_per_step(args, base)
+        rate = matmul_gflops(args.hidden, args.intermediate)
+    log(f"model {base}: {n_params / 1e6:.2f}M parameters; matmul {rate:.1f} GFLOP/s")
+    sides = [s for s, skip in (("raylhf", args.skip_raylhf), ("trl", args.skip_trl)) if not skip]
+    medians: dict[str, float | None] = {}
+    fractions: dict[str, list[float]] = {}
+    header(args, n_params, rate)
+    for workload in args.workload_list:
+        runs: dict[str, list[dict[str, float | None]]] = {s: [] for s in [*sides, "trl-vllm"]}
+        per_step = [f"{'run':<16} {'step':>5} {'time_s':>8} {'gen_s':>8} {'len_mean':>9} {'samples/s':>10}"]
+        for r in range(args.repeats):
+            for side in sides + (["trl-vllm"] if args.trl_vllm and r == 0 else []):
+                tag = f"{workload}-{side}-{r + 1}"
+                res = run_side(side, argv, models[workload], workdir, tag)
+                if res is None:
+                    log(f"{tag}: TRL with vLLM colocate did not run here (see its log above)")
+                    continue
+                runs[side].append(summarize(res, args, n_params, rate, prompt_tokens))
+                for s in res["steps"]:
+                    mark = "*" if s["step"] <= args.warmup else " "
+                    per_step.append(f"{tag:<16} {s['step']:>4}{mark} {s['time_step']:>8.2f} "
+                                    f"{fmt(s.get('time_generate')):>8} {s['gen_tokens'] / s['samples']:>9.1f} "
+                                    f"{s['samples'] / s['time_step']:>10.3f}")
+        if args.trl_vllm and not runs["trl-vllm"]:
+            per_step.append("trl-vllm: TRL GRPOTrainer(use_vllm=True, vllm_mode='colocate') did not run on this "
+                            "machine (its log is on stderr)")
+        medians[workload] = report_workload(workload, runs, per_step)
+        fractions[workload] = [r["limit_fraction"] for r in runs.get("raylhf", [])]  # type: ignore[misc]
+    print()
+    if fractions.get("max"):
+        print(f"limit_fraction={median(fractions['max']):.3f}")
+    if medians.get("longtail") is not None:
+        print(f"ratio_samples_per_s={medians['longtail']:.3f}", flush=True)
     return 0
 
 
