@@ -10,7 +10,6 @@ on every rank (``guard/*`` metrics, ``raylhf.guard``, docs/reliability.md).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -29,28 +28,16 @@ from actors.common import (
     set_threads,
 )
 from actors.group import BaseWorker
+from actors.optimizers import lr_lambda  # noqa: F401  (the default schedule; tests import it from here)
 from raylhf.batch import Objective, TrainBatch
 from raylhf.guard import SKIPPED, guard_metrics, local_flags
 from raylhf.metrics import SUM_METRICS, reduce_metrics
 from raylhf.objective import objective_loss
 
 
-def lr_lambda(schedule: str, warmup: int, total: int):  # -> Callable[[int], float]
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant" or total <= warmup:
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return f
-
-
 class PolicyWorker(BaseWorker):
     fault_group = "policy"  # the group name fault injection matches (actors/faults.py)
+    tuner: Any = None  # the policy.tuner class (actors/tuners.py); set by build_model, the full tuner otherwise
 
     def __init__(
         self,
@@ -70,6 +57,7 @@ class PolicyWorker(BaseWorker):
         self.model_path, self.cfg, self.dtype_name = model_path, dict(policy or {}), dtype
         self.total_steps, self.seed, self.trust_remote_code = total_steps, seed, trust_remote_code
         self.steps_done = 0
+        self._trace_to: str | None = None  # set by trace_next_step (--profile)
 
     # ---- start-up -------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -84,14 +72,13 @@ class PolicyWorker(BaseWorker):
         precision = self.cfg.get("precision", "auto")
         bf16 = precision == "bf16" or (precision == "auto" and resolve_dtype("auto") == torch.bfloat16)
         model = self.build_model()
+        if self.tuner is None:  # a subclass that builds its own model (critic, reward model) trains all of it
+            from actors.tuners import FullTuner
+
+            self.tuner = FullTuner
         if self.cfg.get("gradient_checkpointing"):
             model.gradient_checkpointing_enable()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.cfg.get("lr", 1e-5), betas=tuple(self.cfg.get("betas", (0.9, 0.999))),
-                                weight_decay=self.cfg.get("weight_decay", 0.0))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lr_lambda(self.cfg.get("lr_scheduler", "constant"), self.cfg.get("warmup_steps", 0), self.total_steps)
-        )
+        opt, sched = self.build_optimizer(model)
         micro = int(self.cfg.get("micro_batch_size", 8))
         ds_config = {
             "train_micro_batch_size_per_gpu": micro,
@@ -109,18 +96,41 @@ class PolicyWorker(BaseWorker):
         )
         self.micro = micro
 
+    def build_optimizer(self, model: torch.nn.Module) -> tuple[Any, Any]:
+        """The optimizer and LR scheduler of ``policy.optimizer`` (a registered factory, ``actors/optimizers.py``)
+        over ``model``'s trainable parameters; DeepSpeed steps both."""
+        from actors.optimizers import OptimizerArgs, build_optimizer, describe
+
+        name = str(self.cfg.get("optimizer", "adamw"))
+        opt, sched = build_optimizer(name, OptimizerArgs.from_policy(self.cfg, self.total_steps), model)
+        self._optimizer, self._optimizer_info = opt, {"name": name, **describe(opt, sched)}
+        if self.rank == 0 and name != "adamw":
+            groups = ", ".join(f"{g['name']}: lr {g['lr']:g} ({g['params']:,})" for g in self._optimizer_info["groups"])
+            print(f"[policy] optimizer {name}: {self._optimizer_info['optimizer']} [{groups}], scheduler "
+                  f"{self._optimizer_info['scheduler']}", flush=True)
+        return opt, sched
+
+    def optimizer_summary(self) -> dict[str, Any]:
+        """What steps: ``{name, optimizer (class), scheduler (class), groups: [{name, lr (current), params}]}``."""
+        from actors.optimizers import describe
+
+        return {"name": self._optimizer_info["name"], **describe(self._optimizer, self.scheduler)}
+
     # ---- hooks of the trainers built on this worker (the DPO family, reward models, distillation) ---------
     def build_model(self) -> torch.nn.Module:
-        """The trained module, in float32 (DeepSpeed casts for bf16); with ``policy.tuner.type=lora`` the model
-        wrapped in peft LoRA adapters, of which only the adapters train (``actors/tuners.py``)."""
-        from actors.tuners import apply_tuner, trainable_counts
+        """The trained module, in float32 (DeepSpeed casts for bf16), prepared by the tuner ``policy.tuner.type``
+        names (``actors/tuners.py``: full, lora, ia3, freeze, or a plugin's); only what it leaves trainable
+        trains."""
+        from actors.tuners import TUNERS, TunerArgs, prepare, trainable_counts
 
         model = load_causal_lm(self.model_path, torch.float32, self.trust_remote_code)
-        tuner = self.cfg.get("tuner") or {}
-        model = apply_tuner(model, tuner, bool(self.cfg.get("gradient_checkpointing")))
-        if self.rank == 0 and tuner.get("type", "full") != "full":
+        args = TunerArgs(self.cfg.get("tuner"), model_path=self.model_path,
+                         gradient_checkpointing=bool(self.cfg.get("gradient_checkpointing")))
+        self.tuner = TUNERS.get_entry(args.type)
+        model = prepare(self.tuner, args, model)
+        if self.rank == 0 and args.type != "full":
             trainable, total = trainable_counts(model)
-            print(f"[policy] {tuner['type']}: {trainable:,} of {total:,} parameters train "
+            print(f"[policy] {args.type}: {trainable:,} of {total:,} parameters train "
                   f"({100 * trainable / max(1, total):.2f}%)", flush=True)
         return model
 
@@ -170,6 +180,27 @@ class PolicyWorker(BaseWorker):
         from actors.faults import maybe_die
 
         maybe_die(self.fault_group, "train_step")
+        trace, self._trace_to = self._trace_to, None
+        if trace is not None:  # --profile: this step under the torch profiler, one chrome trace per rank
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            with profile(activities=acts, record_shapes=True) as prof:
+                out = self._train_step(batch, obj)
+            path = Path(trace) / f"policy-step-rank{self.rank}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            prof.export_chrome_trace(str(path))
+            (path.with_suffix(".txt")).write_text(prof.key_averages().table(sort_by="self_cpu_time_total",
+                                                                            row_limit=30))
+            return out
+        return self._train_step(batch, obj)
+
+    def trace_next_step(self, directory: str) -> None:
+        """``--profile``: run the next ``train_step`` under the torch profiler, its trace written to
+        ``directory/policy-step-rank<R>.json`` (and the top operators to ``.txt``)."""
+        self._trace_to = directory
+
+    def _train_step(self, batch: TrainBatch, obj: Objective) -> dict[str, float]:
         t0 = time.perf_counter()
         self.engine.train()
         groups = self.micro_batches(batch)
@@ -273,24 +304,13 @@ class PolicyWorker(BaseWorker):
 
     # ---- weights out ----------------------------------------------------------------------------
     def _full_params(self):  # -> Iterator[tuple[str, torch.Tensor]]
-        """(name, full CPU tensor) for every parameter; ZeRO-3 shards are gathered (collective). A LoRA policy
-        yields its base model's parameter names with the adapters merged in (what HF and vLLM load)."""
-        import deepspeed
-
+        """(name, full CPU tensor) for every parameter; ZeRO-3 shards are gathered (collective). Under an adapter
+        tuner (LoRA, IA3) the base model's parameter names with the adapters merged in (what HF and vLLM load);
+        a tuner's own ``export_params`` when it has one (``actors/tuners.py``)."""
         from actors import tuners
 
-        module = self.engine.module
         zero3 = int(self.cfg.get("zero_stage", 0)) == 3
-        if tuners.is_lora(module):
-            yield from tuners.merged_params(module, tuners.gatherer(zero3))
-            return
-        for name, p in module.named_parameters():
-            if zero3:
-                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                    t = p.data.detach().to("cpu", copy=True)
-            else:
-                t = p.data.detach().to("cpu", copy=True)
-            yield name, t
+        yield from tuners.export_params(self.engine.module, tuners.gatherer(zero3), self.tuner)
 
     def export_weights(self, bucket_mb: int = 64) -> list[Any]:
         """Rank 0 puts the full weights in the Ray object store as buckets and returns their refs.
@@ -316,16 +336,17 @@ class PolicyWorker(BaseWorker):
         return refs
 
     def save(self, path: str) -> str | None:
-        """Save an HF checkpoint (rank 0 writes; every rank must call it). A LoRA policy writes the base model
-        with the adapters merged in at ``path`` and the adapter (peft format) under ``path/adapter``; with
-        ``policy.tuner.merge_on_save=false`` only the adapter, at ``path``. The tokenizer goes beside either."""
+        """Save an HF checkpoint (rank 0 writes; every rank must call it) through the tuner's ``save_pretrained``.
+        An adapter tuner (LoRA, IA3: a peft model) writes the base model with the adapters merged in at ``path``
+        and the adapter (peft format) under ``path/adapter``; with ``policy.tuner.merge_on_save=false`` only the
+        adapter, at ``path``. Other tuners write the whole model. The tokenizer goes beside either."""
         from actors import tuners
 
         module = self.engine.module
-        lora = tuners.is_lora(module)
-        merge = not lora or bool((self.cfg.get("tuner") or {}).get("merge_on_save", True))
+        peft = tuners.is_peft(module)
+        merge = not peft or bool((self.cfg.get("tuner") or {}).get("merge_on_save", True))
         zero3 = int(self.cfg.get("zero_stage", 0)) == 3
-        adapter = tuners.adapter_state(module, tuners.gatherer(zero3)) if lora else {}
+        adapter = tuners.adapter_state(module, tuners.gatherer(zero3)) if peft else {}
         state = dict(self._full_params()) if merge else {}
         if self.rank != 0:
             return None
@@ -333,12 +354,13 @@ class PolicyWorker(BaseWorker):
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        if lora:
+        if peft:
             if merge:
                 tuners.save_merged(module, state, out)
-            tuners.save_adapter(module, adapter, out / "adapter" if merge else out, base_model=self.model_path)
+            tuners.save_adapter(module, adapter, out / "adapter" if merge else out, base_model=self.model_path,
+                                tuner=self.tuner)
         else:
-            module.save_pretrained(out, state_dict=state, safe_serialization=True)
+            self.tuner.save_pretrained(module, str(out), state_dict=state, safe_serialization=True)
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out)
         return str(out)
 
@@ -373,3 +395,9 @@ class PolicyWorker(BaseWorker):
 
     def device_name(self) -> str:
         return str(device())
+
+    def eval_predictions(self, batch: TrainBatch, request: dict[str, Any]) -> dict[str, Any]:
+        """Held-out predictions for the eval metrics (``sft.metrics``): see ``actors/evaluation.py``."""
+        from actors.evaluation import eval_predictions
+
+        return eval_predictions(self, batch, request)

@@ -111,13 +111,18 @@ class RolloutWorker(BaseWorker):
 
     def generate(
         self,
-        prompts: list[tuple[int, list[int]]],
+        prompts: list[tuple[int, list[int]]] | list[tuple[int, list[int], int]],
         n: int,
         temperature: float | None = None,
         max_new_tokens: int | None = None,
         seed: int | None = None,
+        stop: list[str] | None = None,
     ) -> list[Rollout]:
         """``n`` completions for each ``(prompt_index, prompt_ids)``; greedy when temperature is 0.
+
+        A prompt given as ``(prompt_index, prompt_ids, max_new_tokens)`` has its own token limit (a multi-turn
+        episode's budget left). ``stop``: strings that end a completion and stay at its end (the end of an
+        agent's tool call, raylhf/agent/multiturn.py).
 
         ``seed``: reseed the sampler's RNG for this call (offset by rank), so a call's samples depend only on
         the weights, the prompts and the seed: a resumed run or a retried step draws what the original drew.
@@ -135,17 +140,28 @@ class RolloutWorker(BaseWorker):
         if seed is not None:
             torch.manual_seed((seed * 1_000_003 + self.rank) % 2**63)
         temp = self.cfg.get("temperature", 1.0) if temperature is None else temperature
-        params = vllm.SamplingParams(
-            n=n,
-            temperature=temp,
-            top_p=float(self.cfg.get("top_p", 1.0)) if temp > 0 else 1.0,
-            top_k=int(self.cfg.get("top_k", -1)) if temp > 0 else -1,
-            max_tokens=int(max_new_tokens or self.cfg.get("max_new_tokens", 128)),
-            logprobs=0,
-        )
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in prompts], params, use_tqdm=False)
+        default_max = int(max_new_tokens or self.cfg.get("max_new_tokens", 128))
+        by_limit: dict[int, Any] = {}
+
+        def params_for(limit: int) -> Any:
+            if limit not in by_limit:
+                by_limit[limit] = vllm.SamplingParams(
+                    n=n,
+                    temperature=temp,
+                    top_p=float(self.cfg.get("top_p", 1.0)) if temp > 0 else 1.0,
+                    top_k=int(self.cfg.get("top_k", -1)) if temp > 0 else -1,
+                    max_tokens=limit,
+                    logprobs=0,
+                    **({"stop": list(stop), "include_stop_str_in_output": True} if stop else {}),
+                )
+            return by_limit[limit]
+
+        params = params_for(default_max)
+        if any(len(p) > 2 for p in prompts):  # per-prompt limits (multi-turn episodes)
+            params = [params_for(int(p[2])) if len(p) > 2 else params for p in prompts]  # type: ignore[misc]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p[1]) for p in prompts], params, use_tqdm=False)
         rollouts = []
-        for (pidx, ids), out in zip(prompts, outs, strict=True):
+        for (pidx, ids, *_), out in zip(prompts, outs, strict=True):
             for c in out.outputs:
                 lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
                 if len(lps) != len(c.token_ids):

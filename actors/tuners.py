@@ -1,38 +1,309 @@
-"""Tuners: which parameters of the policy train (``policy.tuner``): ``full`` or ``lora`` through peft.
+"""Tuners: which parameters of the policy train (``policy.tuner.type``), with ms-swift's ``Tuner`` interface.
 
-* :func:`apply_tuner` wraps a causal LM in peft LoRA adapters (only they train) or leaves it as it is;
-* :func:`trainable_counts` counts trainable / all parameters;
-* :func:`merged_params` yields the base model's parameter names (what HF checkpoints and vLLM expect) with
-  every adapter merged in (``W + scaling * B @ A``), so weight sync and HF exports work the same as for
-  full fine-tuning;
-* :func:`adapter_state` / :func:`save_adapter` write the adapter (peft format, ``PeftModel.from_pretrained``
-  loads it), :func:`save_merged` the merged model as a plain HF checkpoint.
+A tuner is a class with three static methods (ms-swift's names and shapes):
+
+* ``prepare_model(args, model) -> model``: the module that trains (freeze parameters, wrap in adapters, ...);
+  ``args`` (:class:`TunerArgs`) holds the ``policy.tuner`` fields as attributes, ``policy.tuner.kwargs``' keys
+  as attributes too, and ``model_path`` / ``gradient_checkpointing``;
+* ``save_pretrained(model, save_directory, state_dict=None, safe_serialization=True, **kwargs)``: write what
+  trains (an adapter, or the whole model);
+* ``from_pretrained(model, model_id, **kwargs) -> model``: load what ``save_pretrained`` wrote onto ``model``.
+
+Optional (a raylhf addition): ``export_params(model, gather) -> iterator of (name, tensor)``: the weights that
+weight sync and HF exports send, under the base model's parameter names. The default (:func:`export_params`)
+merges peft LoRA and IA3 adapters (``W + scaling * B @ A``; ``W * l``) and gives a plain model's parameters as
+they are, so vLLM engines load them with no adapter support.
+
+Built-ins: ``full``, ``lora`` (peft LoRA), ``ia3`` (peft IA3), ``freeze`` (freeze parameters by name pattern).
+A plugin file adds one with ``extra_tuners = {"name": TunerCls}`` or ``@register_tuner("name")``.
 
 Under DeepSpeed ZeRO-3 parameters are partitioned: the functions that read weights take ``gather``, a
 context-manager factory that gathers a list of parameters (:func:`gatherer`); it is a collective, so every
-rank must run them over the same parameters.
+rank must run them over the same parameters. Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+import inspect
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from raylhf.registry import PluginCheckError, Registry
 
-Gather = Callable[[list[torch.nn.Parameter]], contextlib.AbstractContextManager[Any]]
+if TYPE_CHECKING:
+    import torch
 
-_ADAPTER_MARKERS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+Gather = Callable[[list[Any]], contextlib.AbstractContextManager[Any]]
+
+TUNERS: Registry[Any] = Registry("tuner", "policy.tuner.type")
+
+SIGNATURES = {
+    "prepare_model": "prepare_model(args, model) -> model",
+    "save_pretrained": "save_pretrained(model, save_directory, state_dict=None, safe_serialization=True, **kwargs)",
+    "from_pretrained": "from_pretrained(model, model_id, **kwargs) -> model",
+}
 
 
-def _no_gather(params: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager[Any]:
+def register_tuner(name: str | None = None) -> Callable[[Any], Any]:
+    """``@register_tuner("name")`` on a :class:`Tuner` subclass."""
+    return TUNERS.decorator(name)
+
+
+def collect_tuners(table: Any, source: str) -> None:
+    """A plugin module's ``extra_tuners`` (name -> Tuner class) into :data:`TUNERS`."""
+    if not isinstance(table, Mapping):
+        raise TypeError(f"{source} must be a dict of name -> Tuner class (static methods "
+                        f"{', '.join(SIGNATURES.values())})")
+    for name, cls in table.items():
+        TUNERS.register(str(name), cls, source)
+
+
+class TunerArgs:
+    """What ``prepare_model(args, model)`` reads: the ``policy.tuner`` fields (``args.lora_rank``, ...), the keys of
+    ``policy.tuner.kwargs`` (``args.freeze_parameters``, ...), ``args.model_path`` and
+    ``args.gradient_checkpointing``."""
+
+    def __init__(self, tuner: Mapping[str, Any] | None = None, **extra: Any) -> None:
+        tuner = dict(tuner or {})
+        self.kwargs: dict[str, Any] = dict(tuner.pop("kwargs", None) or {})
+        self.type: str = str(tuner.pop("type", "full"))
+        self.model_path: str | None = None
+        self.gradient_checkpointing = False
+        for k, v in {**tuner, **extra}.items():
+            setattr(self, k, v)
+
+    def __getattr__(self, name: str) -> Any:  # only for names not set above: policy.tuner.kwargs
+        kwargs = self.__dict__.get("kwargs", {})
+        if name.startswith("__") or name not in kwargs:
+            raise AttributeError(f"the tuner read args.{name}, which is not set: add it to policy.tuner.kwargs "
+                                 f"(given: {sorted(kwargs) or 'none'})")
+        return kwargs[name]
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.kwargs.get(key, default)
+
+    def check_kwargs(self, allowed: Iterable[str]) -> None:
+        """A built-in tuner's ``policy.tuner.kwargs`` may hold only ``allowed`` keys."""
+        unknown = sorted(set(self.kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"policy.tuner.kwargs: {unknown} are not options of tuner {self.type!r}; it takes "
+                             f"{sorted(allowed) or 'none'}")
+
+
+# ------------------------------------------------------------------ the interface and the built-ins
+
+class Tuner:
+    """ms-swift's tuner interface; subclass it and register the class (``extra_tuners`` / ``@register_tuner``)."""
+
+    @staticmethod
+    def prepare_model(args: Any, model: torch.nn.Module) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @staticmethod
+    def save_pretrained(model: torch.nn.Module, save_directory: str, state_dict: dict | None = None,
+                        safe_serialization: bool = True, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def from_pretrained(model: torch.nn.Module, model_id: str, **kwargs: Any) -> torch.nn.Module:
+        raise NotImplementedError
+
+
+class PeftTuner(Tuner):
+    """Save / load a peft model's adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+
+    @staticmethod
+    def save_pretrained(model: torch.nn.Module, save_directory: str, state_dict: dict | None = None,
+                        safe_serialization: bool = True, **kwargs: Any) -> None:
+        model.save_pretrained(save_directory, state_dict=state_dict,  # type: ignore[operator]
+                              safe_serialization=safe_serialization, **kwargs)
+
+    @staticmethod
+    def from_pretrained(model: torch.nn.Module, model_id: str, **kwargs: Any) -> torch.nn.Module:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, model_id, **kwargs)
+
+
+@register_tuner("full")
+class FullTuner(Tuner):
+    """Every parameter trains; saves a plain HF checkpoint."""
+
+    @staticmethod
+    def prepare_model(args: Any, model: torch.nn.Module) -> torch.nn.Module:
+        if isinstance(args, TunerArgs):
+            args.check_kwargs(())
+        return model
+
+    @staticmethod
+    def save_pretrained(model: torch.nn.Module, save_directory: str, state_dict: dict | None = None,
+                        safe_serialization: bool = True, **kwargs: Any) -> None:
+        model.save_pretrained(save_directory, state_dict=state_dict,  # type: ignore[operator]
+                              safe_serialization=safe_serialization, **kwargs)
+
+    @staticmethod
+    def from_pretrained(model: torch.nn.Module, model_id: str, **kwargs: Any) -> torch.nn.Module:
+        dtype = next(model.parameters()).dtype
+        return type(model).from_pretrained(model_id, dtype=dtype, **kwargs)  # type: ignore[attr-defined]
+
+
+@register_tuner("lora")
+class LoraTuner(PeftTuner):
+    """peft LoRA adapters on a frozen base: ``policy.tuner.lora_rank / lora_alpha / lora_dropout /
+    target_modules``; ``policy.tuner.kwargs`` adds other ``peft.LoraConfig`` options (e.g. ``use_rslora``)."""
+
+    @staticmethod
+    def prepare_model(args: Any, model: torch.nn.Module) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        extra = dict(getattr(args, "kwargs", {}) or {})
+        if extra.get("use_dora"):
+            raise ValueError("policy.tuner.kwargs.use_dora is not supported: weight sync merges plain LoRA deltas")
+        targets = list(getattr(args, "target_modules", None) or ["all-linear"])
+        try:
+            config = LoraConfig(
+                r=int(getattr(args, "lora_rank", 8)), lora_alpha=float(getattr(args, "lora_alpha", 32.0)),
+                lora_dropout=float(getattr(args, "lora_dropout", 0.05)),
+                target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM",
+                **extra,
+            )
+        except TypeError as e:
+            raise ValueError(f"policy.tuner.kwargs: {e} (options of peft.LoraConfig)") from None
+        try:
+            return get_peft_model(model, config)
+        except ValueError as e:  # e.g. target modules not found in the model
+            raise ValueError(f"policy.tuner.target_modules={targets}: {e}") from e
+
+    @staticmethod
+    def save_pretrained(model: torch.nn.Module, save_directory: str, state_dict: dict | None = None,
+                        safe_serialization: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("save_embedding_layers", False)
+        PeftTuner.save_pretrained(model, save_directory, state_dict, safe_serialization, **kwargs)
+
+
+@register_tuner("ia3")
+class IA3Tuner(PeftTuner):
+    """peft IA3: learned scaling vectors on the outputs of ``target_modules`` (the inputs of
+    ``feedforward_modules``), both from ``policy.tuner.kwargs``; by default peft's choice for the architecture
+    (Llama / Qwen2: ``k_proj``, ``v_proj``, ``down_proj``, feed-forward ``down_proj``)."""
+
+    @staticmethod
+    def prepare_model(args: Any, model: torch.nn.Module) -> torch.nn.Module:
+        from peft import IA3Config, get_peft_model
+
+        args.check_kwargs(("target_modules", "feedforward_modules"))
+        targets, ff = args.option("target_modules"), args.option("feedforward_modules")
+        if ff is not None and targets is None:
+            raise ValueError("policy.tuner.kwargs.feedforward_modules needs target_modules too (a superset of it)")
+        try:
+            return get_peft_model(model, IA3Config(target_modules=targets, feedforward_modules=ff,
+                                                   task_type="CAUSAL_LM"))
+        except ValueError as e:
+            raise ValueError(f"policy.tuner.kwargs (ia3: target_modules={targets}, feedforward_modules={ff}): {e}"
+                             ) from e
+
+
+def name_matcher(patterns: Iterable[str], field: str) -> Callable[[str], bool]:
+    """``name -> bool``: whether one of ``patterns`` (regexes, searched in the name; a plain substring works)
+    matches."""
+    try:
+        compiled = [re.compile(str(p)) for p in patterns]
+    except re.error as e:
+        raise ValueError(f"{field}: {e.pattern!r} is not a regex ({e})") from None
+    return lambda name: any(rx.search(name) for rx in compiled)
+
+
+@register_tuner("freeze")
+class FreezeTuner(FullTuner):
+    """Freeze parameters by name: ``policy.tuner.kwargs.freeze_parameters`` (patterns: regex searched in the
+    parameter name, so ``embed_tokens`` or ``layers\\.0\\.`` work; ``.*`` freezes everything) and
+    ``trainable_parameters`` (patterns that train even where a freeze pattern matches). Saves the whole model."""
+
+    @staticmethod
+    def prepare_model(args: Any, model: torch.nn.Module) -> torch.nn.Module:
+        args.check_kwargs(("freeze_parameters", "trainable_parameters"))
+        freeze_pats = list(args.option("freeze_parameters") or [])
+        train_pats = list(args.option("trainable_parameters") or [])
+        if not freeze_pats:
+            raise ValueError("policy.tuner.type=freeze needs policy.tuner.kwargs.freeze_parameters: [name patterns] "
+                             "(e.g. [embed_tokens, 'layers\\.0\\.'], or ['.*'] with trainable_parameters)")
+        names = [n for n, _ in model.named_parameters()]
+        for field, pats in (("freeze_parameters", freeze_pats), ("trainable_parameters", train_pats)):
+            for pat in pats:
+                if not any(name_matcher([pat], f"policy.tuner.kwargs.{field}")(n) for n in names):
+                    raise ValueError(f"policy.tuner.kwargs.{field}: {pat!r} matches no parameter (names look like "
+                                     f"{', '.join(names[:3])}, ...)")
+        frozen = name_matcher(freeze_pats, "policy.tuner.kwargs.freeze_parameters")
+        keep = name_matcher(train_pats, "policy.tuner.kwargs.trainable_parameters")
+        for name, p in model.named_parameters():
+            p.requires_grad_(not frozen(name) or keep(name))
+        return model
+
+
+# ------------------------------------------------------------------ used by the policy worker
+
+def prepare(tuner: Any, args: TunerArgs, model: torch.nn.Module) -> torch.nn.Module:
+    """``tuner.prepare_model(args, model)`` with checks: it returns a module with something to train. With
+    gradient checkpointing and frozen input embeddings the embeddings' outputs require grad, so the
+    checkpointed graph is not cut."""
+    import torch
+
+    out = tuner.prepare_model(args, model)
+    where = f"policy.tuner.type={args.type!r} ({TUNERS.source(args.type) if args.type in TUNERS else tuner})"
+    if not isinstance(out, torch.nn.Module):
+        raise TypeError(f"{where}: prepare_model returned {type(out).__name__}; expected the model (a torch module)")
+    if not any(p.requires_grad for p in out.parameters()):
+        raise ValueError(f"{where} left no parameter trainable")
+    if args.gradient_checkpointing and hasattr(out, "enable_input_require_grads"):
+        emb = out.get_input_embeddings() if hasattr(out, "get_input_embeddings") else None
+        if emb is not None and not any(p.requires_grad for p in emb.parameters()):
+            out.enable_input_require_grads()
+    return out
+
+
+def apply_tuner(model: torch.nn.Module, tuner: dict[str, Any] | None, gradient_checkpointing: bool = False
+                ) -> torch.nn.Module:
+    """``model`` prepared by the tuner ``policy.tuner`` (a dict) names: ``full`` returns it unchanged, ``lora``
+    the peft model, ..."""
+    args = TunerArgs(tuner, gradient_checkpointing=gradient_checkpointing)
+    return prepare(TUNERS.get_entry(args.type), args, model)
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a peft model (adapters on a frozen base)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a peft model with LoRA adapters."""
+    if not is_peft(model):
+        return False
+    from peft.tuners.lora import LoraLayer
+
+    return any(isinstance(m, LoraLayer) for m in model.modules())
+
+
+def trainable_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """``(trainable parameters, all parameters)``; under ZeRO-3 the full sizes (``ds_numel``), not the shards."""
+    def numel(p: Any) -> int:
+        return int(getattr(p, "ds_numel", p.numel()))
+
+    params = list(model.parameters())
+    return sum(numel(p) for p in params if p.requires_grad), sum(numel(p) for p in params)
+
+
+def _no_gather(params: list[Any]) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
 def gatherer(zero3: bool) -> Gather:
-    """The gather function for :func:`merged_params` / :func:`adapter_state`: DeepSpeed's ``GatheredParameters``
+    """The gather function for :func:`export_params` / :func:`adapter_state`: DeepSpeed's ``GatheredParameters``
     under ZeRO-3 (read-only, every rank gets the full tensors), a no-op otherwise."""
     if not zero3:
         return _no_gather
@@ -41,111 +312,124 @@ def gatherer(zero3: bool) -> Gather:
     return lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
-def apply_tuner(model: torch.nn.Module, tuner: dict[str, Any] | None, gradient_checkpointing: bool = False
-                ) -> torch.nn.Module:
-    """``model`` ready for training with ``tuner`` (a ``policy.tuner`` dict): ``full`` returns it unchanged;
-    ``lora`` freezes it and adds LoRA adapters (rank, alpha, dropout, target modules) with peft, returning the
-    ``PeftModel``. With gradient checkpointing the input embeddings' outputs require grad, so the frozen
-    embedding does not cut the checkpointed graph."""
-    tuner = dict(tuner or {})
-    kind = tuner.get("type", "full")
-    if kind == "full":
-        return model
-    if kind != "lora":
-        raise ValueError(f"unknown policy.tuner.type {kind!r}; expected full or lora")
-    from peft import LoraConfig, get_peft_model
-
-    targets = list(tuner.get("target_modules") or ["all-linear"])
-    config = LoraConfig(
-        r=int(tuner.get("lora_rank", 8)), lora_alpha=float(tuner.get("lora_alpha", 32.0)),
-        lora_dropout=float(tuner.get("lora_dropout", 0.05)),
-        target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM",
-    )
-    if gradient_checkpointing:
-        model.enable_input_require_grads()
-    try:
-        return get_peft_model(model, config)
-    except ValueError as e:  # e.g. target modules not found in the model
-        raise ValueError(f"policy.tuner.target_modules={targets}: {e}") from e
-
-
-def is_lora(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a peft model (LoRA adapters on a frozen base)."""
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
-
-
-def trainable_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """``(trainable parameters, all parameters)``; under ZeRO-3 the full sizes (``ds_numel``), not the shards."""
-    def numel(p: torch.nn.Parameter) -> int:
-        return int(getattr(p, "ds_numel", p.numel()))
-
-    params = list(model.parameters())
-    return sum(numel(p) for p in params if p.requires_grad), sum(numel(p) for p in params)
-
-
-def _is_adapter(name: str) -> bool:
-    return any(part in _ADAPTER_MARKERS for part in name.split("."))
-
-
-def _cpu_copy(p: torch.Tensor) -> torch.Tensor:
+def _cpu_copy(p: Any) -> torch.Tensor:
     return p.data.detach().to("cpu", copy=True)
 
 
-@torch.no_grad()
-def merged_params(model: torch.nn.Module, gather: Gather = _no_gather) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, full CPU tensor)`` for every parameter of the base model, with the active adapter merged into
-    the weights it wraps; names as in the base model's own checkpoint (``model.layers.0.self_attn.q_proj.weight``,
-    no ``base_layer`` / ``lora_*``). The model itself is not modified."""
-    from peft.tuners.lora import LoraLayer
+def _tuner_layers(model: torch.nn.Module) -> dict[str, Any]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    base = model.get_base_model()  # type: ignore[operator]
-    adapter = model.active_adapter  # type: ignore[attr-defined]
-    wrapped = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
-    for name, p in base.named_parameters():
-        if _is_adapter(name):
-            continue
-        if ".base_layer." not in name:
-            with gather([p]):
-                yield name, _cpu_copy(p)
-            continue
-        owner, leaf = name.rsplit(".base_layer.", 1)
-        layer = wrapped[owner]
-        if leaf != "weight" or adapter not in layer.scaling or layer.merged:
-            with gather([p]):
-                yield f"{owner}.{leaf}", _cpu_copy(p)
-            continue
-        with gather([p, *_adapter_params(layer, adapter)]):
-            delta = layer.get_delta_weight(adapter)
-            yield f"{owner}.{leaf}", (p.data + delta.to(p.dtype)).detach().to("cpu", copy=True)
+    return {name: m for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
 
 
-def _adapter_params(layer: Any, adapter: str) -> list[torch.nn.Parameter]:
-    out: list[torch.nn.Parameter] = []
-    for attr in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
-        table = getattr(layer, attr, None)
-        if table is not None and adapter in table:
-            entry = table[adapter]
-            out.extend(entry.parameters() if isinstance(entry, torch.nn.Module) else [entry])
+def _adapter_markers(layers: Iterable[Any]) -> set[str]:
+    out = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "ia3_l"}
+    for layer in layers:
+        out.update(getattr(layer, "adapter_layer_names", ()))
     return out
 
 
-@torch.no_grad()
-def adapter_state(model: torch.nn.Module, gather: Gather = _no_gather) -> dict[str, torch.Tensor]:
-    """The adapter parameters as full CPU tensors, under the peft model's own parameter names."""
-    out: dict[str, torch.Tensor] = {}
-    for name, p in model.named_parameters():
-        if _is_adapter(name):
+def _layer_params(layer: Any, adapter: str) -> list[Any]:
+    out: list[Any] = []
+    for attr in getattr(layer, "adapter_layer_names", ()):
+        table = getattr(layer, attr, None)
+        if table is not None and adapter in table:
+            entry = table[adapter]
+            out.extend(entry.parameters() if hasattr(entry, "parameters") else [entry])
+    return out
+
+
+def _merged(layer: Any, leaf: str, adapter: str, p: Any) -> torch.Tensor:
+    """The base weight / bias ``leaf`` of a peft layer with ``adapter`` merged in (the layer is not modified)."""
+    from peft.tuners.ia3 import IA3Layer
+    from peft.tuners.lora import LoraLayer
+
+    if isinstance(layer, LoraLayer):
+        if leaf != "weight":
+            return p.data
+        return p.data + layer.get_delta_weight(adapter).to(p.dtype)
+    if isinstance(layer, IA3Layer):
+        import torch
+
+        if not isinstance(layer.get_base_layer(), torch.nn.Linear):
+            raise ValueError(f"IA3 on {type(layer.get_base_layer()).__name__} cannot be merged for weight sync; "
+                             "target linear layers only")
+        scale = layer.ia3_l[adapter].data
+        if leaf == "weight":
+            return p.data * (scale.T if layer.fan_in_fan_out else scale).to(p.dtype)
+        if leaf == "bias" and not layer.is_feedforward:
+            return p.data * scale.reshape(p.shape).to(p.dtype)
+        return p.data
+    raise ValueError(f"{type(layer).__name__} adapters cannot be merged for weight sync / export by raylhf; give the "
+                     "tuner an export_params(model, gather) static method yielding (base name, tensor)")
+
+
+def merged_params(model: torch.nn.Module, gather: Gather = _no_gather) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, full CPU tensor)`` for every parameter of a peft model's base model, with the active adapter
+    (LoRA or IA3) merged into the weights it wraps; names as in the base model's own checkpoint
+    (``model.layers.0.self_attn.q_proj.weight``, no ``base_layer`` / ``lora_*`` / ``ia3_l``). The model itself
+    is not modified."""
+    import torch
+
+    base = model.get_base_model()  # type: ignore[operator]
+    adapter = model.active_adapter  # type: ignore[attr-defined]
+    wrapped = _tuner_layers(base)
+    markers = _adapter_markers(wrapped.values())
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if any(part in markers for part in name.split(".")):
+                continue
+            if ".base_layer." not in name:
+                with gather([p]):
+                    yield name, _cpu_copy(p)
+                continue
+            owner, leaf = name.rsplit(".base_layer.", 1)
+            layer = wrapped[owner]
+            if getattr(layer, "merged", False) or not _layer_params(layer, adapter):
+                with gather([p]):
+                    yield f"{owner}.{leaf}", _cpu_copy(p)
+                continue
+            with gather([p, *_layer_params(layer, adapter)]):
+                yield f"{owner}.{leaf}", _merged(layer, leaf, adapter, p).detach().to("cpu", copy=True)
+
+
+def export_params(model: torch.nn.Module, gather: Gather = _no_gather, tuner: Any = None
+                  ) -> Iterator[tuple[str, torch.Tensor]]:
+    """What weight sync and HF exports send: ``tuner.export_params`` when the tuner has one, else a peft
+    model's merged weights (:func:`merged_params`), else the model's own parameters."""
+    import torch
+
+    custom = getattr(tuner, "export_params", None)
+    if custom is not None:
+        yield from custom(model, gather)
+        return
+    if is_peft(model):
+        yield from merged_params(model, gather)
+        return
+    with torch.no_grad():
+        for name, p in model.named_parameters():
             with gather([p]):
-                out[name] = _cpu_copy(p)
+                yield name, _cpu_copy(p)
+
+
+def adapter_state(model: torch.nn.Module, gather: Gather = _no_gather) -> dict[str, torch.Tensor]:
+    """A peft model's adapter parameters as full CPU tensors, under the peft model's own parameter names."""
+    import torch
+
+    markers = _adapter_markers(_tuner_layers(model).values())
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(part in markers for part in name.split(".")):
+                with gather([p]):
+                    out[name] = _cpu_copy(p)
     return out
 
 
 def save_adapter(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path,
-                 base_model: str | None = None) -> Path:
-    """Write the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) from ``state``
-    (:func:`adapter_state`); ``base_model`` goes into the config's ``base_model_name_or_path``."""
+                 base_model: str | None = None, tuner: Any = LoraTuner) -> Path:
+    """Write a peft model's adapter through ``tuner.save_pretrained`` from ``state`` (:func:`adapter_state`);
+    ``base_model`` goes into the config's ``base_model_name_or_path``."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.peft_config[model.active_adapter]  # type: ignore[index,attr-defined]
@@ -153,8 +437,7 @@ def save_adapter(model: torch.nn.Module, state: dict[str, torch.Tensor], path: s
     if base_model is not None:
         cfg.base_model_name_or_path = base_model
     try:
-        model.save_pretrained(out, state_dict=state, safe_serialization=True,  # type: ignore[operator]
-                              save_embedding_layers=False)
+        tuner.save_pretrained(model, str(out), state_dict=state, safe_serialization=True)
     finally:
         cfg.base_model_name_or_path = previous
     return out
@@ -167,3 +450,67 @@ def save_merged(model: torch.nn.Module, state: dict[str, torch.Tensor] | Iterabl
     out.mkdir(parents=True, exist_ok=True)
     model.get_base_model().save_pretrained(out, state_dict=dict(state), safe_serialization=True)  # type: ignore[operator]
     return out
+
+
+# ------------------------------------------------------------------ raylhf check-plugin
+
+def _check_signature(name: str, cls: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    expected = f"tuner {name!r}: expected a static method {SIGNATURES[method]}"
+    raw = inspect.getattr_static(cls, method, None)
+    if raw is None:
+        raise PluginCheckError(f"{expected}; {getattr(cls, '__name__', cls)!r} has no {method}")
+    if inspect.isclass(cls) and inspect.isfunction(raw):
+        raise PluginCheckError(f"{expected}; {method} is a plain method (add @staticmethod)")
+    fn = getattr(cls, method)
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as e:
+        raise PluginCheckError(f"{expected}; got {method}{inspect.signature(fn)} ({e})") from None
+
+
+def _tiny_lm() -> torch.nn.Module:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def check_plugin_entry(name: str, cls: Any) -> str:
+    """Check the three static methods' signatures, run ``prepare_model`` on a tiny Llama, save the result with
+    ``save_pretrained`` and load it back with ``from_pretrained`` onto a fresh model: same outputs."""
+    import torch
+
+    for method, (args, kwargs) in {
+        "prepare_model": ((None, None), {}),
+        "save_pretrained": ((None, "dir"), {"state_dict": None, "safe_serialization": True}),
+        "from_pretrained": ((None, "dir"), {}),
+    }.items():
+        _check_signature(name, cls, method, args, kwargs)
+    model = cls.prepare_model(TunerArgs({"type": name}), _tiny_lm())
+    if not isinstance(model, torch.nn.Module):
+        raise PluginCheckError(f"tuner {name!r}: {SIGNATURES['prepare_model']}; it returned {type(model).__name__}")
+    trainable, total = trainable_counts(model)
+    if not trainable:
+        raise PluginCheckError(f"tuner {name!r}: prepare_model left no parameter trainable")
+    with torch.no_grad():
+        for p in model.parameters():  # move what trains, so a save / load that drops it shows
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    ids = torch.arange(1, 9)[None]
+    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+        want = model(input_ids=ids).logits
+        cls.save_pretrained(model, tmp, state_dict=None, safe_serialization=True)
+        loaded = cls.from_pretrained(_tiny_lm(), tmp)
+        if not isinstance(loaded, torch.nn.Module):
+            raise PluginCheckError(f"tuner {name!r}: {SIGNATURES['from_pretrained']}; it returned "
+                                   f"{type(loaded).__name__}")
+        diff = float((loaded.eval()(input_ids=ids).logits - want).abs().max())
+    if diff > 1e-4:
+        raise PluginCheckError(f"tuner {name!r}: from_pretrained(save_pretrained(model)) changes the outputs by "
+                               f"{diff:.2g}; save_pretrained must write what prepare_model made train")
+    return (f"prepare_model on a tiny Llama: {trainable:,} of {total:,} parameters train; save_pretrained -> "
+            f"from_pretrained reproduces the outputs (max diff {diff:.1e})")

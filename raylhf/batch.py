@@ -27,6 +27,11 @@ class Rollout:
     logprobs: list[float]  # sampling log-prob of every response token (vLLM, processed)
     finish_reason: str  # "stop" | "length"
     text: str = ""
+    # multi-turn episodes (raylhf/agent): per response token 1.0 sampled by the model, 0.0 written by the
+    # environment (tool answers: no loss); None: every response token was sampled
+    response_mask: list[float] | None = None
+    episode: dict[str, int] | None = None  # turns, tool_calls, tool_errors of an agent episode
+    version: int = 0  # the policy weight version (weight syncs done) that sampled it (raylhf/producer.py)
 
     @property
     def truncated(self) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from raylhf.registry import KINDS, TABLES, PluginCheckError, Registry, load_plugin
+from raylhf.registry import KINDS, TABLES, PluginCheckError, Registry, load_plugin, normalize
 
 USAGE = "usage: raylhf check-plugin FILE_OR_MODULE[:function] [...]"
 
@@ -46,6 +46,12 @@ def _registries() -> dict[str, tuple[Registry[Any], Callable[[str, Any], str]]]:
     return out
 
 
+def _from(source: str, ref: str) -> bool:
+    """Whether a registry source names the plugin ``ref`` (its path, absolute or as given, or its module)."""
+    return any(source.startswith(x + ":") or source.startswith(x + " (") or source.startswith(x + ".")
+               for x in {ref, normalize(ref)})
+
+
 def check_reference(ref: str) -> list[Finding]:
     """``file.py:function`` (a reward named by reference in reward.functions): check that object as a reward."""
     from rewards.registry import check_plugin_entry, load_object
@@ -67,7 +73,8 @@ def check_file(ref: str) -> list[Finding]:
     findings: list[Finding] = []
     for kind, (reg, check) in kinds.items():
         for name in list(reg):
-            if name in before[kind] and before[kind][name] is reg[name]:
+            # new entries, and the file's own (registered by an earlier load of it in this process)
+            if name in before[kind] and before[kind][name] is reg[name] and not _from(reg.source(name), ref):
                 continue
             try:
                 detail, ok = check(name, reg[name]), True

@@ -39,6 +39,7 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
     LR schedule, data position and RNG states, so the remaining steps repeat what the run would have done.
     """
     from raylhf import rl
+    from raylhf.agent.multiturn import episode_metrics
     from raylhf.algos.advantages import compute_advantages
     from raylhf.batch import Objective
     from raylhf.data import load_from_config
@@ -59,8 +60,12 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
         temperature=ro.temperature if ro.temperature > 0 else 1.0,
     )
     world = cfg.policy.num_workers
+    agent = _agent(cfg, model_path) if cfg.agent.template else None  # multi-turn episodes with tools
+    if agent is not None:
+        train, heldout = agent.add_tools(train), agent.add_tools(heldout)
     curves = ["reward/mean", "reward/accuracy", "eval/accuracy", "eval/greedy_accuracy", "eval/any_form_accuracy"]
-    with online_run(cfg, g, "grpo", model_path, train, heldout, optimizer_steps, required_cpus(cfg), curves) as run:
+    with online_run(cfg, g, "grpo", model_path, train, heldout, optimizer_steps, required_cpus(cfg), curves,
+                    rollout_fn=agent, async_steps=g.async_steps) as run:
         for step, prompts, prompt_ids in run.steps():
             rollouts = run.generate(prompt_ids, g.samples_per_prompt, step)
             scores = run.score(rollouts, prompts, step)
@@ -72,6 +77,8 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
             batch = rl.split_for_ranks(batch, world)
             m = {**rl.rollout_metrics(rollouts, scores, run.timer), **rl.prefixed("reward/", adv.metrics),
                  "batch/kept_frac": len(batch) / len(rollouts)}
+            if agent is not None:
+                m.update(episode_metrics(rollouts))
             if len(batch):
                 if run.workers.reference is not None:
                     batch.ref_logprobs = run.logprobs("reference", batch, objective.temperature)
@@ -83,6 +90,23 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
             run.end_step(step, m, batch, len(rollouts))
     return GRPOResult(run.run_dir, run.logger.history, run.eval_before, run.eval_after, run.checkpoint,
                       run.placement)
+
+
+def _agent(cfg: GRPOConfig, model_path: str) -> Any:
+    """The multi-turn episode runner of ``cfg.agent`` (raylhf/agent/multiturn.py)."""
+    from raylhf.agent.multiturn import EpisodeRunner
+    from raylhf.assets import load_tokenizer
+    from raylhf.data import DataError
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
+    runner = EpisodeRunner.from_config(cfg.agent, tokenizer, cfg.rollout.max_new_tokens)
+    need = runner.tools_prompt_tokens()
+    if need > cfg.data.max_prompt_length:
+        raise DataError(f"the system message that offers agent.tools={cfg.agent.tools} in the "
+                        f"agent.template={cfg.agent.template} format takes {need} tokens, more than "
+                        f"data.max_prompt_length={cfg.data.max_prompt_length}: raise data.max_prompt_length (the "
+                        "model's context must hold it plus rollout.max_new_tokens)")
+    return runner
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,15 +109,19 @@ class OfflineResult:
     history: list[dict[str, Any]]
     eval_before: dict[str, float]
     eval_after: dict[str, float]
+    final_step: int = 0  # the last optimizer step (before num_steps when a callback stopped the run)
+    stopped_by: str | None = None  # the callback that stopped the run early, if one did
 
 
 def run_offline(cfg: Any, spec: OfflineSpec, model_path: str, save_to: str | Path | None = None) -> OfflineResult:
     """Train ``spec`` with the policy group; ``cfg`` has the shared sections (model, policy, logging,
-    checkpoint, runtime, ray, seed). Returns the run dir, the final HF export, the metric history and the
-    evaluations before / after."""
+    checkpoint, runtime, ray, seed, callbacks). Returns the run dir, the final HF export, the metric history and
+    the evaluations before / after. A callback that sets ``control.should_training_stop`` ends the loop after
+    that step; the final evaluation and export then run at that step."""
     from actors.group import WorkerError
     from raylhf import checkpoint as ckpts
     from raylhf import rl
+    from raylhf.callbacks import start_callbacks
     from raylhf.guard import BadStepGuard
     from raylhf.runtime import init_ray, open_run, plot_curves
 
@@ -129,6 +133,8 @@ def run_offline(cfg: Any, spec: OfflineSpec, model_path: str, save_to: str | Pat
     ckpt: str | None = None
     eval_before: dict[str, float] = {}
     eval_after: dict[str, float] = {}
+    callbacks = start_callbacks(cfg, name, run_dir, spec.num_steps, start_step, spec.eval_every, logger.history)
+    final_step = start_step
     try:
         init_ray(cfg.ray, cfg.policy.num_workers * cfg.policy.num_cpus_per_worker)
         policy = rl.start_policy(cfg.policy, model_path, cfg.model.dtype, spec.num_steps, cfg.seed,
@@ -138,7 +144,14 @@ def run_offline(cfg: Any, spec: OfflineSpec, model_path: str, save_to: str | Pat
         last_ckpt: Path | None = resume_from
         bad_steps = BadStepGuard(cfg.runtime.max_bad_steps, run_dir, name)
         objective_for = spec.objective_for or (lambda obj, batch: obj.with_counts(batch))
+
+        def log(step: int, metrics: dict[str, float], advance: bool = True) -> None:
+            logger.log(step, metrics, advance=advance)
+            callbacks.log(logger.history[-1])
+
         try:
+            callbacks.train_begin()
+            last_eval: tuple[int, dict[str, float]] | None = None
             if resume_from:
                 ckpts.restore(policy, resume_from)
                 spec.batches.load_state_dict(state["data"])
@@ -147,9 +160,14 @@ def run_offline(cfg: Any, spec: OfflineSpec, model_path: str, save_to: str | Pat
             elif spec.evaluate is not None:
                 eval_before = spec.evaluate(policy, 0)
                 if eval_before:
-                    logger.log(0, eval_before, advance=False)
+                    last_eval = (0, eval_before)
+                    callbacks.evaluate(eval_before)
+                    log(0, eval_before, advance=False)
             for step in range(start_step + 1, spec.num_steps + 1):
+                if callbacks.should_stop:  # set before any step (on_train_begin / the first evaluation)
+                    break
                 t = time.perf_counter()
+                callbacks.step_begin()
                 batch = spec.batches.next_batch()
                 if spec.prepare is not None:
                     batch = spec.prepare(policy, batch)
@@ -159,28 +177,46 @@ def run_offline(cfg: Any, spec: OfflineSpec, model_path: str, save_to: str | Pat
                     if e.group == "policy" and e.died:
                         raise rl.PolicyRankDied.from_error(e, last_ckpt) from e
                     raise
+                final_step = callbacks.state.global_step = step
                 if spec.after_step is not None:
                     spec.after_step(policy, step)
                 if spec.evaluate is not None and spec.eval_every and step % spec.eval_every == 0 \
                         and step < spec.num_steps:
-                    m.update(spec.evaluate(policy, step))
+                    evaluated = spec.evaluate(policy, step)
+                    last_eval = (step, evaluated)
+                    callbacks.evaluate(evaluated)
+                    m.update(evaluated)
                 m["time/step"] = time.perf_counter() - t
-                logger.log(step, m)
+                log(step, m)
                 bad_steps.check(step, m, batch)  # a skipped update: batch saved; too many in a row: raises
+                callbacks.step_end(step)
                 if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < spec.num_steps:
                     last_ckpt = ckpts.save(policy, run_dir, step, {
                         "data": spec.batches.state_dict(), "bad_steps_in_a_row": bad_steps.in_a_row},
                         cfg.checkpoint.keep_last, name=name)
+                    callbacks.save(last_ckpt)
+                if callbacks.should_stop:
+                    break
+            if callbacks.should_stop:
+                print(callbacks.stop_message(name), flush=True)
+                log(final_step, {"stopped_early_by": callbacks.state.stopped_by or "?"}, advance=False)
             if spec.evaluate is not None:
-                eval_after = spec.evaluate(policy, spec.num_steps)
-                if eval_after:
-                    logger.log(spec.num_steps, eval_after, advance=False)
+                if last_eval is not None and last_eval[0] == final_step and final_step < spec.num_steps:
+                    eval_after = last_eval[1]  # stopped right after an evaluation: same weights, same numbers
+                else:
+                    eval_after = spec.evaluate(policy, final_step)
+                    if eval_after:
+                        callbacks.evaluate(eval_after)
+                        log(final_step, eval_after, advance=False)
             target = Path(save_to) if save_to else run_dir / "checkpoint"
             if cfg.checkpoint.save_final or save_to:
                 ckpt = policy.call("save", str(target))[0]
+                callbacks.save(ckpt)
             plot_curves(logger.history, spec.curves, run_dir / "curves.png", name.upper())
+            callbacks.train_end()
         finally:
             policy.shutdown()
     finally:
         logger.close()
-    return OfflineResult(run_dir, ckpt, logger.history, eval_before, eval_after)
+    return OfflineResult(run_dir, ckpt, logger.history, eval_before, eval_after, final_step,
+                         callbacks.state.stopped_by if callbacks.should_stop else None)

@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "Tuner": "actors.tuners", "register_tuner": "actors.tuners", "extra_tuners": "actors.tuners:TUNERS",
     # agent templates and tools
     "AgentTemplate": "raylhf.agent.templates", "ToolCall": "raylhf.agent.templates",
+    "BaseAgentTemplate": "raylhf.agent.templates:AgentTemplate", "Function": "raylhf.agent.templates",
     "register_agent_template": "raylhf.agent.templates", "agent_templates": "raylhf.agent.templates:TEMPLATES",
     "register_tool": "raylhf.agent.tools", "tools": "raylhf.agent.tools:TOOLS",
     # machinery

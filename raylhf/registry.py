@@ -225,6 +225,15 @@ def load_plugin(ref: str) -> types.ModuleType:
     return module
 
 
+def forget(ref: str) -> None:
+    """Drop a loaded plugin so the next :func:`load_plugin` runs its file again (tests that unregister its
+    entries). Its entries stay registered: unregister them first."""
+    key = normalize(ref)
+    module = _loaded.pop(key, None)
+    if module is not None and sys.modules.get(module.__name__) is module:
+        del sys.modules[module.__name__]
+
+
 def load_plugins(refs: Iterable[str]) -> list[types.ModuleType]:
     return [load_plugin(r) for r in refs]
 

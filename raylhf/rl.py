@@ -257,6 +257,11 @@ def generate(rollout: ActorGroup, prompt_ids: list[list[int]], n: int, **kw: Any
     return [r for part in parts for r in part]
 
 
+def submit_generate(rollout: ActorGroup, prompt_ids: list[list[int]], n: int, **kw: Any) -> Any:
+    """``generate`` without waiting: a Pending whose ``result()`` is the engines' parts (flatten them)."""
+    return rollout.submit_split("generate", list(enumerate(prompt_ids)), n, **kw)
+
+
 @dataclass
 class Scores:
     """Rewards of one batch: ``total`` is NaN where no reward scored the completion (all returned None)."""
@@ -343,8 +348,13 @@ def to_train_batch(rollouts: list[Rollout], advantages: torch.Tensor, mask_trunc
         p, n = len(r.prompt_ids), len(r.response_ids)
         ids.append(torch.tensor(r.prompt_ids + r.response_ids, dtype=torch.long))
         on = 0.0 if (mask_truncated and r.truncated) else 1.0
-        mask.append(torch.tensor([0.0] * p + [on] * n))
-        adv.append(torch.tensor([0.0] * p + [a] * n))
+        if r.response_mask is None:
+            mask.append(torch.tensor([0.0] * p + [on] * n))
+            adv.append(torch.tensor([0.0] * p + [a] * n))
+        else:  # an agent episode: the environment's tokens (tool answers) carry no loss
+            m = torch.tensor([0.0] * p + [on * float(x) for x in r.response_mask])
+            mask.append(m)
+            adv.append(m.ne(0).float() * a)
         rlp.append(torch.tensor([0.0] * p + list(r.logprobs)))
     return TrainBatch(input_ids=ids, loss_mask=mask, advantages=adv, rollout_logprobs=rlp)
 
@@ -359,14 +369,16 @@ def sync_weights(policy: ActorGroup, rollout: ActorGroup, bucket_mb: int) -> flo
 
 def evaluate(rollout: ActorGroup, reward: ActorGroup, examples: list[PromptExample], prompt_ids: list[list[int]],
              tokenizer: Any, max_new_tokens: int, samples: int = 1, temperature: float = 0.0,
-             seed: int | None = None) -> dict[str, float]:
+             seed: int | None = None, generate_fn: Callable[..., list[Rollout]] | None = None) -> dict[str, float]:
     """Held-out scores over ``samples`` completions per prompt at ``temperature`` (mean@k): ``eval/<label>``
     for every reward (unscored completions excluded), ``eval/reward`` (the weighted sum) and
     ``eval/accuracy`` (the 'accuracy' reward, else the total); with temperature > 0 also one greedy
-    completion per prompt as ``eval/greedy_<label>`` and ``eval/greedy_accuracy``."""
+    completion per prompt as ``eval/greedy_<label>`` and ``eval/greedy_accuracy``. ``generate_fn``: in place of
+    :func:`generate`, same arguments (multi-turn agent episodes)."""
 
     def run(n: int, temp: float, prefix: str) -> dict[str, float]:
-        rolls = generate(rollout, prompt_ids, n, temperature=temp, max_new_tokens=max_new_tokens, seed=seed)
+        rolls = (generate_fn or generate)(rollout, prompt_ids, n, temperature=temp, max_new_tokens=max_new_tokens,
+                                          seed=seed)
         scores = score(reward, rolls, examples, tokenizer)
         total = scores.total[scores.scored]
         out = {"reward": float(total.mean()) if len(total) else float("nan"),

@@ -4,7 +4,8 @@ One policy group, no rollout / reward / reference; the objective is only the cro
 token by the ``sft.loss_scale`` strategy (``raylhf/loss_scale.py``: every assistant reply by default, only the
 last one, or every token; a message's ``"loss": true/false`` overrides its turn). ``policy.tuner`` picks full
 fine-tuning or LoRA. A held-out split (``data.eval_files``, or ``sft.eval_fraction`` of the training rows) is
-scored as ``eval/loss`` at step 0, every ``sft.eval_every`` steps and at the end. With no data files the run
+scored as ``eval/loss`` at step 0, every ``sft.eval_every`` steps and at the end, with the ``sft.metrics``
+(``raylhf/eval_metrics.py``: ``acc``, ``nlg``, a plugin's) as ``eval/<key>``. With no data files the run
 uses generated two-turn arithmetic chats (``raylhf/tasks/chat_data.py``) and their held-out set.
 """
 
@@ -58,15 +59,28 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list[SFTExa
     tuner = cfg.policy.tuner
     spec = OfflineSpec(
         name="sft", num_steps=num_steps, objective=Objective(pg_coef=0.0, ce_coef=1.0),
+        **sft_loss_worker(s.loss),
         batches=RowBatches(rows, s.batch_size, cfg.data.shuffle, cfg.data.seed, collate),
-        evaluate=eval_loss_fn(eval_rows, s.eval_batch_size, cfg.policy.num_workers) if eval_rows else None,
+        evaluate=eval_loss_fn(eval_rows, s.eval_batch_size, cfg.policy.num_workers, s.metrics, tokenizer)
+        if eval_rows else None,
         eval_every=s.eval_every, curves=["loss/ce", "eval/loss"],
         summary=f"{len(rows)} rows" + (f" ({dropped} without trained tokens left out)" if dropped else "")
         + f", {len(eval_rows)} held out, loss_scale {'all' if s.train_on_prompt else s.loss_scale}, tuner {tuner.type}"
-        + (f" (r={tuner.lora_rank}, alpha={tuner.lora_alpha:g})" if tuner.type == "lora" else ""),
+        + (f" (r={tuner.lora_rank}, alpha={tuner.lora_alpha:g})" if tuner.type == "lora" else "")
+        + (f", loss {s.loss}" if s.loss != "default" else ""),
     )
     res = run_offline(cfg, spec, model_path, save_to)
     return res.checkpoint, res.history
+
+
+def sft_loss_worker(loss: str) -> dict[str, Any]:
+    """``OfflineSpec`` worker fields for ``sft.loss``: none for ``default`` (the PolicyWorker's own weighted
+    cross-entropy), else the SFTWorker that calls the registered loss function (``raylhf/losses.py``)."""
+    if loss == "default":
+        return {}
+    from actors.sft_worker import SFTWorker
+
+    return {"worker_cls": SFTWorker, "worker_extra": {"sft_loss": loss}}
 
 
 def encode_examples(tokenizer: Any, examples: Sequence[SFTExample], max_length: int, strategy: Any,
@@ -104,23 +118,41 @@ def collate(rows: list[SFTRow]) -> TrainBatch:
                       loss_mask=[(w > 0).float() for w in weights], ce_weights=None if binary else weights)
 
 
-def eval_loss_fn(rows: list[SFTRow], batch_size: int, world: int) -> Callable[[Any, int], dict[str, float]]:
+def eval_loss_fn(rows: list[SFTRow], batch_size: int, world: int, metrics: Sequence[str] = (),
+                 tokenizer: Any = None) -> Callable[[Any, int], dict[str, float]]:
     """``OfflineSpec.evaluate`` for the held-out rows: ``eval/loss`` is the weighted NLL per trained token over
     all of them (the training objective, no update), computed in calls of ``batch_size`` rows; a call's rows
-    are padded with fully masked rows to a multiple of the rank count (they add no tokens)."""
-    from raylhf import rl
+    are padded with fully masked rows to a multiple of the rank count (they add no tokens). ``metrics``
+    (``sft.metrics``, ``raylhf/eval_metrics.py``) add ``eval/<key>``: every rank computes the predictions of its
+    shard of each call, the driver joins them in row order (fillers dropped) and runs the compute functions."""
+    from raylhf import eval_metrics, rl
 
     objective = Objective(pg_coef=0.0, ce_coef=1.0).with_counts(collate(rows))
     filler: SFTRow = (rows[0][0][:2], [0.0] * len(rows[0][0][:2]))
+    request = eval_metrics.metric_request(metrics) if metrics else None
+    if request and request["generate"] and not eval_metrics.generation_rows(rows):
+        raise DataError(f"sft.metrics {list(metrics)} generate replies, but no held-out row has a prompt before its "
+                        "last trained reply (sft.loss_scale=all / train_on_prompt trains every token)")
+
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def evaluate(policy: Any, step: int) -> dict[str, float]:
         loss = 0.0
+        parts: list[dict[str, Any]] = []
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            chunk = chunk + [filler] * (-len(chunk) % world)
-            m = rl.reduce_ranks(policy.call_split("eval_loss", collate(chunk), objective))
+            real = rows[start:start + batch_size]
+            chunk = collate(real + [filler] * (-len(real) % world))
+            m = rl.reduce_ranks(policy.call_split("eval_loss", chunk, objective))
             loss += m["loss/ce"]
-        return {"eval/loss": loss}
+            if request is not None:
+                out = eval_metrics.merge_outputs(policy.call_split("eval_predictions", chunk, request))
+                parts.append(eval_metrics.trim_outputs(out, len(real)))
+        result = {"eval/loss": loss}
+        if request is not None:
+            result.update(eval_metrics.compute_metrics(metrics, rows, eval_metrics.merge_outputs(parts),
+                                                       decode if tokenizer is not None else None))
+        return result
 
     return evaluate
 

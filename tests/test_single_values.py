@@ -106,8 +106,13 @@ PLUGIN_FILE = str(Path(__file__).resolve().parents[1] / "examples" / "rewards" /
 
 def _sample_at(path: str, item: Any) -> Any:
     """The sample for the field at ``path``: plugin fields are loaded while the config validates, so they get
-    a real plugin file."""
-    return PLUGIN_FILE if path.split(".")[-1] == "plugins" else _sample(item)
+    a real plugin file; registry names get a registered name."""
+    named = {"agent.tools": "calculator", "sft.metrics": "acc"}  # checked against their registries
+    return PLUGIN_FILE if path.split(".")[-1] == "plugins" else named.get(path) or _sample(item)
+
+
+# fields that are valid only with another one set
+COMPANIONS: dict[str, list[tuple[str, Any]]] = {"agent.tools": [("agent.template", "hermes")]}
 
 
 def _get(cfg: BaseModel, path: str) -> Any:
@@ -147,7 +152,7 @@ def test_single_value_becomes_a_one_item_list(root: str, path: str, item: Any, f
         argv = {"--key value": [f"--{path}", text], "--key=value": [f"--{path}={text}"],
                 "key=value": [f"{path}={text}"]}[form]
     args = parse_argv(argv)
-    cfg = build_config(model, args.config_files, args.overrides)
+    cfg = build_config(model, args.config_files, [*args.overrides, *COMPANIONS.get(path, [])])
     assert _get(cfg, path) == [_expected(item, sample)]
 
 
@@ -156,9 +161,10 @@ def test_lists_still_work(root: str, path: str, item: Any, tmp_path: Path) -> No
     sample = _sample_at(path, item)
     f = tmp_path / "list.yaml"
     f.write_text(yaml.safe_dump(_nested(path, [sample])))
-    assert _get(build_config(ROOTS[root], [str(f)]), path) == [_expected(item, sample)]
+    extra = COMPANIONS.get(path, [])
+    assert _get(build_config(ROOTS[root], [str(f)], extra), path) == [_expected(item, sample)]
     args = parse_argv([f"--{path}", _cli_text([sample])])
-    assert _get(build_config(ROOTS[root], overrides=args.overrides), path) == [_expected(item, sample)]
+    assert _get(build_config(ROOTS[root], overrides=[*args.overrides, *extra]), path) == [_expected(item, sample)]
 
 
 @pytest.mark.parametrize("root", ["grpo", "sample", "serve"])

@@ -7,6 +7,7 @@ Accepted command-line forms::
     --rollout.temperature=0.8
     rollout.temperature=0.8
     --plugins my_plugins.py              plugin file or module (repeatable; added to the config's plugins)
+    --profile                            per-phase breakdown + a policy-step trace under <run dir>/profile
     --dry-run                            print the resolved config as YAML and exit 0
     --help                               list every field with its default and description
 
@@ -51,6 +52,8 @@ class CliArgs:
 
 # short flags for fields users type often: --resume auto
 ALIASES = {"resume": "checkpoint.resume"}
+# bare flags (no value) and the field each sets to true
+FLAGS = {"--profile": "runtime.profile"}
 # flags that add to a list each time they are given
 REPEATABLE = {"plugins"}
 
@@ -65,6 +68,8 @@ def parse_argv(argv: Sequence[str]) -> CliArgs:
             args.help = True
         elif tok == "--dry-run":
             args.dry_run = True
+        elif tok in FLAGS:  # a bare flag: --profile means runtime.profile=true
+            args.overrides.append((FLAGS[tok], True))
         elif tok == "--config" or tok.startswith("--config="):
             if "=" in tok:
                 args.config_files.append(tok.split("=", 1)[1])
@@ -183,6 +188,9 @@ def check_unknown_keys(model: type[BaseModel], tree: dict[str, Any], source: str
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if key not in model.model_fields:
+            loss_hint = _token_loss_hint(key, prefix, all_paths)
+            if loss_hint:
+                raise ConfigError(f"unknown config key '{path}' in {source}; {loss_hint}")
             local = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
             full = difflib.get_close_matches(path, all_paths, n=1, cutoff=0.75)
             hint = f"{prefix}{local[0]}" if local else (full[0] if full else None)
@@ -195,6 +203,21 @@ def check_unknown_keys(model: type[BaseModel], tree: dict[str, Any], source: str
         sub = _submodel(model.model_fields[key].annotation)
         if sub is not None and isinstance(value, dict):
             check_unknown_keys(sub, value, source, f"{path}.")
+
+
+def _token_loss_hint(key: str, prefix: str, all_paths: list[str]) -> str | None:
+    """For an unknown ``loss`` key (``dpo.loss``, ``grpo.loss``, a top-level ``loss``): custom token losses
+    (``sft.loss``, ``@register_loss_func``) are SFT's only; name this trainer's own loss options instead."""
+    if key not in ("loss", "loss_func", "loss_fn") or prefix.startswith("sft."):
+        return None
+    if "sft.loss" in all_paths:
+        return "the token loss is 'sft.loss' (a name registered with @register_loss_func)"
+    # all_paths is relative to the section being checked (prefix)
+    own = [f"{prefix}{p}" for p in all_paths if "loss" in p.rsplit(".", 1)[-1] and not p.startswith("logging.")]
+    options = (f"this trainer's loss options: {', '.join(own)}" if own
+               else "this trainer's loss is set by its own section (--help lists the options)")
+    return ("custom token losses (sft.loss, @register_loss_func) apply to SFT only: preference and RL losses "
+            f"are not pluggable; {options}")
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

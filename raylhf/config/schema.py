@@ -80,6 +80,10 @@ class GRPOAlgoConfig(Section):
     )
     overlong_buffer: int = Field(16, ge=0, description="tokens before max_new_tokens where the penalty starts")
     overlong_penalty: float = Field(1.0, ge=0, description="penalty at max_new_tokens (linear ramp)")
+    async_steps: int = Field(
+        0, ge=0, le=4, description="generate the next N steps' rollouts while a step trains (engines at most N weight "
+        "versions behind; off-policy gap corrected by tis_cap); 0: on-policy, one phase after the other"
+    )
     eval_every: int = Field(0, ge=0, description="evaluate held-out accuracy every N steps; 0: start and end")
     eval_samples: int = Field(4, gt=0, description="samples per held-out prompt; accuracy is their mean (mean@k)")
     eval_temperature: float = Field(
@@ -117,6 +121,10 @@ class GRPOConfig(TrainerSections):
     @model_validator(mode="after")
     def _batches(self) -> GRPOConfig:
         g = self.grpo
+        if g.async_steps and self.agent.template:
+            raise ValueError(f"grpo.async_steps={g.async_steps} pipelines single-turn generation, but "
+                             f"agent.template={self.agent.template!r} runs multi-turn episodes on-policy: set "
+                             "grpo.async_steps=0 or drop agent.template")
         rollout_batch = g.prompt_batch_size * g.samples_per_prompt
         train = g.train_batch_size or rollout_batch
         if rollout_batch % train:
@@ -178,6 +186,28 @@ class SFTAlgoConfig(Section):
             LOSS_SCALES.get_entry(v)  # plugins given with --plugins are loaded before validation
         except KeyError as e:
             raise ValueError(e.args[0]) from None
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        from raylhf.eval_metrics import METRICS
+
+        for name in v:
+            try:
+                METRICS.get_entry(name)  # a miss lists the registered metrics
+            except KeyError as e:
+                raise ValueError(e.args[0]) from None
+        return v
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        if v == "default":  # the built-in: no torch import while validating
+            return v
+        from raylhf.losses import get_loss_func
+
+        get_loss_func(v)  # a miss lists the registered losses; a wrong signature names the expected one
         return v
 
 

@@ -156,9 +156,13 @@ class TunerConfig(Section):
     """Which parameters of the policy train: all of them, LoRA adapters (peft) on a frozen base, or a tuner
     registered by a plugin file (``raylhf.plugins.Tuner``)."""
 
-    type: str = Field("full", description="full: every parameter trains; lora: only LoRA adapters; or a "
-                      "registered tuner (built-ins and plugin files' extra_tuners / @register_tuner)")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="options of a plugin tuner")
+    type: str = Field("full", description="full: every parameter trains; lora: LoRA adapters (peft); ia3: IA3 "
+                      "scaling vectors (peft); freeze: all but the parameters frozen by name pattern; or a tuner of a "
+                      "plugin file (extra_tuners / @register_tuner)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="the tuner's options: ia3 {target_modules, "
+                                   "feedforward_modules}; freeze {freeze_parameters, trainable_parameters} (regex "
+                                   "patterns searched in parameter names); lora: more peft LoraConfig options; a "
+                                   "plugin tuner's own (args.<key> in prepare_model)")
     lora_rank: int = Field(8, gt=0, description="LoRA rank r")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha; the adapter's update is scaled by alpha / r")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch's input (training only)")
@@ -170,6 +174,17 @@ class TunerConfig(Section):
         True, description="exports hold the base model with the adapter merged in (a plain HF model) plus the adapter "
         "under adapter/; false: the adapter alone"
     )
+
+    @field_validator("type")
+    @classmethod
+    def _known_tuner(cls, v: str) -> str:
+        from actors.tuners import TUNERS
+
+        try:
+            TUNERS.get_entry(v)  # plugins given with --plugins are loaded before validation
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+        return v
 
 
 class PolicyConfig(Section):
@@ -199,9 +214,23 @@ class PolicyConfig(Section):
     num_cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rank")
     num_gpus_per_worker: float | None = Field(None, ge=0, description="Ray GPUs per rank; null: 1 if GPUs exist")
     tuner: TunerConfig = Field(default_factory=TunerConfig, description="full fine-tuning or LoRA (peft)")
-    optimizer: str = Field("adamw", description="a registered optimizer factory: adamw, or one from a plugin "
-                           "file's optimizers_map / @register_optimizer")
-    optimizer_kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the optimizer factory")
+    optimizer: str = Field("adamw", description="optimizer factory: adamw; multi_lr (per-module lr by name "
+                           "pattern); loraplus (LoRA+, with tuner lora); or one from a plugin file's optimizers_map / "
+                           "@register_optimizer")
+    optimizer_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="options of the optimizer factory: adamw: AdamW's (eps, ...); multi_lr: "
+        "lr_groups {regex: lr}; loraplus: loraplus_lr_ratio (16); a plugin factory's own (args.<key>)")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        from actors.optimizers import OPTIMIZERS
+
+        try:
+            OPTIMIZERS.get_entry(v)  # plugins given with --plugins are loaded before validation
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+        return v
 
 
 class RolloutConfig(Section):
@@ -338,6 +367,17 @@ class CallbackConfig(Section):
     name: str = Field(description="a registered callback (early_stopping, or one from a plugin file)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="its constructor arguments")
 
+    @field_validator("name")
+    @classmethod
+    def _known_callback(cls, v: str) -> str:
+        from raylhf.callbacks import CALLBACKS
+
+        try:
+            CALLBACKS.get_entry(v)  # a miss lists the registered callbacks
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+        return v
+
 
 class PluginSections(Section):
     """The top-level fields every entry point shares: the plugin files of the run."""
@@ -440,6 +480,11 @@ class RuntimeConfig(Section):
         description="rollout engines and reward workers that die are restarted (given the current weights) and "
         "the phase is retried, up to this many restarts per run; a policy rank that dies ends the run",
     )
+    profile: bool = Field(
+        False, description="--profile: write <run dir>/profile/: phases.json + phases.txt (each phase's time per step "
+        "and its share) and a torch profiler trace of one policy train step per rank (chrome://tracing / Perfetto)"
+    )
+    profile_step: int = Field(2, gt=0, description="the step whose policy update is traced (after warm-up)")
 
 
 class RayConfig(Section):

@@ -39,8 +39,9 @@ def ppo_cfg(tmp_path: Path, model: Path, **over: object) -> PPOConfig:
     cols = {"prompt": "question", "solution": "answer"}
     train = write_jsonl(make_problems(32, seed=1, max_operand=9), tmp_path / "train.jsonl", cols)
     heldout = write_jsonl(make_problems(8, seed=2, max_operand=9), tmp_path / "eval.jsonl", cols)
-    plugin = tmp_path / "digit_prm.py"
-    plugin.write_text(PRM)
+    plugin = tmp_path.parent / "ppo_digit_prm.py"  # one file for the session: a second file registering the
+    if not plugin.exists():                        # same reward name would be a (correct) duplicate-name error
+        plugin.write_text(PRM)
     base: dict[str, object] = {
         "model.path": str(model), "data.train_files": [str(train)], "data.eval_files": [str(heldout)],
         "data.columns": cols, "reward.plugins": [str(plugin)],

@@ -73,3 +73,10 @@ def test_plugins_flag_is_repeatable_and_adds_to_the_config_files(tmp_path: Path)
     cfg_file.write_text(f"plugins: [{a}]\n")
     cfg = load_config(SFTConfig, ["--config", str(cfg_file), "--plugins", str(b), "--plugins", str(c)], "x")
     assert cfg is not None and cfg.plugins == [str(a), str(b), str(c)]
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples/plugins").glob("*.py")))
+def test_every_shipped_example_plugin_passes_check_plugin(example: str) -> None:
+    rc, text = _report(str(ROOT / "examples/plugins" / example))
+    assert rc == 0, text
+    assert "0 failed" in text

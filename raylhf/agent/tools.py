@@ -1,0 +1,254 @@
+"""Tools an agent may call during a multi-turn rollout: ``f(**arguments) -> str``.
+
+A tool is a function (or any callable) registered under a name, with a description (its ``description``
+attribute or docstring) and a JSON-schema parameter description (its ``parameters`` attribute, else derived
+from its signature) that the agent template renders into the prompt::
+
+    @register_tool("power", parameters={"type": "object", "properties": {"base": {"type": "number"},
+                                        "exponent": {"type": "integer"}}, "required": ["base", "exponent"]})
+    def power(base, exponent):
+        "base raised to exponent."
+        return str(base ** exponent)
+
+or a plugin module's ``tools = {"power": power}``; select with ``agent.tools: [power]``. What a tool raises, a
+bad argument, an unknown tool name or a timeout becomes the tool's answer text (``error: ...``), so the model
+sees it and the run goes on. Built-in: ``calculator`` (arithmetic through an AST walk, never ``eval``).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import operator
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from raylhf.registry import PluginCheckError, Registry
+
+__all__ = ["TOOLS", "ToolResult", "calculator", "call_tool", "check_plugin_entry", "collect_tools", "register_tool",
+           "run_tool_calls", "tool_spec"]
+
+
+def _check_tool(name: str, obj: Any) -> None:
+    if not callable(obj):
+        raise TypeError(f"tool {name!r}: register a function f(**arguments) -> str, got {obj!r}")
+
+
+TOOLS: Registry[Callable[..., Any]] = Registry("tool", "agent.tools", _check_tool)
+
+
+def register_tool(name: str | None = None, description: str | None = None,
+                  parameters: Mapping[str, Any] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: makes ``f(**arguments) -> str`` available as ``agent.tools: [name]``; ``description`` and
+    ``parameters`` (a JSON schema object) override the docstring and the signature-derived parameters."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if description is not None:
+            fn.description = description  # type: ignore[attr-defined]
+        if parameters is not None:
+            fn.parameters = dict(parameters)  # type: ignore[attr-defined]
+        return TOOLS.register(name or fn.__name__, fn)
+
+    return deco
+
+
+def collect_tools(table: object, source: str) -> None:
+    """A plugin module's ``tools`` dict (name -> callable) into the registry."""
+    if not isinstance(table, Mapping):
+        raise TypeError(f"{source} must be a dict of name -> tool function f(**arguments) -> str")
+    for name, fn in table.items():
+        TOOLS.register(str(name), fn, source)
+
+
+# ------------------------------------------------------------------------------- the spec the prompt shows
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array", dict: "object",
+               "int": "integer", "float": "number", "str": "string", "bool": "boolean", "list": "array",
+               "dict": "object"}
+
+
+def _signature_parameters(fn: Callable[..., Any]) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    required = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        kind = _JSON_TYPES.get(p.annotation) if p.annotation is not p.empty else None
+        props[p.name] = {"type": kind} if kind else {}
+        if p.default is p.empty:
+            required.append(p.name)
+    return {"type": "object", "properties": props, "required": required}
+
+
+def tool_spec(name: str, fn: Callable[..., Any]) -> dict[str, Any]:
+    """``{"name", "description", "parameters"}`` of a tool (OpenAI's function format, unwrapped)."""
+    desc = getattr(fn, "description", None) or inspect.getdoc(fn) or ""
+    params = getattr(fn, "parameters", None) or _signature_parameters(fn)
+    return {"name": name, "description": " ".join(str(desc).split("\n\n")[0].split()), "parameters": dict(params)}
+
+
+# ------------------------------------------------------------------------------- running calls
+
+class ToolResult:
+    """One call's answer text and whether it failed (an error counts in ``agent/tool_errors``)."""
+
+    __slots__ = ("error", "text")
+
+    def __init__(self, text: str, error: bool = False) -> None:
+        self.text, self.error = text, error
+
+    def __repr__(self) -> str:
+        return f"ToolResult({self.text!r}, error={self.error})"
+
+
+def call_tool(tools: Mapping[str, Callable[..., Any]], name: str, arguments: Mapping[str, Any]) -> ToolResult:
+    """Run one call; whatever goes wrong becomes ``error: ...`` text for the model."""
+    fn = tools.get(name)
+    if fn is None:
+        return ToolResult(f"error: unknown tool {name!r}; available: {', '.join(sorted(tools)) or 'none'}", True)
+    try:
+        inspect.signature(fn).bind(**arguments)
+    except TypeError as e:
+        params = ", ".join(tool_spec(name, fn)["parameters"].get("properties", {}))
+        return ToolResult(f"error: {name} takes ({params}); got {dict(arguments)} ({e})", True)
+    try:
+        out = fn(**arguments)
+    except Exception as e:  # a tool's failure is its answer, never the run's
+        return ToolResult(f"error: {type(e).__name__}: {e}", True)
+    return ToolResult(out if isinstance(out, str) else str(out))
+
+
+def run_tool_calls(tools: Mapping[str, Callable[..., Any]], calls: list[tuple[str, Mapping[str, Any]]],
+                   timeout_s: float, max_threads: int = 16) -> list[ToolResult]:
+    """Run ``calls`` (name, arguments) side by side on up to ``max_threads`` daemon threads; a call not done
+    ``timeout_s`` after the batch started answers ``error: ... timed out`` (a hung tool's thread is left behind
+    as a daemon, so it never blocks the run or its exit)."""
+    if not calls:
+        return []
+    results: list[ToolResult | None] = [None] * len(calls)
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(len(calls)):
+        todo.put(i)
+
+    def worker() -> None:
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            results[i] = call_tool(tools, *calls[i])
+
+    threads = [threading.Thread(target=worker, name="raylhf-tool", daemon=True)
+               for _ in range(min(max_threads, len(calls)))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout_s
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    while True:  # calls no thread started before the deadline are not started any more
+        try:
+            todo.get_nowait()
+        except queue.Empty:
+            break
+    return [r if r is not None else ToolResult(f"error: tool {calls[i][0]} timed out after {timeout_s:g}s "
+                                               "(agent.tool_timeout_s)", True) for i, r in enumerate(results)]
+
+
+# ------------------------------------------------------------------------------- the built-in calculator
+
+_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+}
+_UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_MAX_ABS = 1e100
+_MAX_CHARS = 200
+
+
+def _evaluate(node: ast.AST) -> int | float:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_evaluate(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow) and abs(left) > 1 and right * math.log10(abs(left)) > 100:
+            raise ValueError("the power is too large (results are limited to 1e100)")
+        value = _BINOPS[type(node.op)](left, right)
+        if isinstance(value, complex) or abs(value) > _MAX_ABS:
+            raise ValueError("the result is too large or not a real number")
+        return value
+    what = type(node).__name__
+    raise ValueError(f"only numbers, + - * / // % ** and parentheses are allowed (found {what})")
+
+
+def _format_number(value: int | float) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(round(value, 10)) if isinstance(value, float) else str(value)
+
+
+@register_tool("calculator", parameters={
+    "type": "object", "properties": {"expression": {
+        "type": "string", "description": "an arithmetic expression, e.g. (12+7)*3"}}, "required": ["expression"]})
+def calculator(expression: str) -> str:
+    """Evaluates an arithmetic expression with numbers, + - * / // % ** and parentheses; returns the value."""
+    text = str(expression).strip()
+    if len(text) > _MAX_CHARS:
+        return f"error: the expression is longer than {_MAX_CHARS} characters"
+    try:
+        tree = ast.parse(text.replace("^", "**").replace("×", "*").replace("÷", "/"), mode="eval")
+    except SyntaxError:
+        return f"error: cannot read {text!r} as arithmetic; use numbers, + - * / ** and parentheses"
+    try:
+        return _format_number(_evaluate(tree))
+    except ZeroDivisionError:
+        return "error: division by zero"
+    except (ValueError, TypeError, OverflowError) as e:
+        return f"error: {e}"
+
+
+# ------------------------------------------------------------------------------- check-plugin
+
+EXPECTED = ("a function f(**arguments) -> str (a docstring or description attribute, and keyword parameters that "
+            "match its parameters description)")
+
+_SAMPLES = {"string": "1", "integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
+
+
+def check_plugin_entry(name: str, obj: Any) -> str:
+    """``raylhf check-plugin``: call the tool with sample arguments built from its parameter description (one
+    value of the declared type per required parameter); it must accept them and return a string."""
+    if not callable(obj):
+        raise PluginCheckError(f"tool {name!r} is not callable; expected {EXPECTED}")
+    spec = tool_spec(name, obj)
+    params = spec["parameters"]
+    props = params.get("properties", {}) if isinstance(params, Mapping) else None
+    if not isinstance(props, Mapping):
+        raise PluginCheckError(f"tool {name!r}: parameters must be a JSON schema object with 'properties', got "
+                               f"{params!r}; expected {EXPECTED}")
+    required = list(params.get("required", list(props)))
+    args = {p: _SAMPLES.get(str(props.get(p, {}).get("type")), "1") for p in required}
+    try:
+        inspect.signature(obj).bind(**args)
+    except TypeError as e:
+        raise PluginCheckError(f"tool {name!r}{inspect.signature(obj)} cannot be called with its declared "
+                               f"parameters {sorted(args)} ({e}); expected {EXPECTED}") from e
+    if not spec["description"]:
+        raise PluginCheckError(f"tool {name!r} has no description (the model is told what each tool does): give it "
+                               f"a docstring or a description attribute; expected {EXPECTED}")
+    try:
+        out = obj(**args)
+    except Exception as e:
+        return (f"called with {args}: raised {type(e).__name__}: {e} (at run time this becomes its answer "
+                "text 'error: ...')")
+    if not isinstance(out, str):
+        raise PluginCheckError(f"tool {name!r} returned {type(out).__name__} {out!r} for {args}; expected "
+                               f"{EXPECTED}")
+    return f"called with {args}: returned {out[:60]!r}"

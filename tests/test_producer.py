@@ -1,0 +1,84 @@
+"""RolloutProducer (raylhf/producer.py) without actors: a fake engine queue that runs submitted generations in
+order with the weights it holds, so versions and staleness can be checked exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from raylhf.batch import Rollout
+from raylhf.producer import RolloutProducer
+from raylhf.rl import PromptStream
+
+
+class FakeEngine:
+    """Records the order of submissions; ``weights`` is what a sync queued behind them would have set."""
+
+    def __init__(self) -> None:
+        self.synced = 0
+        self.log: list[tuple[str, int, int]] = []  # (what, step, version)
+
+    def submit(self, prompt_ids: list[list[int]], n: int, step: int) -> Any:
+        version = self.synced
+        self.log.append(("submit", step, version))
+        rollouts = [Rollout(i, ids, [step], [-0.5], "stop", text=f"s{step}v{version}") for i, ids in
+                    enumerate(prompt_ids) for _ in range(n)]
+        return type("P", (), {"result": lambda self: [rollouts]})()
+
+    def generate(self, prompt_ids: list[list[int]], n: int, step: int) -> list[Rollout]:
+        self.log.append(("generate", step, self.synced))
+        return [Rollout(i, ids, [step], [-0.5], "stop") for i, ids in enumerate(prompt_ids) for _ in range(n)]
+
+
+def _producer(async_steps: int, engine: FakeEngine, num_steps: int = 6) -> tuple[RolloutProducer, PromptStream]:
+    stream = PromptStream([f"p{i}" for i in range(40)], 2, shuffle=True, seed=3)  # type: ignore[list-item]
+    prod = RolloutProducer(stream, async_steps, num_steps, render=lambda ps: [[ord(p[-1])] for p in ps],
+                           submit=engine.submit, generate=engine.generate, version=lambda: engine.synced)
+    return prod, stream
+
+
+def _run(prod: RolloutProducer, engine: FakeEngine, steps: range, n: int = 2) -> list[list[Rollout]]:
+    out = []
+    for step in steps:
+        prod.prompts(step)
+        rollouts = prod.rollouts(step, n)
+        out.append(rollouts)
+        engine.synced += 1  # the step trains, then syncs
+    return out
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_staleness_never_exceeds_the_bound_and_prompts_keep_their_order(k: int) -> None:
+    engine = FakeEngine()
+    prod, _ = _producer(k, engine)
+    got = _run(prod, engine, range(1, 7))
+    for step, rollouts in enumerate(got, start=1):
+        lags = {step - 1 - r.version for r in rollouts}
+        assert lags == {min(k, step - 1)}  # exactly k behind once the pipeline is full
+        assert prod.metrics(step, rollouts)["async/staleness_max"] <= k
+    reference, _ = _producer(0, FakeEngine())  # the same prompts in the same order whatever k is
+    ref_engine = FakeEngine()
+    reference._generate = ref_engine.generate
+    same = _run(reference, ref_engine, range(1, 7))
+    assert [[r.prompt_ids for r in rs] for rs in got] == [[r.prompt_ids for r in rs] for rs in same]
+    submitted = [s for what, s, _ in engine.log if what == "submit"]
+    assert submitted == ([] if k == 0 else list(range(1, 7)))  # never past the last step
+
+
+def test_a_checkpoint_keeps_the_prefetched_rollouts_and_the_data_position() -> None:
+    engine = FakeEngine()
+    prod, _ = _producer(2, engine, num_steps=8)
+    _run(prod, engine, range(1, 4))  # steps 1-3 trained; 4 and 5 prefetched
+    data, saved = prod.data_state(), prod.state_dict()
+    assert [p["step"] for p in saved["prefetched"]] == [4, 5]
+    rest = _run(prod, engine, range(4, 9))
+
+    engine2 = FakeEngine()
+    engine2.synced = engine.synced = 3
+    prod2, stream2 = _producer(2, engine2, num_steps=8)
+    stream2.load_state_dict(data)
+    prod2.load_state_dict(saved)
+    resumed = _run(prod2, engine2, range(4, 9))
+    assert [[(r.prompt_ids, r.version, r.text) for r in rs] for rs in resumed] == \
+        [[(r.prompt_ids, r.version, r.text) for r in rs] for rs in rest]
