@@ -96,6 +96,25 @@ def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
             ray.cancel(r)
 
 
+# environment variables for the actors started from now on (the driver sets them for a run: online_run sets
+# OMP_WAIT_POLICY=PASSIVE for pipelined rollouts, see actor_omp_env)
+ACTOR_ENV: dict[str, str] = {}
+
+
+def actor_omp_env(pipelined: bool) -> dict[str, str]:
+    """OpenMP settings for actors that compute at the same time as each other (``grpo.async_steps``): idle
+    OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning, unless the driver's environment
+    sets a policy. Measured on the 2-core CI machine (docs/performance.md): two processes with 2 torch threads
+    each running at once lose most of their speed to each other's spinning threads (ACTIVE: 65% of the
+    machine's throughput between them, PASSIVE: 113%), while one at a time the default (spinning) is faster.
+    libgomp reads it once at start-up, so it goes into the actors' environment."""
+    import os
+
+    if not pipelined or "OMP_WAIT_POLICY" in os.environ:
+        return {}
+    return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 class Pending:
     """Calls started on a group's ranks; ``result()`` waits for them once (later calls return the same)."""
 
@@ -458,10 +477,10 @@ class ActorGroup:
         self._opts: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1)
         from raylhf.registry import actor_env
 
-        plugin_env = actor_env()  # the run's plugin files, loaded in the actor at its first registry lookup
-        if plugin_env:
+        env = {**actor_env(), **ACTOR_ENV}  # the run's plugin files (loaded at the first registry lookup), ...
+        if env:
             runtime_env = dict(runtime_env or {})
-            runtime_env["env_vars"] = {**dict(runtime_env.get("env_vars") or {}), **plugin_env}
+            runtime_env["env_vars"] = {**dict(runtime_env.get("env_vars") or {}), **env}
         if runtime_env:
             self._opts["runtime_env"] = runtime_env
         master: tuple[str, int] = ("", 0)

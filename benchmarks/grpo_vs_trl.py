@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--intermediate", type=int, default=None, help="MLP width; default 3 x hidden")
     p.add_argument("--steps", type=int, default=3, help="measured steps per side")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps per side, run first and not measured")
+    p.add_argument("--cooldown", type=int, default=1,
+                   help="steps run last and not measured on either side (a pipelined run's last step has no next "
+                        "step to generate, so it would flatter the steady state)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="max response length (tokens)")
     p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step")
     p.add_argument("--samples-per-prompt", type=int, default=8, help="completions per prompt (group size)")
@@ -83,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "random model, so every advantage is 0)")
     p.add_argument("--async-steps", type=int, default=None,
                    help="raylhf grpo.async_steps (default: GRPOConfig's)")
+    p.add_argument("--profile", action="store_true",
+                   help="raylhf runs with --profile (phase breakdown + policy-step trace in each run dir)")
     p.add_argument("--trl-vllm", action="store_true",
                    help="also try TRL with use_vllm=True, vllm_mode=colocate (vLLM CPU build) once per workload")
     p.add_argument("--skip-raylhf", action="store_true", help="run only TRL (debugging; no ratio line)")
@@ -113,7 +118,7 @@ def samples_per_step(args: argparse.Namespace) -> int:
 
 
 def total_steps(args: argparse.Namespace) -> int:
-    return args.warmup + args.steps
+    return args.warmup + args.steps + args.cooldown
 
 
 def problems(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -168,6 +173,8 @@ def run_raylhf(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[
                   ("rollout.num_cpus_per_engine", float(engine_cpus))]
     if args.async_steps is not None:
         overrides.append(("grpo.async_steps", args.async_steps))
+    if args.profile:
+        overrides.append(("runtime.profile", True))
     cfg = build_config(GRPOConfig, overrides=overrides)
     t0 = time.perf_counter()
     try:
@@ -430,22 +437,21 @@ def longtail_model(base: Path, args: argparse.Namespace) -> Path:
     return out
 
 
-def matmul_gflops(hidden: int, intermediate: int, seconds: float = 3.0) -> float:
-    """This machine's fp32 matmul rate (GFLOP/s) at the model's shapes: [4096, hidden] x [hidden, intermediate],
-    all cores, best of repeated runs for ``seconds``."""
+def matmul_gflops(rows: int, hidden: int, intermediate: int, seconds: float = 3.0) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s, all cores): [rows, hidden] x [hidden, intermediate], the median
+    of repeated runs for ``seconds`` (sustained, not the best burst)."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    a, b = torch.randn(4096, hidden), torch.randn(hidden, intermediate)
+    a, b = torch.randn(rows, hidden), torch.randn(hidden, intermediate)
     for _ in range(3):
         a @ b
-    best, t_end = 0.0, time.perf_counter() + seconds
+    times, t_end = [], time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         t = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        best = max(best, 5 * 2 * 4096 * hidden * intermediate / (time.perf_counter() - t) / 1e9)
-    return best
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * rows * hidden * intermediate / median(times) / 1e9
 
 
 def prompt_tokens_per_step(args: argparse.Namespace, model_dir: Path) -> list[float]:
@@ -486,11 +492,11 @@ def run_side(side: str, argv: list[str], model_dir: Path, workdir: Path, tag: st
     return json.loads(result.read_text())
 
 
-def summarize(res: dict[str, Any], args: argparse.Namespace, n_params: int, rate: float,
+def summarize(res: dict[str, Any], args: argparse.Namespace, n_params: int, rate: float, decode_rate: float,
               prompt_tokens: list[float]) -> dict[str, float | None]:
     """Means over the measured steps of one run, and its fraction of the machine's limit."""
     warmup = args.warmup
-    measured = [s for s in res["steps"] if s["step"] > warmup]
+    measured = [s for s in res["steps"] if warmup < s["step"] <= warmup + args.steps]
     if not measured:
         raise SystemExit(f"[bench] {res['side']}: no measured steps (history has {len(res['steps'])} steps)")
     t = sum(s["time_step"] for s in measured)
@@ -499,6 +505,7 @@ def summarize(res: dict[str, Any], args: argparse.Namespace, n_params: int, rate
     trained = tokens + sum(prompt_tokens[s["step"] - 1] for s in measured)
     flops = 6 * n_params * trained + 2 * n_params * tokens
     limit_s = flops / (rate * 1e9)
+    shaped_s = 6 * n_params * trained / (rate * 1e9) + 2 * n_params * tokens / (decode_rate * 1e9)
     gens = [s["time_generate"] for s in measured if s.get("time_generate") is not None]
     gen_t = sum(gens) / len(gens) if len(gens) == len(measured) else None
     rewards = [s["reward_mean"] for s in measured if s.get("reward_mean") is not None]
@@ -511,6 +518,7 @@ def summarize(res: dict[str, Any], args: argparse.Namespace, n_params: int, rate
         "samples_per_s": samples / t,
         "limit_s": limit_s / len(measured),
         "limit_fraction": limit_s / t,
+        "shaped_fraction": shaped_s / t,
         "reward_mean": sum(rewards) / len(rewards) if rewards else None,
     }
     if res["side"] == "raylhf":
@@ -537,7 +545,7 @@ def spread(xs: list[float | None], spec: str) -> str:
     return text if len(vals) == 1 else f"{text} [{format(min(vals), spec)}-{format(max(vals), spec)}]"
 
 
-def header(args: argparse.Namespace, n_params: int, rate: float) -> None:
+def header(args: argparse.Namespace, n_params: int, rate: float, decode_rate: float) -> None:
     n = samples_per_step(args)
     print(f"model: random Llama hidden={args.hidden} layers={args.layers} heads={args.heads} "
           f"kv_heads={args.kv_heads} intermediate={args.intermediate} params={n_params / 1e6:.2f}M (fp32, CPU)")
@@ -545,8 +553,11 @@ def header(args: argparse.Namespace, n_params: int, rate: float) -> None:
           f"max_new_tokens={args.max_new_tokens}, temperature=1.0, beta=0, 1 update/batch, lr={args.lr:g}, "
           f"micro_batch={args.micro_batch_size}; reward={args.reward}; {args.warmup} warm-up + {args.steps} "
           f"measured steps per run, {args.repeats} interleaved runs per side and workload")
-    print(f"machine: {os.cpu_count()} CPUs, fp32 matmul {rate:.1f} GFLOP/s (measured now); limit = "
-          "(6 x params x trained tokens + 2 x params x generated tokens) / that rate")
+    print(f"machine: {os.cpu_count()} CPUs, fp32 matmul {rate:.1f} GFLOP/s at the update's shapes "
+          f"([{args.micro_batch_size * 128}, {args.hidden}] x [{args.hidden}, {args.intermediate}], median, measured "
+          f"now); {decode_rate:.1f} GFLOP/s at one decode step's ([{samples_per_step(args)}, {args.hidden}] x ...)")
+    print("limit = (6 x params x trained tokens + 2 x params x generated tokens) / the update-shape rate; "
+          "'limit, decode at decode rate' counts generation at the decode-shape rate instead")
 
 
 def report_workload(name: str, runs: dict[str, list[dict[str, float | None]]], per_step: list[str]) -> float | None:
@@ -561,6 +572,7 @@ def report_workload(name: str, runs: dict[str, list[dict[str, float | None]]], p
             ("  raylhf sync (s)", "time_sync", ".2f"), ("mean response length", "len_mean", ".1f"),
             ("gen tokens/s", "tokens_per_s", ".1f"), ("samples/s", "samples_per_s", ".3f"),
             ("limit step time (s)", "limit_s", ".2f"), ("fraction of the limit", "limit_fraction", ".3f"),
+            ("  limit, decode at decode rate", "shaped_fraction", ".3f"),
             ("reward mean", "reward_mean", ".3f")]
     print(f"{'median [min-max] over runs':<30}" + "".join(f"{s:>24}" for s in sides))
     for label, key, spec in rows:
@@ -604,15 +616,17 @@ def main(argv: list[str] | None = None) -> int:
         if "longtail" in args.workload_list:
             models["longtail"] = longtail_model(base, args)
         prompt_tokens = prompt_tokens_per_step(args, base)
-        rate = matmul_gflops(args.hidden, args.intermediate)
-    log(f"model {base}: {n_params / 1e6:.2f}M parameters; matmul {rate:.1f} GFLOP/s")
+        # the update's matmuls: a micro-batch of tokens x the model's widths; generation's: one row per sequence
+        rate = matmul_gflops(args.micro_batch_size * 128, args.hidden, args.intermediate)
+        decode_rate = matmul_gflops(samples_per_step(args), args.hidden, args.intermediate)
+    log(f"model {base}: {n_params / 1e6:.2f}M parameters; matmul {rate:.1f} GFLOP/s (decode shape {decode_rate:.1f})")
     sides = [s for s, skip in (("raylhf", args.skip_raylhf), ("trl", args.skip_trl)) if not skip]
     medians: dict[str, float | None] = {}
     fractions: dict[str, list[float]] = {}
-    header(args, n_params, rate)
+    header(args, n_params, rate, decode_rate)
     for workload in args.workload_list:
         runs: dict[str, list[dict[str, float | None]]] = {s: [] for s in [*sides, "trl-vllm"]}
-        per_step = [f"{'run':<16} {'step':>5} {'time_s':>8} {'gen_s':>8} {'len_mean':>9} {'samples/s':>10}"]
+        per_step = ["(* = warm-up / cool-down, not measured)", f"{'run':<16} {'step':>5} {'time_s':>8} {'gen_s':>8} {'len_mean':>9} {'samples/s':>10}"]
         for r in range(args.repeats):
             for side in sides + (["trl-vllm"] if args.trl_vllm and r == 0 else []):
                 tag = f"{workload}-{side}-{r + 1}"
@@ -620,9 +634,9 @@ def main(argv: list[str] | None = None) -> int:
                 if res is None:
                     log(f"{tag}: TRL with vLLM colocate did not run here (see its log above)")
                     continue
-                runs[side].append(summarize(res, args, n_params, rate, prompt_tokens))
+                runs[side].append(summarize(res, args, n_params, rate, decode_rate, prompt_tokens))
                 for s in res["steps"]:
-                    mark = "*" if s["step"] <= args.warmup else " "
+                    mark = " " if args.warmup < s["step"] <= args.warmup + args.steps else "*"
                     per_step.append(f"{tag:<16} {s['step']:>4}{mark} {s['time_step']:>8.2f} "
                                     f"{fmt(s.get('time_generate')):>8} {s['gen_tokens'] / s['samples']:>9.1f} "
                                     f"{s['samples'] / s['time_step']:>10.3f}")

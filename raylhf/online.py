@@ -221,6 +221,10 @@ def online_run(cfg: Any, algo: Any, name: str, model_path: str, train: list[Any]
     run_dir, resume_from, state, logger = open_run(
         cfg, name, algo.num_steps, f"model {model_path}; {len(train)} train / {len(heldout)} held-out prompts")
     start_step = int(state.get("step", 0))
+    from actors import group
+
+    saved_env = dict(group.ACTOR_ENV)
+    group.ACTOR_ENV.update(group.actor_omp_env(pipelined=async_steps > 0))
     try:
         init_ray(cfg.ray, required_cpus)
         t0 = time.perf_counter()
@@ -284,4 +288,6 @@ def online_run(cfg: Any, algo: Any, name: str, model_path: str, train: list[Any]
         finally:
             workers.shutdown()
     finally:
+        group.ACTOR_ENV.clear()
+        group.ACTOR_ENV.update(saved_env)
         logger.close()
