@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from raylhf.config.sections import Section
+from raylhf.config.sections import Section, check_registered
 
 
 class AgentConfig(Section):
@@ -24,25 +24,13 @@ class AgentConfig(Section):
     @classmethod
     def _known_template(cls, v: str | None) -> str | None:
         if v is not None:
-            from raylhf.agent.templates import TEMPLATES
-
-            try:
-                TEMPLATES.get_entry(v)  # a miss lists the registered templates
-            except KeyError as e:
-                raise ValueError(e.args[0]) from None
+            check_registered("raylhf.agent.templates:TEMPLATES", v)
         return v
 
     @field_validator("tools")
     @classmethod
     def _known_tools(cls, v: list[str]) -> list[str]:
-        if v:
-            from raylhf.agent.tools import TOOLS
-
-            for name in v:
-                try:
-                    TOOLS.get_entry(name)
-                except KeyError as e:
-                    raise ValueError(e.args[0]) from None
+        check_registered("raylhf.agent.tools:TOOLS", v)
         return v
 
     @model_validator(mode="after")

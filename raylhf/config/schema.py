@@ -25,6 +25,7 @@ from raylhf.config.sections import (
     Section,
     TinyModelConfig,
     TrainerSections,
+    check_registered,
 )
 
 LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
@@ -180,24 +181,13 @@ class SFTAlgoConfig(Section):
     @field_validator("loss_scale")
     @classmethod
     def _known_loss_scale(cls, v: str) -> str:
-        from raylhf.loss_scale import LOSS_SCALES
-
-        try:
-            LOSS_SCALES.get_entry(v)  # plugins given with --plugins are loaded before validation
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
+        check_registered("raylhf.loss_scale:LOSS_SCALES", v)
         return v
 
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, v: list[str]) -> list[str]:
-        from raylhf.eval_metrics import METRICS
-
-        for name in v:
-            try:
-                METRICS.get_entry(name)  # a miss lists the registered metrics
-            except KeyError as e:
-                raise ValueError(e.args[0]) from None
+        check_registered("raylhf.eval_metrics:METRICS", v)
         return v
 
     @field_validator("loss")

@@ -15,6 +15,21 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
+def check_registered(registry: str, names: str | list[str]) -> None:
+    """A config validator's registry check: ``registry`` is ``"module:REGISTRY"`` (imported here, so loading a
+    config does not import what it does not use); every name must be registered (plugins named by the config
+    are loaded before validation), else ValueError with the registry's message listing the registered names."""
+    import importlib
+
+    module, attr = registry.split(":")
+    reg = getattr(importlib.import_module(module), attr)
+    for name in [names] if isinstance(names, str) else names:
+        try:
+            reg.get_entry(name)
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+
+
 class Section(BaseModel):
     """Base of every config node: unknown keys are errors, assignments are validated.
 
@@ -178,12 +193,7 @@ class TunerConfig(Section):
     @field_validator("type")
     @classmethod
     def _known_tuner(cls, v: str) -> str:
-        from actors.tuners import TUNERS
-
-        try:
-            TUNERS.get_entry(v)  # plugins given with --plugins are loaded before validation
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
+        check_registered("actors.tuners:TUNERS", v)
         return v
 
 
@@ -224,12 +234,7 @@ class PolicyConfig(Section):
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, v: str) -> str:
-        from actors.optimizers import OPTIMIZERS
-
-        try:
-            OPTIMIZERS.get_entry(v)  # plugins given with --plugins are loaded before validation
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
+        check_registered("actors.optimizers:OPTIMIZERS", v)
         return v
 
 
@@ -370,12 +375,7 @@ class CallbackConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_callback(cls, v: str) -> str:
-        from raylhf.callbacks import CALLBACKS
-
-        try:
-            CALLBACKS.get_entry(v)  # a miss lists the registered callbacks
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
+        check_registered("raylhf.callbacks:CALLBACKS", v)
         return v
 
 
