@@ -55,11 +55,7 @@ def register_tuner(name: str | None = None) -> Callable[[Any], Any]:
 
 def collect_tuners(table: Any, source: str) -> None:
     """A plugin module's ``extra_tuners`` (name -> Tuner class) into :data:`TUNERS`."""
-    if not isinstance(table, Mapping):
-        raise TypeError(f"{source} must be a dict of name -> Tuner class (static methods "
-                        f"{', '.join(SIGNATURES.values())})")
-    for name, cls in table.items():
-        TUNERS.register(str(name), cls, source)
+    TUNERS.register_table(table, source, f"Tuner class (static methods {', '.join(SIGNATURES.values())})")
 
 
 class TunerArgs:

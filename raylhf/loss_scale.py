@@ -48,7 +48,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from raylhf.registry import PluginCheckError, Registry
+from raylhf.registry import PluginCheckError, Registry, class_of
 
 __all__ = [
     "LOSS_SCALES",
@@ -206,10 +206,7 @@ def register_loss_scale(name: str) -> Callable[[type[LossScale]], type[LossScale
 
 def collect_loss_scales(table: object, source: str) -> None:
     """A plugin module's ``loss_scale_map`` (name -> LossScale subclass or instance) into the registry."""
-    if not isinstance(table, Mapping):
-        raise TypeError(f"{source} must be a dict of name -> LossScale subclass")
-    for name, obj in table.items():
-        LOSS_SCALES.register(str(name), obj if isinstance(obj, type) else type(obj), source)
+    LOSS_SCALES.register_table(table, source, "LossScale subclass", class_of)
 
 
 register_loss_scale("default")(LossScale)

@@ -27,7 +27,7 @@ A plugin file may also define ms-swift 3.8's table ``loss_mapping = {"name": f}`
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -72,10 +72,7 @@ def register_loss_func(name: str, loss_func: LossFunc | None = None) -> Any:
 
 def collect_losses(table: object, source: str) -> None:
     """A plugin module's ``loss_mapping`` / ``LOSS_MAPPING`` (name -> function) into the registry."""
-    if not isinstance(table, Mapping):
-        raise TypeError(f"{source} must be a dict of name -> loss function {EXPECTED_SIGNATURE}")
-    for name, fn in table.items():
-        LOSS_FUNCS.register(str(name), fn, source)
+    LOSS_FUNCS.register_table(table, source, f"loss function {EXPECTED_SIGNATURE}")
 
 
 def check_loss_signature(name: str, fn: Any) -> None:

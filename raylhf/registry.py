@@ -88,6 +88,16 @@ class Registry(Mapping[str, T], Generic[T]):
 
         return deco
 
+    def register_table(self, table: object, source: str, expected: str,
+                       entry: Callable[[Any], T] | None = None) -> None:
+        """A plugin module's dict table (``orms``, ``optimizers_map``, ...: name -> entry) into the registry.
+        ``expected`` describes an entry for the error when the table is not a dict; ``entry`` turns a value into
+        the registered object (e.g. an instance into its class) and may reject it."""
+        if not isinstance(table, Mapping):
+            raise TypeError(f"{source} must be a dict of name -> {expected}")
+        for name, obj in table.items():
+            self.register(str(name), entry(obj) if entry is not None else obj, source)
+
     def source(self, name: str) -> str:
         return self._sources[name]
 
@@ -105,6 +115,11 @@ class Registry(Mapping[str, T], Generic[T]):
         """Remove ``name`` (tests)."""
         self._entries.pop(name, None)
         self._sources.pop(name, None)
+
+
+def class_of(obj: Any) -> Any:
+    """A class as itself, an instance as its class (tables of class-valued kinds may hold either)."""
+    return obj if isinstance(obj, type) else type(obj)
 
 
 # ------------------------------------------------------------------ module-level tables of a plugin file

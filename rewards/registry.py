@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from raylhf import registry as plugin_registry
@@ -74,10 +74,7 @@ def install_swift_shim() -> None:
 
 def collect_table(table: Any, source: str) -> None:
     """A plugin module's ``orms`` / ``prms`` dict (name -> function or class) into the reward registry."""
-    if not isinstance(table, Mapping):
-        raise TypeError(f"{source} must be a dict of name -> reward function or ORM/PRM class")
-    for name, obj in table.items():
-        _register(str(name), obj, source)
+    REWARDS.register_table(table, source, "reward function or ORM/PRM class")
 
 
 def collect_swift_shim(origin: str) -> None:

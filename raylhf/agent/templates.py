@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from raylhf.registry import PluginCheckError, Registry
+from raylhf.registry import PluginCheckError, Registry, class_of
 
 __all__ = [
     "TEMPLATES",
@@ -286,10 +286,7 @@ def register_agent_template(name: str) -> Callable[[type[AgentTemplate]], type[A
 
 def collect_templates(table: object, source: str) -> None:
     """A plugin module's ``agent_templates`` (name -> AgentTemplate subclass or instance) into the registry."""
-    if not isinstance(table, Mapping):
-        raise TypeError(f"{source} must be a dict of name -> AgentTemplate subclass")
-    for name, obj in table.items():
-        TEMPLATES.register(str(name), obj if isinstance(obj, type) else type(obj), source)
+    TEMPLATES.register_table(table, source, "AgentTemplate subclass", class_of)
 
 
 def get_template(name: str, tokenizer: Any = None) -> AgentTemplate:

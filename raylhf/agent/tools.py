@@ -58,10 +58,7 @@ def register_tool(name: str | None = None, description: str | None = None,
 
 def collect_tools(table: object, source: str) -> None:
     """A plugin module's ``tools`` dict (name -> callable) into the registry."""
-    if not isinstance(table, Mapping):
-        raise TypeError(f"{source} must be a dict of name -> tool function f(**arguments) -> str")
-    for name, fn in table.items():
-        TOOLS.register(str(name), fn, source)
+    TOOLS.register_table(table, source, "tool function f(**arguments) -> str")
 
 
 # ------------------------------------------------------------------------------- the spec the prompt shows
