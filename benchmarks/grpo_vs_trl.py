@@ -68,7 +68,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--micro-batch-size", type=int, default=16,
                    help="sequences per forward/backward on both sides (raylhf policy.micro_batch_size; TRL "
                         "per_device_train_batch_size, with gradient accumulation up to one generation round)")
-    p.add_argument("--lr", type=float, default=1e-6, help="learning rate (both sides)")
+    p.add_argument("--token-budget", choices=["on", "off"], default="on",
+                   help="on: raylhf forms micro-batches by policy.max_tokens_per_micro_batch = micro-batch size x "
+                        "(longest prompt + max new tokens), the most tokens one of TRL's padded micro-batches can "
+                        "hold (same peak activation memory); off: micro-batch-size sequences on both sides")
+    p.add_argument("--lr", type=float, default=1e-8,
+                   help="learning rate (both sides). Small so the workload stays put: the update costs the same at "
+                        "any rate, but at 1e-6 three steps of learning moved the longtail mean length from 38 to "
+                        "88 tokens on one side and 68 on the other (their samples differ), so the sides no longer "
+                        "ran the same workload; at 1e-12 it stayed at 44-49")
     p.add_argument("--trl-loss-type", default="dapo", choices=["dapo", "grpo"],
                    help="TRL loss_type; dapo = token mean over the whole batch, like raylhf's token-mean")
     p.add_argument("--actor-threads", type=int, default=None,
@@ -132,6 +140,13 @@ def user_turn(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
+def chat_ids(tok: Any, prompt: str) -> list[int]:
+    """The chat-rendered prompt's token ids, as both sides feed them to generation (``apply_chat_template``
+    returns a BatchEncoding in transformers 5: its ``len`` counts keys, not tokens)."""
+    return list(tok.apply_chat_template(user_turn(prompt), tokenize=True, add_generation_prompt=True,
+                                        return_dict=True)["input_ids"])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # raylhf side (child process)
 # ---------------------------------------------------------------------------------------------------------
@@ -171,6 +186,8 @@ def run_raylhf(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[
     engine_cpus = defaults.rollout.num_cpus_per_engine if args.actor_threads is None else args.actor_threads
     overrides += [("policy.num_cpus_per_worker", float(policy_cpus)),
                   ("rollout.num_cpus_per_engine", float(engine_cpus))]
+    if args.token_budget == "on":
+        overrides.append(("policy.max_tokens_per_micro_batch", token_budget(args, model_dir)))
     if args.async_steps is not None:
         overrides.append(("grpo.async_steps", args.async_steps))
     if args.profile:
@@ -375,17 +392,18 @@ def prepare_model(args: argparse.Namespace, workdir: Path) -> tuple[Path, int]:
     return out, n_params
 
 
-def geometric_stop_prob(mean: float, max_len: int) -> float:
-    """The per-token stop probability p whose length distribution, capped at ``max_len``, has mean ``mean``:
-    E[len] = (1 - (1 - p)^max_len) / p, solved by bisection."""
-    lo, hi = 1e-6, 1.0
-    for _ in range(100):
-        p = (lo + hi) / 2
-        if (1 - (1 - p) ** max_len) / p > mean:
-            lo = p
-        else:
-            hi = p
-    return (lo + hi) / 2
+def expected_length(base_eos: Any, h0: Any, rest: Any, w: float) -> float:
+    """E[response length] when EOS's logit at each sampled position is ``base_eos + w * h0``.
+
+    The rows are contexts sampled with EOS suppressed, i.e. exactly the model's paths conditioned on not having
+    stopped yet (raising EOS changes only when a response stops, not what it says before), so
+    E[len] = mean over rows of sum_t prod_{s<t} (1 - p_s), where p_s is EOS's probability at position s."""
+    import torch
+
+    p = torch.sigmoid(base_eos + w * h0 - rest)  # [rows, max_len]
+    alive = torch.cumprod(1 - p, dim=1)
+    survive = torch.cat([torch.ones_like(alive[:, :1]), alive[:, :-1]], dim=1)  # P(no stop before t)
+    return float(survive.sum(dim=1).mean())
 
 
 def longtail_model(base: Path, args: argparse.Namespace) -> Path:
@@ -393,47 +411,56 @@ def longtail_model(base: Path, args: argparse.Namespace) -> Path:
 
     A random Llama has no bias to raise, so the copy gets one: embedding feature 0 becomes a constant, which
     dominates the final RMS-normed state's feature 0 at every position, and the EOS row of the output head gets a
-    weight on it. That weight is set (bisection on sampled positions) so EOS has the per-token probability p of
-    a geometric length distribution with the target mean. Everything else is the base model, on both sides."""
+    weight ``w`` on it. ``w`` is calibrated on the contexts the benchmark really samples: every step's prompts,
+    continued by the model at the benchmark's temperature with EOS suppressed; the expected length under ``w``
+    follows from EOS's probability at each of those positions (:func:`expected_length`), and bisection finds the
+    ``w`` whose expected length is the target. Everything else is the base model, on both sides."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    target = args.longtail_mean * args.max_new_tokens
-    out = base.parent / f"{base.name}-eos{target:.0f}"
-    if (out / "config.json").exists():
-        return out
     from raylhf.assets import load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    target = args.longtail_mean * args.max_new_tokens
+    out = base.parent / f"{base.name}-eos{target:.0f}-sampled"
+    if (out / "config.json").exists():
+        return out
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    tok = load_tokenizer(str(base))
     eos = int(model.config.eos_token_id if isinstance(model.config.eos_token_id, int)
               else model.config.eos_token_id[0])
-    p_target = geometric_stop_prob(target, args.max_new_tokens)
+    torch.manual_seed(0)
     with torch.no_grad():
         model.model.embed_tokens.weight[:, 0] = 1.0
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, model.config.vocab_size, (16, 64), generator=g)
-        hidden = model.model(input_ids=ids).last_hidden_state.reshape(-1, model.config.hidden_size)
-        logits = model.lm_head(hidden)
-        others = logits.clone()
-        others[:, eos] = float("-inf")
-        rest = torch.logsumexp(others, dim=-1)
-        base_eos, h0 = logits[:, eos] - hidden[:, 0] * model.lm_head.weight[eos, 0], hidden[:, 0]
-
-        def p_eos(w: float) -> float:
-            le = base_eos + w * h0
-            return float(torch.sigmoid(le - rest).mean())
-
+        model.lm_head.weight[eos, 0] = 0.0
+        rows = []
+        for r in problems(args):
+            ids = torch.tensor([chat_ids(tok, r["prompt"])])
+            seqs = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                  temperature=1.0, top_p=1.0, top_k=0,  # as both sides sample
+                                  max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+                                  suppress_tokens=[eos], num_return_sequences=2, pad_token_id=eos)
+            hidden = model.model(input_ids=seqs).last_hidden_state[:, ids.shape[1] - 1:-1]  # predicts each new token
+            logits = model.lm_head(hidden)
+            others = logits.clone()
+            others[..., eos] = float("-inf")
+            rows.append((logits[..., eos], hidden[..., 0], torch.logsumexp(others, dim=-1)))
+        base_eos, h0, rest = (torch.cat(x) for x in zip(*rows, strict=True))
         lo, hi = -50.0, 50.0
-        for _ in range(80):
+        for _ in range(60):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if p_eos(mid) < p_target else (lo, mid)
-        model.lm_head.weight[eos, 0] = (lo + hi) / 2
+            lo, hi = (mid, hi) if expected_length(base_eos, h0, rest, mid) > target else (lo, mid)
+        w = (lo + hi) / 2
+        model.lm_head.weight[eos, 0] = w
     model.save_pretrained(out)
-    load_tokenizer(str(base)).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
     for extra in ("generation_config.json",):
         if (base / extra).exists() and not (out / extra).exists():
             (out / extra).write_text((base / extra).read_text())
-    log(f"longtail model {out}: EOS p={p_target:.4f}/token for mean length {target:.1f} of {args.max_new_tokens}")
+    k = 2 * args.prompts_per_step  # rows per step
+    per_step = [expected_length(base_eos[i:i + k], h0[i:i + k], rest[i:i + k], w) for i in range(0, len(h0), k)]
+    log(f"longtail model {out}: EOS weight {w:.4f}, expected length {expected_length(base_eos, h0, rest, w):.1f} "
+        f"of {args.max_new_tokens} over {base_eos.shape[0]} sampled contexts; by step: "
+        + " ".join(f"{x:.1f}" for x in per_step))
     return out
 
 
@@ -454,13 +481,23 @@ def matmul_gflops(rows: int, hidden: int, intermediate: int, seconds: float = 3.
     return 2 * rows * hidden * intermediate / median(times) / 1e9
 
 
+def token_budget(args: argparse.Namespace, model_dir: str | Path) -> int:
+    """raylhf's micro-batch token budget under ``--token-budget on``: micro-batch size x the longest padded row
+    one of TRL's micro-batches can have (longest chat-rendered prompt + max new tokens)."""
+    from raylhf.assets import load_tokenizer
+
+    tok = load_tokenizer(str(model_dir))
+    longest = max(len(chat_ids(tok, r["prompt"])) for r in problems(args))
+    return args.micro_batch_size * (longest + args.max_new_tokens)
+
+
 def prompt_tokens_per_step(args: argparse.Namespace, model_dir: Path) -> list[float]:
     """Chat-rendered prompt tokens of each step's prompts (x samples per prompt): what both sides train on."""
     from raylhf.assets import load_tokenizer
 
     tok = load_tokenizer(str(model_dir))
     rows = problems(args)
-    lens = [len(tok.apply_chat_template(user_turn(r["prompt"]), tokenize=True, add_generation_prompt=True))
+    lens = [len(chat_ids(tok, r["prompt"]))
             for r in rows]
     k = args.prompts_per_step
     return [sum(lens[i * k:(i + 1) * k]) * args.samples_per_prompt for i in range(total_steps(args))]
@@ -551,7 +588,9 @@ def header(args: argparse.Namespace, n_params: int, rate: float, decode_rate: fl
           f"kv_heads={args.kv_heads} intermediate={args.intermediate} params={n_params / 1e6:.2f}M (fp32, CPU)")
     print(f"batch: {args.prompts_per_step} prompts x {args.samples_per_prompt} samples = {n} samples/step, "
           f"max_new_tokens={args.max_new_tokens}, temperature=1.0, beta=0, 1 update/batch, lr={args.lr:g}, "
-          f"micro_batch={args.micro_batch_size}; reward={args.reward}; {args.warmup} warm-up + {args.steps} "
+          f"micro_batch={args.micro_batch_size} sequences"
+          f"{' (raylhf: the same peak tokens, packed by a token budget)' if args.token_budget == 'on' else ''}; "
+          f"reward={args.reward}; {args.warmup} warm-up + {args.steps} "
           f"measured steps per run, {args.repeats} interleaved runs per side and workload")
     print(f"machine: {os.cpu_count()} CPUs, fp32 matmul {rate:.1f} GFLOP/s at the update's shapes "
           f"([{args.micro_batch_size * 128}, {args.hidden}] x [{args.hidden}, {args.intermediate}], median, measured "
