@@ -50,6 +50,7 @@ MODELS: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=192),
     "small": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536),
     "large": dict(hidden_size=1024, num_layers=24, num_heads=16, num_kv_heads=8, intermediate_size=2816),
+    "xl": dict(hidden_size=2048, num_layers=24, num_heads=16, num_kv_heads=8, intermediate_size=5632),
 }
 PROMPT_LEN = 16
 GROUP = 8  # samples per prompt (GRPOAlgoConfig.samples_per_prompt's default)
@@ -323,7 +324,7 @@ def run_setting(s: Setting, model_path: Path, batch: Any, obj: Any, args: argpar
     res = Result(s.name, s.precision, s.zero, s.packing)
     cfg = PolicyConfig(lr=1e-6, zero_stage=s.zero, packing=s.packing, precision=s.precision,
                        max_tokens_per_micro_batch=args.max_tokens, grad_clip=1.0,
-                       num_cpus_per_worker=args.threads).model_dump()
+                       num_cpus_per_worker=args.threads, gradient_checkpointing=args.grad_ckpt).model_dump()
     w = PolicyWorker(0, 1, "127.0.0.1", port, model_path=str(model_path), policy=cfg, dtype="float32",
                      total_steps=100, seed=0)
     on_gpu = torch.cuda.is_available()
@@ -384,8 +385,10 @@ def settings(args: argparse.Namespace, on_gpu: bool) -> list[Setting]:
         for p in precisions[1:]:
             out += [Setting(p, 2, True, 0), Setting(p, 2, False, 0)]
         return out
+    precisions = [p for p in precisions if p in args.precisions.split(",")]
+    stages = [int(z) for z in args.zero.split(",")]
     # fp32 x ZeRO-3 last: the first to go when the time budget runs short
-    return [Setting(p, z, pk, args.steps) for p in precisions for z in (2, 3) for pk in (True, False)]
+    return [Setting(p, z, pk, args.steps) for p in precisions for z in stages for pk in (True, False)]
 
 
 def fmt(x: float | None, spec: str) -> str:
@@ -444,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=None,
                    help="policy.max_tokens_per_micro_batch (default 16384 GPU, 256 CPU)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per setting (after one warm-up)")
+    p.add_argument("--precisions", default="bf16,fp32", help="comma-separated subset of bf16,fp32 (not --quick)")
+    p.add_argument("--zero", default="2,3", help="comma-separated ZeRO stages (not --quick)")
+    p.add_argument("--grad-ckpt", action="store_true", help="policy.gradient_checkpointing")
     p.add_argument("--threads", type=float, default=None, help="policy.num_cpus_per_worker (default 8 GPU, 1 CPU)")
     p.add_argument("--budget-s", type=float, default=240.0,
                    help="soft time budget: settings that would not fit are skipped (the table still prints)")
