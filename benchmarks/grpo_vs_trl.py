@@ -19,7 +19,7 @@ the min-max spread. The last two lines of stdout are
     limit_fraction=<raylhf's median fraction of the limit on the max workload>
     ratio_samples_per_s=<median raylhf/TRL samples/s on the longtail workload>
 
-    .venv/bin/python benchmarks/grpo_vs_trl.py                       # full size (~30-40 minutes on 2 cores)
+    .venv/bin/python benchmarks/grpo_vs_trl.py                       # full size (~21 minutes on 2 idle cores)
     .venv/bin/python benchmarks/grpo_vs_trl.py --hidden 128 --layers 2 --heads 4 --kv-heads 2 --steps 1 \
         --max-new-tokens 16 --repeats 1                              # smoke
 """
