@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -33,6 +34,21 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def init_distributed(on_gpu: bool) -> None:
+    """DeepSpeed's process group: NCCL on GPUs, gloo on the CPU.
+
+    On the CPU, DeepSpeed's ``TorchBackend`` JIT-compiles a shared-memory all-reduce op with g++ when it starts
+    (``deepspeed.comm.torch.build_shm_op``). Only its inference all-reduce uses that op; training never calls
+    it. The build takes ~35 s of both cores on a fresh virtualenv (first run, every CI machine), fails where
+    there is no compiler, and makes concurrently starting ranks wait on its file lock. So the CPU path skips
+    it and gloo does every collective."""
+    import deepspeed
+
+    if not on_gpu:  # by module name: the attribute deepspeed.comm.torch is torch itself (a star import)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
 
 
 def set_threads(num_cpus: float) -> None:

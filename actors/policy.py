@@ -21,6 +21,7 @@ from actors.common import (
     batched_logprobs,
     device,
     forward_logprobs,
+    init_distributed,
     load_causal_lm,
     micro_batches,
     pad,
@@ -67,7 +68,7 @@ class PolicyWorker(BaseWorker):
         os.environ.update(MASTER_ADDR=self.master_addr, MASTER_PORT=str(self.master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
         on_gpu = torch.cuda.is_available()
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+        init_distributed(on_gpu)
         torch.manual_seed(self.seed)
         precision = self.cfg.get("precision", "auto")
         bf16 = precision == "bf16" or (precision == "auto" and resolve_dtype("auto") == torch.bfloat16)
