@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -178,12 +177,6 @@ class Checks:
 
 
 # ---- inputs -------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def response_lengths(n: int, max_len: int, seed: int) -> list[int]:
@@ -505,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     batch, obj, stats = grpo_batch(args.sequences, args.max_len, hf_cfg.vocab_size, seed=0)
     checks.info("batch", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
                 + f"; micro-batch budget {args.max_tokens} tokens")
+
+    from packing_step import free_port  # benchmarks/ (this script's directory) is on sys.path
 
     port = free_port()
     results: list[Result] = []

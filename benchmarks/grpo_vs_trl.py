@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
 
 DATA_SEED = 1234
 MAX_OPERAND = 50
+CALIBRATION_SAMPLES = 2  # longtail: sampled continuations per prompt that calibrate the EOS weight
 
 
 def log(msg: str) -> None:
@@ -438,7 +439,8 @@ def longtail_model(base: Path, args: argparse.Namespace) -> Path:
             seqs = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                   temperature=1.0, top_p=1.0, top_k=0,  # as both sides sample
                                   max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
-                                  suppress_tokens=[eos], num_return_sequences=2, pad_token_id=eos)
+                                  suppress_tokens=[eos], num_return_sequences=CALIBRATION_SAMPLES,
+                                  pad_token_id=eos)
             hidden = model.model(input_ids=seqs).last_hidden_state[:, ids.shape[1] - 1:-1]  # predicts each new token
             logits = model.lm_head(hidden)
             others = logits.clone()
@@ -456,7 +458,7 @@ def longtail_model(base: Path, args: argparse.Namespace) -> Path:
     for extra in ("generation_config.json",):
         if (base / extra).exists() and not (out / extra).exists():
             (out / extra).write_text((base / extra).read_text())
-    k = 2 * args.prompts_per_step  # rows per step
+    k = CALIBRATION_SAMPLES * args.prompts_per_step  # rows per step
     per_step = [expected_length(base_eos[i:i + k], h0[i:i + k], rest[i:i + k], w) for i in range(0, len(h0), k)]
     log(f"longtail model {out}: EOS weight {w:.4f}, expected length {expected_length(base_eos, h0, rest, w):.1f} "
         f"of {args.max_new_tokens} over {base_eos.shape[0]} sampled contexts; by step: "
@@ -481,24 +483,23 @@ def matmul_gflops(rows: int, hidden: int, intermediate: int, seconds: float = 3.
     return 2 * rows * hidden * intermediate / median(times) / 1e9
 
 
-def token_budget(args: argparse.Namespace, model_dir: str | Path) -> int:
-    """raylhf's micro-batch token budget under ``--token-budget on``: micro-batch size x the longest padded row
-    one of TRL's micro-batches can have (longest chat-rendered prompt + max new tokens)."""
+def prompt_lengths(args: argparse.Namespace, model_dir: str | Path) -> list[int]:
+    """Chat-rendered token count of every step's prompts, in order."""
     from raylhf.assets import load_tokenizer
 
     tok = load_tokenizer(str(model_dir))
-    longest = max(len(chat_ids(tok, r["prompt"])) for r in problems(args))
-    return args.micro_batch_size * (longest + args.max_new_tokens)
+    return [len(chat_ids(tok, r["prompt"])) for r in problems(args)]
+
+
+def token_budget(args: argparse.Namespace, model_dir: str | Path) -> int:
+    """raylhf's micro-batch token budget under ``--token-budget on``: micro-batch size x the longest padded row
+    one of TRL's micro-batches can have (longest chat-rendered prompt + max new tokens)."""
+    return args.micro_batch_size * (max(prompt_lengths(args, model_dir)) + args.max_new_tokens)
 
 
 def prompt_tokens_per_step(args: argparse.Namespace, model_dir: Path) -> list[float]:
     """Chat-rendered prompt tokens of each step's prompts (x samples per prompt): what both sides train on."""
-    from raylhf.assets import load_tokenizer
-
-    tok = load_tokenizer(str(model_dir))
-    rows = problems(args)
-    lens = [len(chat_ids(tok, r["prompt"]))
-            for r in rows]
+    lens = prompt_lengths(args, model_dir)
     k = args.prompts_per_step
     return [sum(lens[i * k:(i + 1) * k]) * args.samples_per_prompt for i in range(total_steps(args))]
 
