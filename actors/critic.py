@@ -18,7 +18,7 @@ from actors.common import micro_batches, pad
 from actors.policy import PolicyWorker
 from raylhf.algos.aggregate import aggregate
 from raylhf.algos.value import value_loss
-from raylhf.batch import Objective, TrainBatch
+from raylhf.core.batch import Objective, TrainBatch
 
 
 @dataclass

@@ -20,7 +20,7 @@ from actors.common import pad
 from actors.policy import PolicyWorker
 from actors.teacher import TeacherDists
 from raylhf.algos.token_losses import generalized_jsd
-from raylhf.batch import Objective, TrainBatch
+from raylhf.core.batch import Objective, TrainBatch
 
 
 @dataclass

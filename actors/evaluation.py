@@ -1,4 +1,4 @@
-"""Worker-side half of the eval metrics (``raylhf/eval_metrics.py``): what a policy rank computes on its shard of
+"""Worker-side half of the eval metrics (``raylhf/algos/text_metrics.py``): what a policy rank computes on its shard of
 held-out rows so that only small results leave it.
 
 * logits metrics: a forward pass per micro-batch (eval mode, no grad); each metric's ``preprocess_logits_fn``
@@ -18,14 +18,14 @@ from typing import Any
 import torch
 
 from actors.common import pad
-from raylhf.batch import TrainBatch
-from raylhf.eval_metrics import IGNORE, METRICS, label_ids, reply_span
+from raylhf.algos.text_metrics import IGNORE, METRICS, label_ids, reply_span
+from raylhf.core.batch import TrainBatch
 
 
 @torch.no_grad()
 def eval_predictions(worker: Any, batch: TrainBatch, request: dict[str, Any]) -> dict[str, Any]:
     """``{"preprocessed": {metric: [tensor per row]}, "generated": [token ids or None per row]}`` for this rank's
-    shard; ``request`` comes from ``raylhf.eval_metrics.metric_request``."""
+    shard; ``request`` comes from ``raylhf.algos.text_metrics.metric_request``."""
     worker.engine.eval()
     out: dict[str, Any] = {"preprocessed": {}, "generated": []}
     names = list(request.get("preprocess") or [])

@@ -28,6 +28,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors import watchdog
+from raylhf.core.errors import RunError
 
 
 class WorkerError(RuntimeError):
@@ -43,9 +44,12 @@ class WorkerError(RuntimeError):
         return self.what.split(".", 1)[0]
 
 
-class PhaseTimeoutError(WorkerError):
+class PhaseTimeoutError(WorkerError, RunError):
     """The watchdog fired: ranks did not answer a call within its limit. The message is the watchdog report
     (which ranks answered, the silent ones' Python stacks; see actors/watchdog.py)."""
+
+    def cli_message(self) -> str:
+        return str(self).splitlines()[0] + " (the watchdog report with the stacks is printed above)"
 
 
 class BaseWorker:
@@ -298,7 +302,7 @@ def autoscaler_from_node_types(node_types: Sequence[str]) -> bool | None:
     return not all(_READONLY_TYPE.fullmatch(t) for t in node_types)
 
 
-# gcs address -> (can autoscale, why); written by raylhf.runtime.init_ray for the cluster it joined
+# gcs address -> (can autoscale, why); written by raylhf.driver.runtime.init_ray for the cluster it joined
 _CLUSTER_MODE: dict[str, tuple[bool | None, str]] = {}
 
 
@@ -475,7 +479,7 @@ class ActorGroup:
         self._start_timeout_s = start_timeout_s
         self.restarts = 0
         self._opts: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1)
-        from raylhf.registry import actor_env
+        from raylhf.plugins.registry import actor_env
 
         env = {**actor_env(), **ACTOR_ENV}  # the run's plugin files (loaded at the first registry lookup), ...
         if env:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from raylhf.registry import PluginCheckError, Registry
+from raylhf.plugins.registry import PluginCheckError, Registry
 
 OptimizerFactory = Callable[..., tuple[Any, Any]]
 SIGNATURE = "factory(args, model, dataset) -> (optimizer, scheduler | None)"

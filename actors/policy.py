@@ -1,11 +1,11 @@
 """PolicyWorker: one data-parallel rank of the trained policy (HF model on DeepSpeed ZeRO 0-3).
 
-It runs the generic objective of ``raylhf.objective`` on a ``TrainBatch``: one call of
+It runs the generic objective of ``raylhf.core.objective`` on a ``TrainBatch``: one call of
 ``train_step`` is one optimizer step over the rank's shard, split into length-sorted micro-batches
 with gradient accumulation. DeepSpeed averages gradients over ranks, so each rank's loss (already
 normalized by the global counts) is multiplied by the world size: the update equals the update of
 the whole batch on one rank. A step whose loss or gradient norm is not finite on any rank is skipped
-on every rank (``guard/*`` metrics, ``raylhf.guard``, docs/reliability.md).
+on every rank (``guard/*`` metrics, ``raylhf.core.guard``, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from actors.common import (
 )
 from actors.group import BaseWorker
 from actors.optimizers import lr_lambda  # noqa: F401  (the default schedule; tests import it from here)
-from raylhf.batch import Objective, TrainBatch
-from raylhf.guard import SKIPPED, guard_metrics, local_flags
-from raylhf.metrics import SUM_METRICS, reduce_metrics
-from raylhf.objective import objective_loss
+from raylhf.core.batch import Objective, TrainBatch
+from raylhf.core.guard import SKIPPED, guard_metrics, local_flags
+from raylhf.core.metrics import SUM_METRICS, reduce_metrics
+from raylhf.core.objective import objective_loss
 
 
 class PolicyWorker(BaseWorker):
@@ -177,7 +177,7 @@ class PolicyWorker(BaseWorker):
     # ---- compute --------------------------------------------------------------------------------
     def train_step(self, batch: TrainBatch, obj: Objective) -> dict[str, float]:
         """One optimizer step on this rank's shard; its metrics reduced over the micro-batches
-        (``raylhf.metrics.reduce_metrics``: losses summed, maxima / minima as such, the rest token-weighted)."""
+        (``raylhf.core.metrics.reduce_metrics``: losses summed, maxima / minima as such, the rest token-weighted)."""
         from actors.faults import maybe_die
 
         maybe_die(self.fault_group, "train_step")
@@ -215,7 +215,7 @@ class PolicyWorker(BaseWorker):
             tokens.append(weight)
         stage = int(self.cfg.get("zero_stage", 0))
         grad_norm = self._grad_norm() if stage == 0 else None
-        # NaN/Inf guard (raylhf.guard): every rank takes the same decision, else the collectives desync
+        # NaN/Inf guard (raylhf.core.guard): every rank takes the same decision, else the collectives desync
         flags = local_flags([r["loss/total"] for r in rows], grad_norm,
                             stage > 0 and bool(self.engine.optimizer.has_overflow(partition_gradients=True)))
         guard = guard_metrics(self._max_over_ranks(flags))
@@ -365,11 +365,11 @@ class PolicyWorker(BaseWorker):
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out)
         return str(out)
 
-    # ---- resumable state (raylhf.checkpoint) ----------------------------------------------------
+    # ---- resumable state (raylhf.core.checkpoint) ----------------------------------------------------
     def save_state(self, path: str) -> None:
         """Engine (model, optimizer, LR scheduler) and this rank's RNG states under ``path`` (every rank must
         call it: DeepSpeed writes each rank's partition)."""
-        from raylhf.checkpoint import save_rng
+        from raylhf.core.checkpoint import save_rng
 
         out = Path(path)
         (out / "rng").mkdir(parents=True, exist_ok=True)
@@ -379,7 +379,7 @@ class PolicyWorker(BaseWorker):
 
     def load_state(self, path: str) -> int:
         """Restore what ``save_state`` wrote; returns the optimizer steps done. The world size must match."""
-        from raylhf.checkpoint import load_rng
+        from raylhf.core.checkpoint import load_rng
 
         src = Path(path)
         rng = src / "rng" / f"rank-{self.rank}.pt"

@@ -18,8 +18,8 @@ import torch
 from actors.common import pad
 from actors.policy import PolicyWorker
 from raylhf.algos.preference import cpo_loss, dpo_loss, kto_loss, orpo_loss, simpo_loss
-from raylhf.batch import Objective, TrainBatch
-from raylhf.preference_data import PreferenceBatch, group_micro_batches
+from raylhf.core.batch import Objective, TrainBatch
+from raylhf.data.preference import PreferenceBatch, group_micro_batches
 
 PAIR_LOSSES = ("sigmoid", "ipo", "hinge", "cdpo", "simpo", "orpo", "cpo")
 REFERENCE_FREE = ("simpo", "orpo", "cpo")

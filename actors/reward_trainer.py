@@ -22,7 +22,7 @@ import torch
 from actors.common import micro_batches as length_sorted
 from actors.policy import PolicyWorker
 from raylhf.algos.preference import bradley_terry_loss
-from raylhf.batch import Objective, TrainBatch
+from raylhf.core.batch import Objective, TrainBatch
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from actors.group import BaseWorker
-from raylhf.batch import Rollout
+from raylhf.core.batch import Rollout
 
 VLLM_MISSING = (
     "vLLM is not installed in the Python environment of the rollout workers. Install the extra that fits "

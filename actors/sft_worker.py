@@ -1,4 +1,4 @@
-"""SFTWorker: a policy rank whose token loss is a registered ``sft.loss`` function (``raylhf/losses.py``).
+"""SFTWorker: a policy rank whose token loss is a registered ``sft.loss`` function (``raylhf/algos/sft_losses.py``).
 
 With ``sft.loss: default`` it is the plain :class:`PolicyWorker` (the objective's weighted cross-entropy,
 packing included). With another name each micro-batch runs one unpacked, right-padded forward, and the loss
@@ -15,8 +15,8 @@ import torch
 
 from actors.common import pad
 from actors.policy import PolicyWorker
-from raylhf.batch import Objective, TrainBatch
-from raylhf.losses import IGNORE_INDEX, get_loss_func
+from raylhf.algos.sft_losses import IGNORE_INDEX, get_loss_func
+from raylhf.core.batch import Objective, TrainBatch
 
 
 class SFTWorker(PolicyWorker):

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raylhf.registry import PluginCheckError, Registry
+from raylhf.plugins.registry import PluginCheckError, Registry
 
 if TYPE_CHECKING:
     import torch

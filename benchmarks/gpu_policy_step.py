@@ -2,7 +2,7 @@
 
 One process, rank 0 of world size 1 (DeepSpeed over NCCL on a GPU, gloo on CPU). A random-weight Llama is
 written with ``raylhf.assets.write_tiny_model`` (the shipped tokenizer, no downloads); the batch is a GRPO batch
-built the way ``raylhf/grpo.py`` builds it (``rl.to_train_batch`` of rollouts, GRPO advantages, the GRPO
+built the way ``raylhf/trainers/grpo.py`` builds it (``rl.to_train_batch`` of rollouts, GRPO advantages, the GRPO
 objective of ``GRPOAlgoConfig``'s defaults, one update per batch: ``old_logprobs=None``).
 
 Measured (printed, and written to ``<out>/gpu_policy_step_<model>.json``):
@@ -193,13 +193,13 @@ def response_lengths(n: int, max_len: int, seed: int) -> list[int]:
 
 def grpo_batch(n: int, max_len: int, vocab: int, seed: int) -> tuple[Any, Any, dict[str, Any]]:
     """A GRPO TrainBatch of ``n`` rollouts (groups of ``GROUP``, mixed 0/1 rewards in every group so every
-    advantage is non-zero) and the GRPO objective, as raylhf/grpo.py builds them."""
+    advantage is non-zero) and the GRPO objective, as raylhf/trainers/grpo.py builds them."""
     import torch
 
-    from raylhf import rl
     from raylhf.algos.advantages import compute_advantages
-    from raylhf.batch import Objective, Rollout
     from raylhf.config.schema import GRPOAlgoConfig
+    from raylhf.core.batch import Objective, Rollout
+    from raylhf.driver import phases as rl
 
     if n % GROUP:
         raise ValueError(f"--sequences must be a multiple of {GROUP}")
@@ -312,7 +312,7 @@ def run_setting(s: Setting, model_path: Path, batch: Any, obj: Any, args: argpar
     from actors.common import attn_implementation
     from actors.policy import PolicyWorker
     from raylhf.config.sections import PolicyConfig
-    from raylhf.guard import SKIPPED
+    from raylhf.core.guard import SKIPPED
 
     res = Result(s.name, s.precision, s.zero, s.packing)
     cfg = PolicyConfig(lr=1e-6, zero_stage=s.zero, packing=s.packing, precision=s.precision,

@@ -132,7 +132,7 @@ def total_steps(args: argparse.Namespace) -> int:
 
 def problems(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Exactly the prompts of every step, in order; both sides read them unshuffled."""
-    from raylhf.tasks.arithmetic import make_problems
+    from raylhf.demo.tasks.arithmetic import make_problems
 
     return make_problems(total_steps(args) * args.prompts_per_step, seed=DATA_SEED, max_operand=MAX_OPERAND)
 
@@ -156,7 +156,7 @@ def run_raylhf(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[
 
     from raylhf.config import GRPOConfig, build_config
     from raylhf.data import PromptExample
-    from raylhf.grpo import run_grpo
+    from raylhf.trainers.grpo import run_grpo
 
     train = [PromptExample(user_turn(r["prompt"]), {"solution": r["solution"]}) for r in problems(args)]
     overrides: list[tuple[str, Any]] = [

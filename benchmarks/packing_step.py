@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from actors.common import micro_batches  # noqa: E402
 from actors.packing import plan_rows  # noqa: E402
-from raylhf.batch import Objective, TrainBatch  # noqa: E402
+from raylhf.core.batch import Objective, TrainBatch  # noqa: E402
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "unpacked mb=8": dict(packing=False, micro_batch_size=8),

@@ -1,32 +1,108 @@
-"""`raylhf` console script: `raylhf <subcommand> [config args]` runs `python -m raylhf.<subcommand>`."""
+"""The command line: `raylhf <verb> [config args]` and `python -m raylhf.<verb>`, from one table.
+
+Each verb names its config class, the run on the user's data and, for the trainers, the embedded demo that runs
+when the config names no data files (``data.train_files`` empty): that choice is made here, nowhere else. The
+run and the demo are ``"module:function"`` strings imported only after the arguments parsed, so ``--help`` and
+``--dry-run`` load neither torch nor ray. A run-ending error a user can act on (``raylhf.core.errors.RunError``)
+prints as one line and exits 2. Layer: CLI, see docs/architecture.md.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "grpo": ("raylhf.grpo", "GRPO-family RL (vLLM rollouts, DeepSpeed policy, rewards)"),
-    "ppo": ("raylhf.ppo", "PPO with a critic (GAE), or the grpo / rloo / reinforce++ estimators without one"),
-    "online-dpo": ("raylhf.online_dpo", "online DPO: sample, score, pair best vs worst, DPO update, sync"),
-    "sft": ("raylhf.sft", "supervised fine-tuning (the single-actor case)"),
-    "dpo": ("raylhf.dpo", "DPO family on preference pairs (sigmoid, ipo, hinge, cdpo, simpo, orpo, cpo)"),
-    "kto": ("raylhf.kto", "KTO on unpaired replies labelled desirable / undesirable"),
-    "serve-reward": ("raylhf.serve_reward", "serve reward functions / a reward model over HTTP"),
-    "sample": ("raylhf.sample", "best-of-N sampling: N completions per prompt, scored; writes preference pairs"),
-    "rm": ("raylhf.rm", "reward-model training (Bradley-Terry on preference pairs)"),
-    "gkd": ("raylhf.gkd", "on-policy distillation (GKD): student samples, teacher distributions, generalized JSD"),
-    "check-plugin": ("raylhf.check_plugin", "load a plugin file and check each entry against its interface"),
+from raylhf.config import (
+    DPOConfig,
+    GKDConfig,
+    GRPOConfig,
+    KTOConfig,
+    OnlineDPOConfig,
+    PPOConfig,
+    RMConfig,
+    SampleConfig,
+    SFTConfig,
+    cli_entry,
+)
+from raylhf.config.serve_reward import ServeRewardConfig
+from raylhf.core.errors import RunError
+
+
+@dataclass(frozen=True)
+class Command:
+    prog: str  # the entry module, `python -m <prog>`; also the prefix of its error lines
+    config: type | None  # the config class; None: ``run`` parses its own argv (check-plugin)
+    run: str  # "module:function": run(cfg) -> exit code, on the config's data
+    demo: str | None  # "module:function": demo(cfg) -> exit code, when the config names no data files
+    doc: str
+
+
+# the one command table (its strings are the only hidden imports the project keeps: they keep --help light)
+COMMANDS: dict[str, Command] = {
+    "grpo": Command("raylhf.grpo", GRPOConfig, "raylhf.trainers.grpo:cli", "raylhf.demo.online:grpo_demo",
+                    "GRPO-family RL (vLLM rollouts, DeepSpeed policy, rewards)"),
+    "ppo": Command("raylhf.ppo", PPOConfig, "raylhf.trainers.ppo:cli", "raylhf.demo.online:ppo_demo",
+                   "PPO with a critic (GAE), or the grpo / rloo / reinforce++ estimators without one"),
+    "online-dpo": Command("raylhf.online_dpo", OnlineDPOConfig, "raylhf.trainers.online_dpo:cli",
+                          "raylhf.demo.online:online_dpo_demo",
+                          "online DPO: sample, score, pair best vs worst, DPO update, sync"),
+    "sft": Command("raylhf.sft", SFTConfig, "raylhf.trainers.sft:cli", "raylhf.demo.offline:sft_demo",
+                   "supervised fine-tuning (the single-actor case)"),
+    "dpo": Command("raylhf.dpo", DPOConfig, "raylhf.trainers.dpo:cli", "raylhf.demo.offline:dpo_demo",
+                   "DPO family on preference pairs (sigmoid, ipo, hinge, cdpo, simpo, orpo, cpo)"),
+    "kto": Command("raylhf.kto", KTOConfig, "raylhf.trainers.kto:cli", "raylhf.demo.offline:kto_demo",
+                   "KTO on unpaired replies labelled desirable / undesirable"),
+    "serve-reward": Command("raylhf.serve_reward", ServeRewardConfig, "raylhf.tools.serve_reward:cli", None,
+                            "serve reward functions / a reward model over HTTP"),
+    "sample": Command("raylhf.sample", SampleConfig, "raylhf.tools.sample:cli", "raylhf.demo.offline:sample_demo",
+                      "best-of-N sampling: N completions per prompt, scored; writes preference pairs"),
+    "rm": Command("raylhf.rm", RMConfig, "raylhf.trainers.rm:cli", "raylhf.demo.offline:rm_demo",
+                  "reward-model training (Bradley-Terry on preference pairs)"),
+    "gkd": Command("raylhf.gkd", GKDConfig, "raylhf.trainers.gkd:cli", "raylhf.demo.offline:gkd_demo",
+                   "on-policy distillation (GKD): student samples, teacher distributions, generalized JSD"),
+    "check-plugin": Command("raylhf.check_plugin", None, "raylhf.plugins.check:main", None,
+                            "load a plugin file and check each entry against its interface"),
 }
 
 
 def usage() -> str:
-    rows = "\n".join(f"  {name:14s} {doc}" for name, (_, doc) in SUBCOMMANDS.items())
+    rows = "\n".join(f"  {name:14s} {cmd.doc}" for name, cmd in COMMANDS.items())
     return (
         "usage: raylhf <subcommand> [--config FILE ...] [--section.field VALUE ...] [--dry-run] [--help]\n\n"
         f"subcommands:\n{rows}\n"
     )
+
+
+def _target(ref: str) -> Callable[..., Any]:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def has_data(cfg: Any) -> bool:
+    """Whether the config names training data (else the verb's embedded demo runs)."""
+    data = getattr(cfg, "data", None)
+    return bool(getattr(data, "train_files", None))
+
+
+def run_command(verb: str, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` into the verb's config (``--help`` / ``--dry-run`` end here), then run it on the config's
+    data or, with none, the embedded demo."""
+    cmd = COMMANDS[verb]
+    args = list(sys.argv[1:] if argv is None else argv)
+    if cmd.config is None:
+        return int(_target(cmd.run)(args) or 0)
+    cfg = cli_entry(cmd.config, args, cmd.prog)
+    if cfg is None:
+        return 0
+    target = cmd.demo if cmd.demo is not None and not has_data(cfg) else cmd.run
+    try:
+        return int(_target(target)(cfg) or 0)
+    except RunError as e:
+        print(f"{cmd.prog}: error: {e.cli_message()}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,11 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage(), end="")
         return 0
     name, rest = args[0], args[1:]
-    if name not in SUBCOMMANDS:
+    if name not in COMMANDS:
         print(f"raylhf: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr, end="")
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    return run_command(name, rest)
 
 
 if __name__ == "__main__":

@@ -1,87 +1,17 @@
-"""`python -m raylhf.dpo`: the DPO family on chosen / rejected pairs (``dpo.loss_type``: sigmoid, ipo, hinge,
-cdpo, simpo, orpo, cpo). With no data files it runs the embedded default: the SFT warm-up of the arithmetic
-task, then DPO on synthetic preferences (the right equation vs a wrong or badly formatted answer).
+"""`python -m raylhf.dpo` (= `raylhf dpo`): an entry shim; the work is in raylhf/trainers/dpo.py.
 
-One step: pairs -> (reference summed log-probs, unless precomputed or the loss is reference-free) ->
-PreferenceWorker update (the loss of ``raylhf.algos.preference``). Docs: docs/dpo.md.
+The arguments are parsed before anything heavy is imported (``raylhf/cli.py``, its command table).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from raylhf.config import DPOConfig
-from raylhf.config.dpo import DPOAlgoConfig
-
-
-def loss_spec(d: DPOAlgoConfig) -> Any:
-    """The worker's PreferenceLoss for the ``dpo`` section."""
-    from actors.preference import PreferenceLoss
-
-    return PreferenceLoss(loss_type=d.loss_type, beta=d.effective_beta, label_smoothing=d.label_smoothing,
-                          simpo_gamma=d.simpo_gamma, cpo_alpha=d.cpo_alpha, rpo_alpha=d.rpo_alpha)
-
-
-def run_dpo(cfg: DPOConfig, model_path: str | None = None, train: list | None = None,
-            heldout: list | None = None) -> Any:
-    """Train; ``model_path`` / ``train`` / ``heldout`` (PreferenceExamples) override the config's. Returns the
-    OfflineResult (run dir, final HF export, metric history, held-out metrics before / after)."""
-    from raylhf.assets import load_tokenizer
-    from raylhf.data import DataError, load_from_config
-    from raylhf.preference import run_preference
-    from raylhf.preference_data import collate_pairs, encode_pairs
-    from raylhf.runtime import resolve_model_path
-
-    d = cfg.dpo
-    model_path = model_path or resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
-    train = train if train is not None else load_from_config(cfg.data, "preference", split="train")
-    heldout = heldout if heldout is not None else load_from_config(cfg.data, "preference", split="eval")
-    rows, dropped = encode_pairs(tokenizer, train, d.max_length)
-    held, _ = encode_pairs(tokenizer, heldout, d.max_length)
-    if len(rows) < d.batch_size:
-        raise DataError(f"{len(rows)} usable preference pairs ({dropped} dropped: no reply token within "
-                        f"dpo.max_length={d.max_length}) < dpo.batch_size={d.batch_size}")
-    spec = loss_spec(d)
-    summary = (f"loss {d.loss_type} (beta {spec.beta}), {len(rows)} pairs"
-               + (f" ({dropped} dropped: too long)" if dropped else "") + f", {len(held)} held-out; reference: "
-               + (("precomputed" if d.precompute_ref else "per batch") if spec.uses_reference else "none"))
-    return run_preference(cfg, d, "dpo", spec, model_path, rows, held, collate_pairs, summary)
+from raylhf.cli import run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from raylhf.runtime import run_main
-
-    return run_main("raylhf.dpo", DPOConfig, argv, _run)
-
-
-def _run(cfg: DPOConfig) -> int:
-    if not cfg.data.train_files:
-        run_default(cfg)
-        return 0
-    res = run_dpo(cfg)
-    print(f"checkpoint: {res.checkpoint}\nrun dir: {res.run_dir}")
-    return 0
-
-
-# ---- the embedded default run (no data files): SFT warm-up, then DPO on synthetic arithmetic preferences ------
-
-def run_default(cfg: DPOConfig) -> dict[str, tuple[float, float]]:
-    """The cached SFT warm-up (shared with the GRPO demo), then DPO on one pair per training prompt; prints the
-    held-out preference accuracy and the greedy accuracy before / after. Returns ``{metric: (before, after)}``."""
-    from raylhf.grpo import warmup_policy
-    from raylhf.preference import greedy_accuracy, report, required_cpus
-    from raylhf.runtime import init_ray
-    from raylhf.tasks.preferences import preference_splits
-
-    init_ray(cfg.ray, required_cpus(cfg, True))
-    start = warmup_policy(cfg)  # type: ignore[arg-type]  # reads model / policy / demo / logging / ray / seed
-    train, heldout, prompts = preference_splits(cfg.demo)
-    greedy_before = greedy_accuracy(start, prompts)
-    res = run_dpo(cfg, model_path=start, train=train, heldout=heldout)
-    greedy_after = greedy_accuracy(res.checkpoint, prompts) if res.checkpoint else {}
-    return report(res, greedy_before, greedy_after, len(heldout), len(prompts), "dpo")
+    return run_command("dpo", argv)
 
 
 if __name__ == "__main__":

@@ -1,103 +1,17 @@
-"""`python -m raylhf.online_dpo`: online (iterative) DPO on the RL driver's pieces.
+"""`python -m raylhf.online_dpo` (= `raylhf online-dpo`): an entry shim; the work is in raylhf/trainers/online_dpo.py.
 
-Each round: N completions per prompt on the vLLM engines -> rewards -> per prompt the best and the worst
-completion become a chosen / rejected pair (ties, and margins not above ``online_dpo.min_margin``, are
-skipped) -> reference log-probs (not for SimPO) -> one DPO-family update on the policy
-(``actors/preference.py``, the offline DPO trainer's worker) -> weight sync. With no data files it runs
-the embedded arithmetic task from the SFT warm-up, like the GRPO demo.
+The arguments are parsed before anything heavy is imported (``raylhf/cli.py``, its command table).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
 
-import torch
-
-from raylhf.config import OnlineDPOConfig
-
-
-def required_cpus(cfg: OnlineDPOConfig) -> float:
-    ref = cfg.reference.num_cpus if cfg.online_dpo.kl_coef > 0 else 0.0
-    return (cfg.policy.num_workers * cfg.policy.num_cpus_per_worker
-            + cfg.rollout.num_engines * cfg.rollout.num_cpus_per_engine + ref + cfg.reward.num_workers * cfg.reward.num_cpus)
-
-
-def best_worst_pairs(rewards: torch.Tensor, group_size: int, min_margin: float = 0.0) -> list[tuple[int, int]]:
-    """(chosen, rejected) sample indices per group: the highest and the lowest scored reward (NaN = unscored,
-    ignored); a group whose best - worst is not above ``min_margin`` (ties) gives no pair."""
-    pairs = []
-    for g in range(len(rewards) // group_size):
-        idx = [i for i in range(g * group_size, (g + 1) * group_size) if not torch.isnan(rewards[i])]
-        if len(idx) < 2:
-            continue
-        best = max(idx, key=lambda i: float(rewards[i]))
-        worst = min(idx, key=lambda i: float(rewards[i]))
-        if float(rewards[best]) - float(rewards[worst]) > min_margin:
-            pairs.append((best, worst))
-    return pairs
-
-
-def run_online_dpo(cfg: OnlineDPOConfig, model_path: str | None = None, train: list | None = None,
-                   heldout: list | None = None) -> Any:
-    """Run online DPO; overrides as in ``run_grpo``. Returns the GRPO result type."""
-    from actors.preference import PreferenceLoss, PreferenceWorker
-    from raylhf import rl
-    from raylhf.batch import Objective
-    from raylhf.data import load_from_config
-    from raylhf.grpo import GRPOResult
-    from raylhf.online import online_run
-    from raylhf.preference_data import PreferenceBatch, sequence_sums
-    from raylhf.runtime import resolve_model_path
-
-    d, world = cfg.online_dpo, cfg.policy.num_workers
-    model_path = model_path or resolve_model_path(cfg.model)
-    train = train if train is not None else load_from_config(cfg.data, "prompt", split="train")
-    heldout = heldout if heldout is not None else (
-        load_from_config(cfg.data, "prompt", split="eval") if cfg.data.eval_files else [])
-    spec = PreferenceLoss(loss_type=d.loss_type, beta=d.beta, simpo_gamma=d.simpo_gamma)
-    curves = ["reward/accuracy", "eval/accuracy", "eval/greedy_accuracy", "rewards/accuracies"]
-    with online_run(cfg, d, "online_dpo", model_path, train, heldout, d.num_steps, required_cpus(cfg), curves,
-                    policy_cls=PreferenceWorker, policy_extra={"preference": spec}) as run:
-        for step, prompts, prompt_ids in run.steps():
-            rollouts = run.generate(prompt_ids, d.samples_per_prompt, step)
-            scores = run.score(rollouts, prompts, step)
-            pairs = best_worst_pairs(scores.total, d.samples_per_prompt, d.min_margin)
-            pairs = pairs[: len(pairs) - len(pairs) % world]  # every rank takes whole pairs
-            m = {**rl.rollout_metrics(rollouts, scores, run.timer), "dpo/pairs": float(len(pairs)),
-                 "dpo/pairs_frac": len(pairs) / max(1, len(prompts))}
-            if pairs:
-                seqs = rl.to_train_batch([rollouts[i] for pair in pairs for i in pair], torch.zeros(2 * len(pairs)))
-                batch = PreferenceBatch(input_ids=seqs.input_ids, loss_mask=seqs.loss_mask,
-                                        group_ids=[g for g in range(len(pairs)) for _ in range(2)],
-                                        chosen=[True, False] * len(pairs))
-                if run.workers.reference is not None:
-                    batch.ref_logps = sequence_sums(run.logprobs("reference", batch, 1.0), batch.loss_mask)
-                objective = replace(Objective(pg_coef=0.0), global_seqs=float(batch.num_groups()),
-                                    global_tokens=float(batch.chosen_tokens()))
-                with run.timer("train"):
-                    m.update(rl.reduce_ranks(run.policy.call_split("train_step", batch, objective)))
-                run.sync()
-            run.end_step(step, m, None, len(rollouts))
-    return GRPOResult(run.run_dir, run.logger.history, run.eval_before, run.eval_after, run.checkpoint, run.placement)
+from raylhf.cli import run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from raylhf.runtime import run_main
-
-    return run_main("raylhf.online_dpo", OnlineDPOConfig, argv, _run)
-
-
-def _run(cfg: OnlineDPOConfig) -> int:
-    if not cfg.data.train_files:  # the embedded default: the SFT warm-up, then this trainer on the demo task
-        from raylhf.grpo import run_default
-
-        run_default(cfg, run_online_dpo, cfg.online_dpo, required_cpus(cfg))
-        return 0
-    res = run_online_dpo(cfg)
-    print(f"run dir: {res.run_dir}")
-    return 0
+    return run_command("online-dpo", argv)
 
 
 if __name__ == "__main__":

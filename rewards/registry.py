@@ -24,8 +24,8 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from raylhf import registry as plugin_registry
-from raylhf.registry import Registry
+from raylhf.plugins import registry as plugin_registry
+from raylhf.plugins.registry import Registry
 from rewards.base import ORM, PRM, AsyncORM, InferRequest, RewardBatch, Score, Scorer
 
 RewardFn = Callable[..., Any]
@@ -333,7 +333,7 @@ def check_plugin_entry(name: str, obj: Any) -> str:
     """``raylhf check-plugin``: build the scorer for reward ``name`` and score two synthetic completions
     (prompt "What is 2+2?", completions "4" / "5", column ``solution`` ["4", "4"]); it must return one score per
     completion (a number, per-step numbers for a PRM, or None)."""
-    from raylhf.registry import PluginCheckError
+    from raylhf.plugins.registry import PluginCheckError
 
     expected = ("a function f(completions, **kwargs) / f(prompts, completions, completion_ids, **columns), or an "
                 "ORM/PRM class with __call__(self, completions, **kwargs) or __call__(self, infer_requests, "

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from raylhf import checkpoint as ck
 from raylhf.config.loader import parse_argv
-from raylhf.offline import RowOrder
-from raylhf.rl import PromptStream
+from raylhf.core import checkpoint as ck
+from raylhf.driver.offline import RowOrder
+from raylhf.driver.phases import PromptStream
 
 
 def _write(run: Path, step: int, payload: bytes = b"x" * 100) -> Path:
@@ -106,7 +106,7 @@ def test_resolve_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_killed_writer_leaves_no_checkpoint_that_auto_picks(tmp_path: Path) -> None:
     """A process SIGKILLed while writing: only its temporary dir remains; auto resumes the previous one."""
     first = _write(tmp_path, 1)
-    code = ("import sys, time; from pathlib import Path; from raylhf import checkpoint as ck\n"
+    code = ("import sys, time; from pathlib import Path; from raylhf.core import checkpoint as ck\n"
             f"tmp = ck.staging_dir(Path({str(tmp_path)!r}), 2)\n"
             "(tmp / 'big.bin').write_bytes(b'z' * 1000); print('written', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -146,7 +146,7 @@ def test_row_order_resumes() -> None:
 
 def test_metrics_log_keeps_rows_up_to_the_resumed_step(tmp_path: Path) -> None:
     from raylhf.config.sections import LoggingConfig
-    from raylhf.runtime import MetricsLogger
+    from raylhf.driver.runtime import MetricsLogger
 
     cfg = LoggingConfig(report_to=[], progress=False)
     rows = [{"step": 0, "eval/accuracy": 0.1}] + [{"step": s, "loss": float(s)} for s in range(1, 8)]

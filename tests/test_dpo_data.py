@@ -15,7 +15,7 @@ from actors.preference import PreferenceLoss, pair_losses, preference_loss
 from raylhf.assets import load_tokenizer
 from raylhf.config import ConfigError, DPOConfig, KTOConfig, build_config
 from raylhf.data import DataError, PreferenceExample, end_of_turn_id, render_prompt
-from raylhf.preference_data import (
+from raylhf.data.preference import (
     EncodedPair,
     EncodedSeq,
     PreferenceBatch,
@@ -242,8 +242,13 @@ def test_dpo_config_defaults() -> None:
 
 
 def test_synthetic_preferences() -> None:
-    from raylhf.tasks.demo_data import INSTRUCTION
-    from raylhf.tasks.preferences import REJECTED_KINDS, preference_rows, preference_splits, unpaired_rows
+    from raylhf.demo.tasks.demo_data import INSTRUCTION
+    from raylhf.demo.tasks.preferences import (
+        REJECTED_KINDS,
+        preference_rows,
+        preference_splits,
+        unpaired_rows,
+    )
 
     cfg = DPOConfig().demo.model_copy(update={"num_train": 200, "num_heldout": 50})
     train, heldout, prompts = preference_splits(cfg)

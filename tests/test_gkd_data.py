@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from actors.distill import DistillBatch, DistillWorker, trained_positions
 from actors.teacher import TeacherWorker, compress
 from raylhf.algos.token_losses import generalized_jsd
-from raylhf.batch import Objective, Rollout
 from raylhf.config import GKDConfig, build_config
-from raylhf.gkd import Encoded, GKDBatches, padded_for_ranks, with_samples
+from raylhf.core.batch import Objective, Rollout
+from raylhf.trainers.gkd import Encoded, GKDBatches, padded_for_ranks, with_samples
 
 
 class ShimEngine(torch.nn.Module):

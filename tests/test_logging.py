@@ -16,7 +16,14 @@ import pytest
 
 from raylhf.config import GRPOConfig, build_config, load_config
 from raylhf.config.sections import LoggingConfig
-from raylhf.runtime import WANDB_MISSING, MetricsLogger, TrackerError, curve_figure, curve_style, plot_curves
+from raylhf.driver.runtime import (
+    WANDB_MISSING,
+    MetricsLogger,
+    TrackerError,
+    curve_figure,
+    curve_style,
+    plot_curves,
+)
 
 
 class FakeTerminal(io.StringIO):

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from raylhf.batch import Objective, TrainBatch
 from raylhf.config import GRPOConfig, SFTConfig, build_config
 from raylhf.config.sections import RuntimeConfig
-from raylhf.guard import BadStepGuard, NonFiniteTrainingError, guard_metrics, is_bad_step, local_flags
+from raylhf.core.batch import Objective, TrainBatch
+from raylhf.core.guard import BadStepGuard, NonFiniteTrainingError, guard_metrics, is_bad_step, local_flags
 
 NAN, INF = float("nan"), float("inf")
 

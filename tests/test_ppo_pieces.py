@@ -8,9 +8,9 @@ import torch
 
 from raylhf.algos.advantages import gae
 from raylhf.assets import TOKENIZER_DIR, load_tokenizer
-from raylhf.batch import Rollout
-from raylhf.ppo import step_end_positions, token_rewards
-from raylhf.rl import Scores
+from raylhf.core.batch import Rollout
+from raylhf.driver.phases import Scores
+from raylhf.trainers.ppo import step_end_positions, token_rewards
 
 
 def _rollout(tok, prompt: str, text: str) -> Rollout:
@@ -69,7 +69,7 @@ def test_gae_on_the_placed_rewards_by_hand() -> None:
 
 
 def test_online_dpo_pairs_best_and_worst_and_skips_ties() -> None:
-    from raylhf.online_dpo import best_worst_pairs
+    from raylhf.trainers.online_dpo import best_worst_pairs
 
     nan = float("nan")
     r = torch.tensor([0.1, 0.9, 0.5, 0.9,   1.0, 1.0, 1.0, 1.0,   nan, 0.2, nan, nan,   0.3, nan, 0.0, 0.31])

@@ -1,4 +1,4 @@
-"""RolloutProducer (raylhf/producer.py) without actors: a fake engine queue that runs submitted generations in
+"""RolloutProducer (raylhf/driver/producer.py) without actors: a fake engine queue that runs submitted generations in
 order with the weights it holds, so versions and staleness can be checked exactly."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from raylhf.batch import Rollout
-from raylhf.producer import RolloutProducer
-from raylhf.rl import PromptStream
+from raylhf.core.batch import Rollout
+from raylhf.driver.phases import PromptStream
+from raylhf.driver.producer import RolloutProducer
 
 
 class FakeEngine:

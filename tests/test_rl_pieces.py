@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raylhf.batch import Objective, Rollout, TrainBatch
-from raylhf.objective import objective_loss
-from raylhf.rl import fill_unscored, prompt_stream, reduce_reward_metrics, split_for_ranks, to_train_batch
+from raylhf.core.batch import Objective, Rollout, TrainBatch
+from raylhf.core.objective import objective_loss
+from raylhf.driver.phases import (
+    fill_unscored,
+    prompt_stream,
+    reduce_reward_metrics,
+    split_for_ranks,
+    to_train_batch,
+)
 
 
 def test_to_train_batch_aligns_masks_and_advantages() -> None:
@@ -74,7 +80,7 @@ def test_objective_pg_at_ratio_one_is_minus_advantage_mean() -> None:
 
 
 def test_varied_groups_drops_zero_std_groups() -> None:
-    from raylhf.rl import varied_groups
+    from raylhf.driver.phases import varied_groups
 
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])  # groups of 2: [1,1] [0,1] [0,0]
     assert varied_groups(rewards, 2) == [2, 3]

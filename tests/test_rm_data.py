@@ -15,12 +15,12 @@ import torch
 from actors.reward_trainer import PairBatch, RewardModelWorker, pair_batch
 from raylhf.algos.preference import bradley_terry_loss
 from raylhf.assets import load_tokenizer, write_tiny_reward_model
-from raylhf.batch import Objective
 from raylhf.config import RMConfig, build_config
+from raylhf.core.batch import Objective
 from raylhf.data import DataError, PreferenceExample
-from raylhf.rm import column_margins, conversation_ids, encode_pairs
-from raylhf.tasks.demo_data import INSTRUCTION
-from raylhf.tasks.rm_pairs import KINDS, arithmetic_pair_splits
+from raylhf.demo.tasks.demo_data import INSTRUCTION
+from raylhf.demo.tasks.rm_pairs import KINDS, arithmetic_pair_splits
+from raylhf.trainers.rm import column_margins, conversation_ids, encode_pairs
 from rewards.base import RewardBatch
 from rewards.model import SequenceRewardModel
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from raylhf.assets import load_tokenizer
-from raylhf.batch import Objective
 from raylhf.config import SFTConfig, build_config
 from raylhf.config.loader import ConfigError
+from raylhf.core.batch import Objective
+from raylhf.core.objective import objective_loss
 from raylhf.data import DataError, SFTExample, load_sft_dataset, render_prompt, tokenize_sft
-from raylhf.loss_scale import LOSS_SCALES, ContextType, LossScale, get_loss_scale, register_loss_scale
-from raylhf.objective import objective_loss
-from raylhf.sft import collate, split_rows
+from raylhf.data.loss_scale import LOSS_SCALES, ContextType, LossScale, get_loss_scale, register_loss_scale
+from raylhf.trainers.sft import collate, split_rows
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 CHAT = [

@@ -27,7 +27,7 @@ from raylhf.config.sections import (
     Section,
     list_item_type,
 )
-from raylhf.serve_reward import ServeRewardConfig
+from raylhf.tools.serve_reward import ServeRewardConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from raylhf.batch import Objective, TrainBatch
-from raylhf.objective import objective_loss
+from raylhf.core.batch import Objective, TrainBatch
+from raylhf.core.objective import objective_loss
 
 LN2 = math.log(2.0)
 LN4 = math.log(4.0)
@@ -77,7 +77,7 @@ def test_global_counts_make_rank_losses_add_up_with_a_masked_row() -> None:
 
 
 def test_reduce_metrics_rules() -> None:
-    from raylhf.metrics import reduce_metrics
+    from raylhf.core.metrics import reduce_metrics
 
     rows = [{"pg/ratio_max": 2.0, "pg/ratio_min": 0.9, "pg/clip_frac": 0.5, "loss/pg": -0.3, "entropy": 0.4},
             {"pg/ratio_max": 1.5, "pg/ratio_min": 0.5, "pg/clip_frac": 0.0, "loss/pg": -0.2, "entropy": 0.6},
@@ -97,7 +97,7 @@ def test_reduce_metrics_rules() -> None:
 
 
 def test_reduce_ranks_sums_losses_maxes_maxima_and_token_weights_means() -> None:
-    from raylhf.rl import reduce_ranks
+    from raylhf.driver.phases import reduce_ranks
 
     r0 = {"loss/pg": -0.3, "entropy": 0.4, "pg/ratio_max": 2.0, "pg/ratio_min": 0.5, "pg/clip_frac": 0.5,
           "train_tokens": 4.0, "grad_norm": 1.5, "lr": 1e-3}
@@ -127,7 +127,7 @@ class _FakeGroup:
 
 
 def test_train_reduces_over_optimizer_steps_with_max_min_and_mean() -> None:
-    from raylhf.rl import train
+    from raylhf.driver.phases import train
 
     b = _three_rows().select([0, 2, 1, 0])  # 4 rows; train_size 2 -> 2 optimizer steps of 2 rows, 1 per rank
     step1 = [{"loss/pg": -0.2, "pg/ratio_max": 1.5, "pg/ratio_min": 0.9, "pg/clip_frac": 0.5, "train_tokens": 2.0},
@@ -300,7 +300,7 @@ def test_kl_term_enters_the_loss_with_its_coefficient() -> None:
 
 
 def test_phase_timer_adds_repeated_phases(monkeypatch: pytest.MonkeyPatch) -> None:
-    import raylhf.rl as rl
+    import raylhf.driver.phases as rl
 
     clock = iter([100.0, 101.0, 103.0, 110.0, 114.5, 120.0, 121.0, 130.0])
     monkeypatch.setattr(rl.time, "perf_counter", lambda: next(clock))

@@ -12,8 +12,8 @@ continues the same token sequence (vLLM's prefix cache keeps the re-sent prefix 
 the model answers without a call, after ``agent.max_turns`` model turns, or when ``rollout.max_new_tokens``
 (the budget of the whole episode, tool tokens included) runs out (``finish_reason`` "length").
 
-The result is one :class:`~raylhf.batch.Rollout` per episode whose ``response_mask`` is 1 on the model's
-tokens and 0 on the environment's, so :func:`raylhf.rl.to_train_batch` gives tool tokens zero loss weight and
+The result is one :class:`~raylhf.core.batch.Rollout` per episode whose ``response_mask`` is 1 on the model's
+tokens and 0 on the environment's, so :func:`raylhf.driver.phases.to_train_batch` gives tool tokens zero loss weight and
 their (absent) sampling log-probs never count; the reward functions score the whole episode's text.
 
 Reproducibility: turn 1 samples with the call's seed (the step's ``generate`` phase seed), turn ``t`` with a
@@ -30,7 +30,7 @@ from typing import Any
 
 from raylhf.agent.templates import AgentTemplate, ToolCall, get_template
 from raylhf.agent.tools import TOOLS, ToolResult, run_tool_calls, tool_spec
-from raylhf.batch import Rollout
+from raylhf.core.batch import Rollout
 
 GenerateFn = Callable[..., list[Rollout]]
 """``generate(items, n, *, seed, stop, temperature=...) -> rollouts``: ``items`` are ``(index, token_ids,
@@ -42,7 +42,7 @@ def turn_seed(seed: int | None, turn: int) -> int | None:
     """The sampling seed of model turn ``turn`` (1-based) of a generate phase seeded ``seed``."""
     if seed is None or turn == 1:
         return seed
-    from raylhf.rl import phase_seed
+    from raylhf.driver.phases import phase_seed
 
     return phase_seed(seed, turn, "agent/turn")
 
@@ -88,7 +88,7 @@ class Episode:
 
 class EpisodeRunner:
     """Runs multi-turn episodes for one run: the agent template, the offered tools, the tokenizer and the
-    limits. Called like :func:`raylhf.rl.generate` (``runner(rollout_group, prompt_ids, n, seed=...)``), so it
+    limits. Called like :func:`raylhf.driver.phases.generate` (``runner(rollout_group, prompt_ids, n, seed=...)``), so it
     is the online loop's rollout function; :meth:`run` takes any :data:`GenerateFn` (tests script one)."""
 
     def __init__(self, template: AgentTemplate, tools: Mapping[str, Callable[..., Any]], tokenizer: Any, *,

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from raylhf.registry import PluginCheckError, Registry, class_of
+from raylhf.plugins.registry import PluginCheckError, Registry, class_of
 
 __all__ = [
     "TEMPLATES",

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from raylhf.registry import PluginCheckError, Registry
+from raylhf.plugins.registry import PluginCheckError, Registry
 
 __all__ = ["TOOLS", "ToolResult", "calculator", "call_tool", "check_plugin_entry", "collect_tools", "register_tool",
            "run_tool_calls", "tool_spec"]

@@ -56,7 +56,7 @@ class GKDAlgoConfig(Section):
 
 class GKDDemoConfig(Section):
     """The embedded run used when ``data.train_files`` is empty: arithmetic prompts and demonstrations
-    (raylhf/tasks/demo_data.py), the GRPO demo's SFT warm-up policy as the teacher, a smaller random student."""
+    (raylhf/demo/tasks/demo_data.py), the GRPO demo's SFT warm-up policy as the teacher, a smaller random student."""
 
     num_train: int = Field(2000, gt=0, description="training prompts with demonstrations")
     num_heldout: int = Field(100, gt=0, description="held-out prompts with demonstrations (the KL is measured there)")

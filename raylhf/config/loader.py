@@ -268,7 +268,7 @@ def _activate_plugins(tree: dict[str, Any]) -> None:
         refs += _as_list(reward.get("plugins"))
     if not refs:
         return
-    from raylhf.registry import activate
+    from raylhf.plugins.registry import activate
 
     for ref in refs:
         try:

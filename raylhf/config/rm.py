@@ -40,7 +40,7 @@ class RMAlgoConfig(Section):
 
 class RMDemoConfig(Section):
     """The embedded run used when ``data.train_files`` is empty: synthetic arithmetic pairs
-    (raylhf/tasks/rm_pairs.py), started from the GRPO demo's SFT warm-up policy."""
+    (raylhf/demo/tasks/rm_pairs.py), started from the GRPO demo's SFT warm-up policy."""
 
     num_train: int = Field(4000, gt=0, description="training pairs generated")
     num_heldout: int = Field(400, gt=0, description="held-out pairs (problems never trained on)")

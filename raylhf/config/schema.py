@@ -27,6 +27,7 @@ from raylhf.config.sections import (
     TrainerSections,
     check_registered,
 )
+from raylhf.config.serve_reward import ServeRewardConfig
 
 LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -163,7 +164,7 @@ class SFTAlgoConfig(Section):
     batch_size: int = Field(16, gt=0, description="sequences per optimizer step (all ranks)")
     max_length: int = Field(512, gt=0, description="prompt + response tokens; longer rows are truncated")
     loss_scale: str = Field(
-        "default", description="which tokens train (raylhf/loss_scale.py): default = every assistant reply, "
+        "default", description="which tokens train (raylhf/data/loss_scale.py): default = every assistant reply, "
         "last_round = only the last reply, all = every token; a message's \"loss\": true/false overrides its turn"
     )
     train_on_prompt: bool = Field(False, description="also train on prompt tokens: the same as loss_scale=all")
@@ -181,13 +182,13 @@ class SFTAlgoConfig(Section):
     @field_validator("loss_scale")
     @classmethod
     def _known_loss_scale(cls, v: str) -> str:
-        check_registered("raylhf.loss_scale:LOSS_SCALES", v)
+        check_registered("raylhf.data.loss_scale:LOSS_SCALES", v)
         return v
 
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, v: list[str]) -> list[str]:
-        check_registered("raylhf.eval_metrics:METRICS", v)
+        check_registered("raylhf.algos.text_metrics:METRICS", v)
         return v
 
     @field_validator("loss")
@@ -195,7 +196,7 @@ class SFTAlgoConfig(Section):
     def _known_loss(cls, v: str) -> str:
         if v == "default":  # the built-in: no torch import while validating
             return v
-        from raylhf.losses import get_loss_func
+        from raylhf.algos.sft_losses import get_loss_func
 
         get_loss_func(v)  # a miss lists the registered losses; a wrong signature names the expected one
         return v
@@ -401,7 +402,5 @@ CONFIGS: dict[str, type[Section]] = {"grpo": GRPOConfig, "ppo": PPOConfig, "onli
 def config_class(prefix: str) -> type[Section] | None:
     """The config class for an example file named ``<prefix>_*.yaml`` (``serve``: the reward server)."""
     if prefix == "serve":
-        from raylhf.serve_reward import ServeRewardConfig
-
         return ServeRewardConfig
     return CONFIGS.get(prefix)

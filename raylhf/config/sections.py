@@ -375,7 +375,7 @@ class CallbackConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_callback(cls, v: str) -> str:
-        check_registered("raylhf.callbacks:CALLBACKS", v)
+        check_registered("raylhf.driver.callbacks:CALLBACKS", v)
         return v
 
 

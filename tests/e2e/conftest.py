@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from raylhf.config.sections import RayConfig
-from raylhf.runtime import init_ray
+from raylhf.driver.runtime import init_ray
 
 
 @pytest.fixture(scope="module")

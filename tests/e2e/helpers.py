@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from actors.group import ActorGroup
-from raylhf.batch import TrainBatch
+from raylhf.core.batch import TrainBatch
 
 
 def tiny_batch(n: int, seed: int = 0) -> TrainBatch:

@@ -22,7 +22,7 @@ def _stable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_async_steps_bound_staleness_and_resume_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from raylhf.grpo import run_grpo
+    from raylhf.trainers.grpo import run_grpo
 
     digits = tmp_path / "digits.py"  # dense, so the updates (and the off-policy gap) are not zero
     digits.write_text("def digits(completions, **kw):\n"

@@ -21,9 +21,9 @@ METRIC_FILE = ROOT / "examples/plugins/metric_top2.py"
 
 @pytest.fixture
 def plugins_cleanup():
-    from raylhf import registry
-    from raylhf.callbacks import CALLBACKS, extra_callbacks
-    from raylhf.eval_metrics import METRICS
+    from raylhf.algos.text_metrics import METRICS
+    from raylhf.driver.callbacks import CALLBACKS, extra_callbacks
+    from raylhf.plugins import registry
 
     before = list(extra_callbacks)
     yield
@@ -41,12 +41,12 @@ def test_early_stop_in_sft_with_metrics_from_two_ranks(tmp_path: Path, tiny_mode
                                                        plugins_cleanup: None) -> None:
     from transformers import AutoModelForCausalLM
 
-    from raylhf import registry
+    from raylhf.algos.text_metrics import compute_nlg_metrics, reply_span
     from raylhf.assets import load_tokenizer
-    from raylhf.eval_metrics import compute_nlg_metrics, reply_span
-    from raylhf.loss_scale import get_loss_scale
-    from raylhf.sft import encode_examples, run_sft
-    from raylhf.tasks.chat_data import chat_examples, two_turn_chats
+    from raylhf.data.loss_scale import get_loss_scale
+    from raylhf.demo.tasks.chat_data import chat_examples, two_turn_chats
+    from raylhf.plugins import registry
+    from raylhf.trainers.sft import encode_examples, run_sft
 
     registry.activate([str(CALLBACK_FILE), str(METRIC_FILE)], replace=True)  # as --plugins does before validation
     train = chat_examples(two_turn_chats(8, seed=5, max_operand=9))
@@ -112,10 +112,10 @@ def test_early_stop_in_sft_with_metrics_from_two_ranks(tmp_path: Path, tiny_mode
 
 def test_grpo_stops_after_the_step_a_plugin_callback_names(tmp_path: Path, tiny_model_dir: Path,
                                                            plugins_cleanup: None) -> None:
-    from raylhf import registry
     from raylhf.config import GRPOConfig
-    from raylhf.grpo import run_grpo
-    from raylhf.tasks.arithmetic import make_problems, write_jsonl
+    from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
+    from raylhf.plugins import registry
+    from raylhf.trainers.grpo import run_grpo
 
     cols = {"prompt": "question", "solution": "answer"}
     train = write_jsonl(make_problems(32, seed=1, max_operand=9), tmp_path / "train.jsonl", cols)

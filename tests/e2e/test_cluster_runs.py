@@ -19,8 +19,8 @@ import ray
 import yaml
 
 from raylhf.config.sections import RayConfig
-from raylhf.runtime import init_ray
-from raylhf.tasks.arithmetic import make_problems, write_jsonl
+from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
+from raylhf.driver.runtime import init_ray
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def test_policy_and_rollout_on_different_raylets(tmp_path: Path, tiny_model_dir:
     from ray.cluster_utils import Cluster
 
     from raylhf.config import GRPOConfig, build_config
-    from raylhf.grpo import run_grpo
+    from raylhf.trainers.grpo import run_grpo
 
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
@@ -64,9 +64,9 @@ def test_weight_sync_parity_across_raylets(tiny_model_dir: Path) -> None:
     """Policy on one raylet, engine on another: after a step and a sync their log-probs agree (fp32)."""
     from ray.cluster_utils import Cluster
 
-    from raylhf import rl
-    from raylhf.batch import Objective
     from raylhf.config.sections import PolicyConfig, RolloutConfig
+    from raylhf.core.batch import Objective
+    from raylhf.driver import phases as rl
 
     from .helpers import engine_policy_logprob_diff, tiny_batch
 

@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 
 from raylhf.config import DPOConfig, KTOConfig, build_config
-from raylhf.tasks.arithmetic import write_jsonl
-from raylhf.tasks.demo_data import INSTRUCTION
-from raylhf.tasks.preferences import preference_rows, unpaired_rows
+from raylhf.demo.tasks.arithmetic import write_jsonl
+from raylhf.demo.tasks.demo_data import INSTRUCTION
+from raylhf.demo.tasks.preferences import preference_rows, unpaired_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def _prompts(n: int, seed: int) -> list[Any]:
     from raylhf.data import PromptExample
-    from raylhf.tasks.arithmetic import make_problems
+    from raylhf.demo.tasks.arithmetic import make_problems
 
     return [PromptExample([{"role": "user", "content": r["prompt"] + INSTRUCTION}],
                           {"solution": r["solution"], "equation": r["equation"]})
@@ -47,7 +47,7 @@ def _train_rows(res: Any) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Any:
-    from raylhf.dpo import run_dpo
+    from raylhf.trainers.dpo import run_dpo
 
     tmp = tmp_path_factory.mktemp("dpo")
     return run_dpo(dpo_cfg(tmp, tiny_model_dir, **{"dpo.rpo_alpha": 0.1}))
@@ -71,7 +71,7 @@ def test_precomputed_reference_on_two_ranks_gives_the_same_first_step(tmp_path: 
                                                                       dpo_run: Any) -> None:
     """precompute_ref (then no reference actor) and 2 data-parallel ranks (4 pairs each, 2 per micro-batch):
     the first step's loss and gradient are those of the per-batch reference run on one rank."""
-    from raylhf.dpo import run_dpo
+    from raylhf.trainers.dpo import run_dpo
 
     cache = tmp_path / "ref_cache"
     res = run_dpo(dpo_cfg(tmp_path, tiny_model_dir, **{
@@ -85,13 +85,13 @@ def test_precomputed_reference_on_two_ranks_gives_the_same_first_step(tmp_path: 
 
 def test_simpo_starts_no_reference_and_learns(tmp_path: Path, tiny_model_dir: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import raylhf.preference
-    from raylhf.dpo import run_dpo
+    import raylhf.driver.preference
+    from raylhf.trainers.dpo import run_dpo
 
     def no_reference(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("SimPO is reference-free: no reference group may start")
 
-    monkeypatch.setattr(raylhf.preference, "start_reference", no_reference)
+    monkeypatch.setattr(raylhf.driver.preference, "start_reference", no_reference)
     res = run_dpo(dpo_cfg(tmp_path, tiny_model_dir, **{"dpo.loss_type": "simpo", "dpo.num_steps": 4,
                                                        "dpo.simpo_gamma": 0.5}))
     rows = _train_rows(res)
@@ -100,7 +100,7 @@ def test_simpo_starts_no_reference_and_learns(tmp_path: Path, tiny_model_dir: Pa
 
 
 def test_kto_runs_on_unpaired_data(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from raylhf.kto import run_kto
+    from raylhf.trainers.kto import run_kto
 
     train = write_jsonl(unpaired_rows(_prompts(8, seed=1), seed=1), tmp_path / "kto.jsonl")
     cfg = build_config(KTOConfig, overrides=list({

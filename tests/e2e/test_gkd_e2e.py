@@ -10,13 +10,13 @@ import pytest
 from raylhf.assets import write_tiny_model
 from raylhf.config import GKDConfig, build_config
 from raylhf.config.sections import TinyModelConfig
-from raylhf.tasks.distill_data import distill_splits
+from raylhf.demo.tasks.distill_data import distill_splits
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def test_gkd_mixes_student_samples_and_data_and_lowers_the_kl(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from raylhf.gkd import run_gkd
+    from raylhf.trainers.gkd import run_gkd
 
     teacher = write_tiny_model(tmp_path / "teacher", TinyModelConfig(seed=7))
     train, heldout = distill_splits(64, 8)

@@ -12,11 +12,11 @@ import ray
 import torch
 
 from actors.group import ActorGroup, WorkerError
-from raylhf import rl
-from raylhf.batch import Objective, TrainBatch
 from raylhf.config import GRPOConfig, build_config
 from raylhf.config.sections import PolicyConfig, RolloutConfig
-from raylhf.tasks.arithmetic import make_problems, write_jsonl
+from raylhf.core.batch import Objective, TrainBatch
+from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
+from raylhf.driver import phases as rl
 
 from .helpers import engine_policy_logprob_diff, tiny_batch
 
@@ -43,7 +43,7 @@ def small_cfg(tmp_path: Path, model: Path, **over: object) -> GRPOConfig:
 
 
 def test_grpo_two_steps_with_kl_and_minibatches(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from raylhf.grpo import run_grpo
+    from raylhf.trainers.grpo import run_grpo
 
     digits = tmp_path / "digits.py"  # a dense reward, so a random model's groups have varied rewards
     digits.write_text("def digits(completions, **kw):\n"
@@ -155,7 +155,7 @@ def test_rank_killed_mid_run_fails_fast(tiny_model_dir: Path) -> None:
 
 def test_reward_worker_death_ends_the_run(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A worker process that dies mid-run ends run_grpo with that worker's error instead of hanging."""
-    from raylhf.grpo import run_grpo
+    from raylhf.trainers.grpo import run_grpo
 
     fn = tmp_path / "dying_reward.py"
     fn.write_text(
@@ -253,7 +253,7 @@ def test_sft_loss_on_a_tiny_case_equals_the_mean_response_nll(tmp_path: Path, ti
     from raylhf.assets import load_tokenizer
     from raylhf.config import SFTConfig
     from raylhf.data import SFTExample, tokenize_sft
-    from raylhf.sft import run_sft
+    from raylhf.trainers.sft import run_sft
 
     examples = [SFTExample([{"role": "user", "content": f"What is {i}+{i}?"}], str(2 * i)) for i in range(4)]
     cfg = build_config(SFTConfig, overrides=[
@@ -354,8 +354,8 @@ def test_grpo_stops_after_max_bad_steps_in_a_row(tmp_path: Path, tiny_model_dir:
     """Every step's batch carries a NaN advantage (patched in on the driver): each update is skipped, logged
     and its batch saved; the second bad step in a row (runtime.max_bad_steps=2) ends run_grpo with a clear
     error."""
-    from raylhf.grpo import run_grpo
-    from raylhf.guard import NonFiniteTrainingError
+    from raylhf.core.guard import NonFiniteTrainingError
+    from raylhf.trainers.grpo import run_grpo
 
     real = rl.to_train_batch
 
@@ -388,9 +388,9 @@ def test_sft_stops_after_max_bad_steps_in_a_row(tmp_path: Path, tiny_model_dir: 
     from transformers import AutoModelForCausalLM
 
     from raylhf.config import SFTConfig
+    from raylhf.core.guard import NonFiniteTrainingError
     from raylhf.data import SFTExample
-    from raylhf.guard import NonFiniteTrainingError
-    from raylhf.sft import run_sft
+    from raylhf.trainers.sft import run_sft
 
     nan_model = tmp_path / "nan-model"
     shutil.copytree(tiny_model_dir, nan_model)

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import torch
 
-from raylhf import rl
 from raylhf.config import GRPOConfig, build_config
 from raylhf.config.sections import TinyModelConfig
-from raylhf.tasks.arithmetic import make_problems, write_jsonl
+from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
+from raylhf.driver import phases as rl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -59,7 +59,7 @@ def _occurrences(seq: list[int], sub: list[int]) -> list[int]:
 def test_multiturn_grpo_step_with_calculator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from raylhf.agent.templates import get_template
     from raylhf.assets import load_tokenizer, write_tiny_model
-    from raylhf.grpo import run_grpo
+    from raylhf.trainers.grpo import run_grpo
 
     # the hermes description of the calculator takes ~570 tokens of this tokenizer: a 1024-position model
     model = write_tiny_model(tmp_path / "tiny-1k", TinyModelConfig(max_position_embeddings=1024))

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from raylhf.config import OnlineDPOConfig, build_config
-from raylhf.tasks.arithmetic import make_problems, write_jsonl
+from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def test_online_dpo_two_rounds(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from raylhf.online_dpo import run_online_dpo
+    from raylhf.trainers.online_dpo import run_online_dpo
 
     cols = {"prompt": "question", "solution": "answer"}
     train = write_jsonl(make_problems(16, seed=1, max_operand=9), tmp_path / "train.jsonl", cols)

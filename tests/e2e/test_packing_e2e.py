@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from actors.group import ActorGroup
-from raylhf import rl
-from raylhf.batch import Objective, TrainBatch
 from raylhf.config.sections import PolicyConfig
+from raylhf.core.batch import Objective, TrainBatch
+from raylhf.driver import phases as rl
 
 from .helpers import tiny_batch
 

@@ -10,8 +10,8 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from actors.group import ActorGroup, BaseWorker, WorkerError
-from raylhf import rl
 from raylhf.config.sections import PolicyConfig
+from raylhf.driver import phases as rl
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from raylhf import registry, rl
 from raylhf.config.sections import RewardConfig
+from raylhf.driver import phases as rl
+from raylhf.plugins import registry
 
 PLUGIN = '''
 from raylhf.plugins import ORM, orms

@@ -15,7 +15,7 @@ import ray
 import torch
 
 from raylhf.config import PPOConfig, build_config, to_yaml
-from raylhf.tasks.arithmetic import make_problems, write_jsonl
+from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -73,7 +73,7 @@ def test_ppo_with_critic_prm_steps_and_adaptive_kl(tmp_path: Path, tiny_model_di
     """Also: the GAE the driver computes from the live critic's values and the placed rewards equals the
     hand-written recursion, and the returns it trains the critic on are advantages + values."""
     import raylhf.algos.advantages as adv_mod
-    from raylhf.ppo import run_ppo
+    from raylhf.trainers.ppo import run_ppo
 
     calls = []
     real_gae = adv_mod.gae
@@ -105,7 +105,7 @@ def test_ppo_with_critic_prm_steps_and_adaptive_kl(tmp_path: Path, tiny_model_di
 
 
 def test_estimator_switch_starts_no_critic(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from raylhf.ppo import run_ppo
+    from raylhf.trainers.ppo import run_ppo
 
     res = run_ppo(ppo_cfg(tmp_path, tiny_model_dir, **{"ppo.advantage": "grpo", "ppo.num_steps": 1,
                                                        "ppo.kl_coef": 0.0, "data.eval_files": []}))

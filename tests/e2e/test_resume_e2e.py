@@ -71,7 +71,7 @@ def _finish(proc: subprocess.Popen[str], timeout_s: float = 240) -> tuple[int, s
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, list[dict]]:
-    from raylhf.grpo import run_grpo
+    from raylhf.trainers.grpo import run_grpo
 
     tmp = tmp_path_factory.mktemp("resume")
     res = run_grpo(_cfg(tmp, tiny_model_dir, "uninterrupted"))
@@ -149,7 +149,7 @@ def test_sft_resume_repeats_the_run_with_zero2_and_a_schedule(tmp_path: Path, ti
     warm-up and shuffling across epochs: resumed from step 3, steps 4-6 equal the uninterrupted run's."""
     from raylhf.config import SFTConfig, build_config
     from raylhf.data import SFTExample
-    from raylhf.sft import run_sft
+    from raylhf.trainers.sft import run_sft
 
     examples = [SFTExample([{"role": "user", "content": f"What is {i}+{i + 1}?"}], str(2 * i + 1)) for i in range(10)]
 

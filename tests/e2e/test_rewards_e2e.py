@@ -18,7 +18,7 @@ import ray
 
 from raylhf.config import GRPOConfig, build_config
 from raylhf.data import load_preference_dataset
-from raylhf.tasks.arithmetic import make_problems, write_jsonl
+from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def prm_server(tmp_path: Path):
 
 def test_grpo_with_only_a_remote_prm(tmp_path: Path, tiny_model_dir: Path, prm_server: str,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from raylhf.grpo import run_grpo
+    from raylhf.trainers.grpo import run_grpo
 
     monkeypatch.setenv("E2E_PRM_TOKEN", TOKEN)
     train = write_jsonl(make_problems(16, seed=1, max_operand=9), tmp_path / "train.jsonl",

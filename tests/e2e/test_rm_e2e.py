@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig
 
-from raylhf import rl
 from raylhf.config import RMConfig, build_config
 from raylhf.config.sections import RewardConfig
-from raylhf.tasks.rm_pairs import arithmetic_pair_splits
+from raylhf.demo.tasks.rm_pairs import arithmetic_pair_splits
+from raylhf.driver import phases as rl
 from rewards.base import RewardBatch
 from rewards.model import SequenceRewardModel
 
@@ -29,7 +29,7 @@ def _pairs_file(path: Path, n: int) -> Path:
 
 
 def test_rm_trains_resumes_and_scores_in_a_reward_worker(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from raylhf.rm import run_rm
+    from raylhf.trainers.rm import run_rm
 
     base = {
         "model.path": str(tiny_model_dir), "data.train_files": str(_pairs_file(tmp_path / "pairs.jsonl", 40)),

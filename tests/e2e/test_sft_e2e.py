@@ -19,9 +19,9 @@ def test_lora_sft_on_two_zero3_ranks_exports_a_merged_model(tmp_path: Path, tiny
     from transformers import AutoModelForCausalLM
 
     from actors.common import forward_logprobs
-    from raylhf.sft import run_sft
-    from raylhf.tasks.arithmetic import write_jsonl
-    from raylhf.tasks.chat_data import two_turn_chats
+    from raylhf.demo.tasks.arithmetic import write_jsonl
+    from raylhf.demo.tasks.chat_data import two_turn_chats
+    from raylhf.trainers.sft import run_sft
 
     train = write_jsonl(two_turn_chats(11, seed=5, max_operand=9), tmp_path / "chat.jsonl")
     cfg = build_config(SFTConfig, overrides=[
@@ -61,9 +61,9 @@ def test_lora_sft_on_two_zero3_ranks_exports_a_merged_model(tmp_path: Path, tiny
 def test_lora_policy_syncs_merged_weights_into_vllm(tiny_model_dir: Path) -> None:
     """GRPO with LoRA: after an update, weight sync sends the base model's names with the adapter merged, and
     the engine's log-probs match the LoRA policy's (fp32, the full-tuning parity tolerance 2e-4)."""
-    from raylhf import rl
-    from raylhf.batch import Objective
     from raylhf.config.sections import PolicyConfig, RolloutConfig, TunerConfig
+    from raylhf.core.batch import Objective
+    from raylhf.driver import phases as rl
 
     from .helpers import engine_policy_logprob_diff, tiny_batch
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from raylhf import registry
 from raylhf.config import SFTConfig, build_config
+from raylhf.plugins import registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -25,10 +25,10 @@ def test_focal_loss_changes_the_reported_loss_as_its_formula_says(tmp_path: Path
     from actors.common import forward_logprobs, load_causal_lm, pad
     from raylhf.assets import load_tokenizer
     from raylhf.data import load_from_config
-    from raylhf.loss_scale import get_loss_scale
-    from raylhf.sft import collate, encode_examples, run_sft
-    from raylhf.tasks.arithmetic import write_jsonl
-    from raylhf.tasks.chat_data import two_turn_chats
+    from raylhf.data.loss_scale import get_loss_scale
+    from raylhf.demo.tasks.arithmetic import write_jsonl
+    from raylhf.demo.tasks.chat_data import two_turn_chats
+    from raylhf.trainers.sft import collate, encode_examples, run_sft
 
     monkeypatch.setenv(registry.ENV, "")  # the plugins this test activates stay out of later tests' actors
     train = write_jsonl(two_turn_chats(8, seed=5, max_operand=30), tmp_path / "chat.jsonl")

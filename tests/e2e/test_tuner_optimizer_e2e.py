@@ -24,9 +24,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "optimi
 
 def test_plugin_sgd_factory_steps_an_sft_run_on_zero2(tmp_path: Path, tiny_model_dir: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from raylhf.sft import run_sft
-    from raylhf.tasks.arithmetic import write_jsonl
-    from raylhf.tasks.chat_data import two_turn_chats
+    from raylhf.demo.tasks.arithmetic import write_jsonl
+    from raylhf.demo.tasks.chat_data import two_turn_chats
+    from raylhf.trainers.sft import run_sft
 
     monkeypatch.setenv("RAYLHF_PLUGINS", "")
     train = write_jsonl(two_turn_chats(16, seed=3, max_operand=9), tmp_path / "chat.jsonl")
@@ -51,9 +51,9 @@ def test_full_lora_ia3_policies_sync_into_vllm(tmp_path: Path, tiny_model_dir: P
     from transformers import AutoModelForCausalLM
 
     from actors.common import forward_logprobs
-    from raylhf import rl
-    from raylhf.batch import Objective
     from raylhf.config.sections import PolicyConfig, RolloutConfig, TunerConfig
+    from raylhf.core.batch import Objective
+    from raylhf.driver import phases as rl
 
     from .helpers import engine_policy_logprob_diff, tiny_batch
 

@@ -13,14 +13,14 @@ from test_logging import (  # tests/ is on sys.path (rootdir conftest)
 )
 
 from raylhf.config import GRPOConfig, build_config
-from raylhf.tasks.arithmetic import make_problems, write_jsonl
+from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def test_grpo_reports_to_wandb_offline(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                        capfd: pytest.CaptureFixture[str]) -> None:
-    from raylhf.grpo import run_grpo
+    from raylhf.trainers.grpo import run_grpo
 
     use_offline_wandb(monkeypatch, tmp_path)
     cols = {"prompt": "question", "solution": "answer"}

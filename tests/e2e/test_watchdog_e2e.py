@@ -13,8 +13,8 @@ import ray.cloudpickle
 
 from actors import watchdog
 from actors.group import ActorGroup, BaseWorker, PhaseTimeoutError
-from raylhf import rl
 from raylhf.config.sections import RewardConfig, RewardFunctionConfig
+from raylhf.driver import phases as rl
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module

@@ -14,11 +14,11 @@ from raylhf.agent.templates import check_plugin_entry as check_template
 from raylhf.agent.tools import TOOLS, calculator, run_tool_calls, tool_spec
 from raylhf.agent.tools import check_plugin_entry as check_tool
 from raylhf.assets import load_tokenizer
-from raylhf.batch import Rollout
 from raylhf.config import GRPOConfig, build_config
 from raylhf.config.loader import ConfigError
-from raylhf.registry import PluginCheckError, load_plugin
-from raylhf.rl import to_train_batch
+from raylhf.core.batch import Rollout
+from raylhf.driver.phases import to_train_batch
+from raylhf.plugins.registry import PluginCheckError, load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/plugins/agent_calculator.py"
@@ -310,7 +310,7 @@ def test_agent_config_checks_names() -> None:
 def test_check_plugin_report_fails_a_tool_with_the_wrong_signature(tmp_path: Path) -> None:
     import io
 
-    from raylhf import check_plugin
+    from raylhf.plugins import check as check_plugin
 
     f = tmp_path / "agent_wrong_tool.py"
     f.write_text("from raylhf.plugins import register_tool\n"

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from raylhf import registry
-from raylhf.callbacks import (
+from raylhf.driver.callbacks import (
     CALLBACKS,
     CallbackError,
     CallbackHandler,
@@ -28,7 +27,8 @@ from raylhf.callbacks import (
     scripted_run,
     start_callbacks,
 )
-from raylhf.registry import PluginCheckError
+from raylhf.plugins import registry
+from raylhf.plugins.registry import PluginCheckError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/plugins/callbacks_early_stop.py"
@@ -152,7 +152,7 @@ def test_check_plugin_rejects_wrong_signatures_naming_entry_and_expected_shape()
 
 
 def test_check_plugin_cli_reports_a_wrong_callback(tmp_path: Path) -> None:
-    from raylhf import check_plugin
+    from raylhf.plugins import check as check_plugin
 
     f = tmp_path / "bad_callbacks.py"
     f.write_text("from raylhf.plugins import TrainerCallback, register_callback\n"
@@ -195,8 +195,8 @@ class _Stream:
 
 def test_online_run_stops_after_the_step_a_callback_asked(tmp_path: Path) -> None:
     from raylhf.assets import load_tokenizer
-    from raylhf.online import OnlineRun
-    from raylhf.producer import RolloutProducer
+    from raylhf.driver.online import OnlineRun
+    from raylhf.driver.producer import RolloutProducer
 
     eval_loss = {0: 1.0, 1: 1.2, 2: 1.3, 3: 1.4, 4: 0.1}  # never better than step 0: patience 2 stops at step 2
 

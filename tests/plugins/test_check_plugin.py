@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from raylhf import check_plugin
 from raylhf.config import load_config
 from raylhf.config.schema import SFTConfig
+from raylhf.plugins import check as check_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 

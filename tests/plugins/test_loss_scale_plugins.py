@@ -1,4 +1,4 @@
-"""Loss-scale strategies (``sft.loss_scale``, raylhf/loss_scale.py): the word-weighting example plugin puts
+"""Loss-scale strategies (``sft.loss_scale``, raylhf/data/loss_scale.py): the word-weighting example plugin puts
 its weights on exactly the right tokens; the built-ins ``ignore_empty_think``, ``react`` and ``hermes`` on
 tokenized chats; keyword tables from a class attribute or a JSON file; check-plugin. No Ray.
 
@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from raylhf import registry
 from raylhf.assets import load_tokenizer
 from raylhf.data import SFTExample, tokenize_sft
-from raylhf.loss_scale import LOSS_SCALES, ContextType, LossScale, check_plugin_entry, split_by_table
-from raylhf.registry import PluginCheckError, load_plugin
+from raylhf.data.loss_scale import LOSS_SCALES, ContextType, LossScale, check_plugin_entry, split_by_table
+from raylhf.plugins import registry
+from raylhf.plugins.registry import PluginCheckError, load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "plugins" / "loss_scale_keywords.py"

@@ -1,4 +1,4 @@
-"""Custom SFT losses (``sft.loss``, raylhf/losses.py): the example plugin's formulas on hand-made logits, the
+"""Custom SFT losses (``sft.loss``, raylhf/algos/sft_losses.py): the example plugin's formulas on hand-made logits, the
 ``default`` function against the objective's cross-entropy, the SFTWorker's custom path against the
 PolicyWorker's on a tiny model, ``num_items_in_batch`` across micro-batches, check-plugin and the config
 errors. No Ray."""
@@ -16,15 +16,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from raylhf import registry
-from raylhf.batch import Objective
+from raylhf.algos.sft_losses import (
+    LOSS_FUNCS,
+    check_plugin_entry,
+    collect_losses,
+    get_loss_func,
+    register_loss_func,
+)
 from raylhf.config import SFTConfig, build_config
 from raylhf.config.dpo import DPOConfig
 from raylhf.config.loader import ConfigError
 from raylhf.config.schema import GRPOConfig
-from raylhf.losses import LOSS_FUNCS, check_plugin_entry, collect_losses, get_loss_func, register_loss_func
-from raylhf.objective import objective_loss
-from raylhf.registry import PluginCheckError, load_plugin
+from raylhf.core.batch import Objective
+from raylhf.core.objective import objective_loss
+from raylhf.plugins import registry
+from raylhf.plugins.registry import PluginCheckError, load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "plugins" / "loss_focal.py"
@@ -114,7 +120,7 @@ def test_sft_worker_custom_path_matches_the_policy_worker(tiny_model_dir: Path) 
     from actors.common import forward_logprobs, load_causal_lm, pad
     from actors.policy import PolicyWorker
     from actors.sft_worker import SFTWorker
-    from raylhf.sft import collate
+    from raylhf.trainers.sft import collate
 
     model = load_causal_lm(str(tiny_model_dir), torch.float32)
     rows = [([5, 9, 11, 40, 41, 42, 7], [0.0, 0.0, 1.0, 2.0, 1.0, 0.5, 1.0]), ([8, 3, 60, 61], [0.0, 1.0, 1.0, 1.0])]

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raylhf import registry
-from raylhf.eval_metrics import (
+from raylhf.algos.text_metrics import (
     METRICS,
     EvalPrediction,
     check_plugin_entry,
@@ -24,7 +23,8 @@ from raylhf.eval_metrics import (
     reply_span,
     trim_outputs,
 )
-from raylhf.registry import PluginCheckError
+from raylhf.plugins import registry
+from raylhf.plugins.registry import PluginCheckError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/plugins/metric_top2.py"
@@ -119,7 +119,7 @@ def test_reply_span_is_the_last_trained_run() -> None:
 
 def test_generation_metrics_need_a_prompt() -> None:
     from raylhf.data import DataError
-    from raylhf.sft import eval_loss_fn
+    from raylhf.trainers.sft import eval_loss_fn
 
     with pytest.raises(DataError, match="no held-out row has a prompt before its last trained reply"):
         eval_loss_fn([([1, 2, 3], [1.0, 1.0, 1.0])], 4, 1, ["nlg"], None)
@@ -162,7 +162,7 @@ def test_check_plugin_rejects_wrong_signatures() -> None:
 
 
 def test_check_plugin_cli_on_a_metric_mapping(tmp_path: Path) -> None:
-    from raylhf import check_plugin
+    from raylhf.plugins import check as check_plugin
 
     f = tmp_path / "bad_metrics.py"
     f.write_text("def two(eval_prediction, tokenizer):\n    return {}\n"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from actors.optimizers import OPTIMIZERS, OptimizerArgs, build_optimizer, check_plugin_entry, describe
-from raylhf.registry import PluginCheckError, load_plugin
+from raylhf.plugins.registry import PluginCheckError, load_plugin
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "optimizer_sgd.py"
 

@@ -21,7 +21,7 @@ from actors.tuners import (
     export_params,
     save_merged,
 )
-from raylhf.registry import PluginCheckError, load_plugin
+from raylhf.plugins.registry import PluginCheckError, load_plugin
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "tuner_last_mlp.py"
 

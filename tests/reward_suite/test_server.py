@@ -266,10 +266,10 @@ def test_prm_client(apps: dict[str, Proc]) -> None:
 
 
 def test_cli_help_and_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
-    from raylhf.cli import SUBCOMMANDS
+    from raylhf.cli import COMMANDS
     from raylhf.serve_reward import main
 
-    assert SUBCOMMANDS["serve-reward"][0] == "raylhf.serve_reward"
+    assert COMMANDS["serve-reward"].prog == "raylhf.serve_reward"
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "max_body_mb" in out and "token_env" in out
@@ -283,7 +283,8 @@ def test_cli_help_and_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_warns_on_open_host_without_token(monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    import raylhf.serve_reward as sr
+    import raylhf.tools.serve_reward as sr
+    from raylhf.serve_reward import main
 
     served: list[str] = []
 
@@ -293,11 +294,11 @@ def test_cli_warns_on_open_host_without_token(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(sr, "_serve", fake_serve)
     monkeypatch.setattr(sr, "build_scorer", lambda cfg: object())
     monkeypatch.delenv("RAYLHF_REWARD_TOKEN", raising=False)
-    assert sr.main(["--host", "0.0.0.0"]) == 0
+    assert main(["--host", "0.0.0.0"]) == 0
     assert "WARNING" in capsys.readouterr().err
-    assert sr.main(["--host", "::1"]) == 0
+    assert main(["--host", "::1"]) == 0
     monkeypatch.setenv("RAYLHF_REWARD_TOKEN", "tok")
-    assert sr.main(["--host", "0.0.0.0"]) == 0
+    assert main(["--host", "0.0.0.0"]) == 0
     assert "WARNING" not in capsys.readouterr().err and served == ["0.0.0.0", "::1", "0.0.0.0"]
 
 
