@@ -29,6 +29,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors import watchdog
 from raylhf.core.errors import RunError
+from raylhf.plugins.registry import actor_env
 
 
 class WorkerError(RuntimeError):
@@ -479,7 +480,6 @@ class ActorGroup:
         self._start_timeout_s = start_timeout_s
         self.restarts = 0
         self._opts: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1)
-        from raylhf.plugins.registry import actor_env
 
         env = {**actor_env(), **ACTOR_ENV}  # the run's plugin files (loaded at the first registry lookup), ...
         if env:

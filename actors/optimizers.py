@@ -28,12 +28,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from raylhf.plugins.registry import PluginCheckError, Registry
+from raylhf.plugins.registry import OPTIMIZERS, PluginCheckError
 
 OptimizerFactory = Callable[..., tuple[Any, Any]]
 SIGNATURE = "factory(args, model, dataset) -> (optimizer, scheduler | None)"
 
-OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", "policy.optimizer")
 
 
 def register_optimizer(name: str | None = None) -> Callable[[OptimizerFactory], OptimizerFactory]:
@@ -294,3 +293,6 @@ def check_plugin_entry(name: str, factory: Any) -> str:
     info = describe(opt, sched)
     return (f"{info['optimizer']} with {len(info['groups'])} param group(s), scheduler "
             f"{info['scheduler'] or 'None (the default schedule)'}; one step moved {moved} of {len(before)} tensors")
+
+
+OPTIMIZERS.attach(collector=collect_optimizers, interface_check=check_plugin_entry)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from actors import tuners
 from actors.common import (
     batched_logprobs,
     device,
@@ -24,13 +25,23 @@ from actors.common import (
     init_distributed,
     load_causal_lm,
     micro_batches,
+    packing_options,
     pad,
     resolve_dtype,
     set_threads,
 )
+from actors.evaluation import eval_predictions
+from actors.faults import maybe_die
 from actors.group import BaseWorker
-from actors.optimizers import lr_lambda  # noqa: F401  (the default schedule; tests import it from here)
+from actors.optimizers import (
+    OptimizerArgs,
+    build_optimizer,
+    describe,
+    lr_lambda,  # noqa: F401  (the default schedule; tests import it from here)
+)
+from actors.tuners import TUNERS, FullTuner, TunerArgs, prepare, trainable_counts
 from raylhf.core.batch import Objective, TrainBatch
+from raylhf.core.checkpoint import load_rng, save_rng
 from raylhf.core.guard import SKIPPED, guard_metrics, local_flags
 from raylhf.core.metrics import SUM_METRICS, reduce_metrics
 from raylhf.core.objective import objective_loss
@@ -74,7 +85,6 @@ class PolicyWorker(BaseWorker):
         bf16 = precision == "bf16" or (precision == "auto" and resolve_dtype("auto") == torch.bfloat16)
         model = self.build_model()
         if self.tuner is None:  # a subclass that builds its own model (critic, reward model) trains all of it
-            from actors.tuners import FullTuner
 
             self.tuner = FullTuner
         if self.cfg.get("gradient_checkpointing"):
@@ -100,7 +110,6 @@ class PolicyWorker(BaseWorker):
     def build_optimizer(self, model: torch.nn.Module) -> tuple[Any, Any]:
         """The optimizer and LR scheduler of ``policy.optimizer`` (a registered factory, ``actors/optimizers.py``)
         over ``model``'s trainable parameters; DeepSpeed steps both."""
-        from actors.optimizers import OptimizerArgs, build_optimizer, describe
 
         name = str(self.cfg.get("optimizer", "adamw"))
         opt, sched = build_optimizer(name, OptimizerArgs.from_policy(self.cfg, self.total_steps), model)
@@ -113,7 +122,6 @@ class PolicyWorker(BaseWorker):
 
     def optimizer_summary(self) -> dict[str, Any]:
         """What steps: ``{name, optimizer (class), scheduler (class), groups: [{name, lr (current), params}]}``."""
-        from actors.optimizers import describe
 
         return {"name": self._optimizer_info["name"], **describe(self._optimizer, self.scheduler)}
 
@@ -122,7 +130,6 @@ class PolicyWorker(BaseWorker):
         """The trained module, in float32 (DeepSpeed casts for bf16), prepared by the tuner ``policy.tuner.type``
         names (``actors/tuners.py``: full, lora, ia3, freeze, or a plugin's); only what it leaves trainable
         trains."""
-        from actors.tuners import TUNERS, TunerArgs, prepare, trainable_counts
 
         model = load_causal_lm(self.model_path, torch.float32, self.trust_remote_code)
         args = TunerArgs(self.cfg.get("tuner"), model_path=self.model_path,
@@ -138,7 +145,6 @@ class PolicyWorker(BaseWorker):
     def micro_batches(self, batch: TrainBatch) -> list[list[int]]:
         """The micro-batches of one optimizer step over this rank's shard, as index lists: ``micro_batch_size``
         length-sorted sequences, or ``policy.max_tokens_per_micro_batch`` tokens (``actors.common.micro_batches``)."""
-        from actors.common import packing_options
 
         packing, max_tokens = packing_options(self.cfg)
         return list(micro_batches([len(x) for x in batch.input_ids], self.micro, max_tokens, packing))
@@ -149,7 +155,6 @@ class PolicyWorker(BaseWorker):
         entropy [B, L] | None)``, right-padded, position ``t`` = log p(token_t | tokens_<t)``. Every loss
         goes through here, so ``policy.packing`` (several sequences per row inside, ``actors.packing``) applies
         to all trainers without changing what they receive."""
-        from actors.common import packing_options
 
         packing, _ = packing_options(self.cfg)
         return forward_logprobs(self.engine, input_ids, temperature, with_entropy=with_entropy, packing=packing)
@@ -178,7 +183,6 @@ class PolicyWorker(BaseWorker):
     def train_step(self, batch: TrainBatch, obj: Objective) -> dict[str, float]:
         """One optimizer step on this rank's shard; its metrics reduced over the micro-batches
         (``raylhf.core.metrics.reduce_metrics``: losses summed, maxima / minima as such, the rest token-weighted)."""
-        from actors.faults import maybe_die
 
         maybe_die(self.fault_group, "train_step")
         trace, self._trace_to = self._trace_to, None
@@ -297,7 +301,6 @@ class PolicyWorker(BaseWorker):
     @torch.no_grad()
     def logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0) -> list[torch.Tensor]:
         """Per-sequence token log-probs (no grad, input order), micro-batched and packed as in ``train_step``."""
-        from actors.common import packing_options
 
         self.engine.eval()
         packing, max_tokens = packing_options(self.cfg)
@@ -308,7 +311,6 @@ class PolicyWorker(BaseWorker):
         """(name, full CPU tensor) for every parameter; ZeRO-3 shards are gathered (collective). Under an adapter
         tuner (LoRA, IA3) the base model's parameter names with the adapters merged in (what HF and vLLM load);
         a tuner's own ``export_params`` when it has one (``actors/tuners.py``)."""
-        from actors import tuners
 
         zero3 = int(self.cfg.get("zero_stage", 0)) == 3
         yield from tuners.export_params(self.engine.module, tuners.gatherer(zero3), self.tuner)
@@ -341,7 +343,6 @@ class PolicyWorker(BaseWorker):
         An adapter tuner (LoRA, IA3: a peft model) writes the base model with the adapters merged in at ``path``
         and the adapter (peft format) under ``path/adapter``; with ``policy.tuner.merge_on_save=false`` only the
         adapter, at ``path``. Other tuners write the whole model. The tokenizer goes beside either."""
-        from actors import tuners
 
         module = self.engine.module
         peft = tuners.is_peft(module)
@@ -369,7 +370,6 @@ class PolicyWorker(BaseWorker):
     def save_state(self, path: str) -> None:
         """Engine (model, optimizer, LR scheduler) and this rank's RNG states under ``path`` (every rank must
         call it: DeepSpeed writes each rank's partition)."""
-        from raylhf.core.checkpoint import save_rng
 
         out = Path(path)
         (out / "rng").mkdir(parents=True, exist_ok=True)
@@ -379,7 +379,6 @@ class PolicyWorker(BaseWorker):
 
     def load_state(self, path: str) -> int:
         """Restore what ``save_state`` wrote; returns the optimizer steps done. The world size must match."""
-        from raylhf.core.checkpoint import load_rng
 
         src = Path(path)
         rng = src / "rng" / f"rank-{self.rank}.pt"
@@ -399,6 +398,5 @@ class PolicyWorker(BaseWorker):
 
     def eval_predictions(self, batch: TrainBatch, request: dict[str, Any]) -> dict[str, Any]:
         """Held-out predictions for the eval metrics (``sft.metrics``): see ``actors/evaluation.py``."""
-        from actors.evaluation import eval_predictions
 
         return eval_predictions(self, batch, request)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from actors.common import pad
+from actors.common import packing_options, pad
 from actors.policy import PolicyWorker
 from raylhf.algos.preference import cpo_loss, dpo_loss, kto_loss, orpo_loss, simpo_loss
 from raylhf.core.batch import Objective, TrainBatch
@@ -133,7 +133,6 @@ class PreferenceWorker(PolicyWorker):
     def micro_batches(self, batch: TrainBatch) -> list[list[int]]:
         """Whole pairs (or KTO examples) per micro-batch: at most ``policy.micro_batch_size`` sequences, or
         ``policy.max_tokens_per_micro_batch`` tokens (packed or padded, as ``policy.packing`` says)."""
-        from actors.common import packing_options
 
         assert isinstance(batch, PreferenceBatch)
         packing, max_tokens = packing_options(self.cfg)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from actors.faults import maybe_die
 from actors.group import BaseWorker
 from rewards.aio import LoopThread
 from rewards.base import RewardBatch
-from rewards.registry import CombinedScorer, build_scorers
+from rewards.scoring import CombinedScorer, build_scorers
 
 
 class RewardWorker(BaseWorker):
@@ -46,7 +47,6 @@ class RewardWorker(BaseWorker):
         """``items``: ``{"prompt", "completion", "completion_ids", "prompt_messages"?, "rendered_prompt"?,
         **columns}``. Returns the total (None where nothing scored), per-reward values, PRM step scores,
         the scorers' metrics and the time taken."""
-        from actors.faults import maybe_die
 
         maybe_die("reward", "score")
         t0 = time.perf_counter()

@@ -22,6 +22,7 @@ import torch
 from actors.common import micro_batches as length_sorted
 from actors.policy import PolicyWorker
 from raylhf.algos.preference import bradley_terry_loss
+from raylhf.assets import load_tokenizer
 from raylhf.core.batch import Objective, TrainBatch
 
 
@@ -89,8 +90,6 @@ class RewardModelWorker(PolicyWorker):
         self.tokenizer_path = tokenizer_path or self.model_path
 
     def _tokenizer(self) -> Any:
-        from raylhf.assets import load_tokenizer
-
         return load_tokenizer(self.tokenizer_path)  # pad token set (eos when the tokenizer has none)
 
     def build_model(self) -> torch.nn.Module:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from actors.common import set_threads
+from actors.faults import maybe_die
 from actors.group import BaseWorker
 from raylhf.core.batch import Rollout
 
@@ -89,7 +91,6 @@ class RolloutWorker(BaseWorker):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.cfg.get("cpu_kvcache_gib", 1)))))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         vllm = import_vllm()
-        from actors.common import set_threads
 
         set_threads(self.cfg.get("num_cpus_per_engine", 1))
         dtype = self.dtype
@@ -132,7 +133,6 @@ class RolloutWorker(BaseWorker):
         vllm = import_vllm()
         from vllm.inputs import TokensPrompt
 
-        from actors.faults import maybe_die
 
         maybe_die("rollout", "generate")
         if not prompts:

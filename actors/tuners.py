@@ -32,14 +32,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raylhf.plugins.registry import PluginCheckError, Registry
+from raylhf.plugins.registry import TUNERS, PluginCheckError
 
 if TYPE_CHECKING:
     import torch
 
 Gather = Callable[[list[Any]], contextlib.AbstractContextManager[Any]]
 
-TUNERS: Registry[Any] = Registry("tuner", "policy.tuner.type")
 
 SIGNATURES = {
     "prepare_model": "prepare_model(args, model) -> model",
@@ -510,3 +509,6 @@ def check_plugin_entry(name: str, cls: Any) -> str:
                                f"{diff:.2g}; save_pretrained must write what prepare_model made train")
     return (f"prepare_model on a tiny Llama: {trainable:,} of {total:,} parameters train; save_pretrained -> "
             f"from_pretrained reproduces the outputs (max diff {diff:.1e})")
+
+
+TUNERS.attach(collector=collect_tuners, interface_check=check_plugin_entry)

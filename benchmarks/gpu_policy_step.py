@@ -197,7 +197,7 @@ def grpo_batch(n: int, max_len: int, vocab: int, seed: int) -> tuple[Any, Any, d
     import torch
 
     from raylhf.algos.advantages import compute_advantages
-    from raylhf.config.schema import GRPOAlgoConfig
+    from raylhf.config import GRPOAlgoConfig
     from raylhf.core.batch import Objective, Rollout
     from raylhf.driver import phases as rl
 

@@ -5,8 +5,18 @@ What a user's plugin file imports::
     from rewards import ORM, PRM, AsyncORM, InferRequest, register_orm, register_prm, register_reward
 """
 
-from rewards.base import ORM, PRM, AsyncORM, InferRequest, RewardBatch, Score, Scorer
-from rewards.registry import register_orm, register_prm, register_reward
+from rewards.base import (
+    ORM,
+    PRM,
+    AsyncORM,
+    InferRequest,
+    RewardBatch,
+    Score,
+    Scorer,
+    register_orm,
+    register_prm,
+    register_reward,
+)
 
 __all__ = ["ORM", "PRM", "AsyncORM", "InferRequest", "RewardBatch", "Score", "Scorer", "register_orm",
            "register_prm", "register_reward"]

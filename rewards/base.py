@@ -14,8 +14,11 @@ Three ways to bring a reward, all ending as a ``Scorer`` (``async score(batch) -
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
+
+from raylhf.plugins.registry import REWARDS
 
 Score = Union[float, list[float], None]  # one value, per-step values (PRM), or not scored
 Messages = list[dict[str, Any]]
@@ -112,13 +115,11 @@ class Scorer(Protocol):
 
     name: str
     kind: str  # "orm" | "prm"
-
     async def score(self, batch: RewardBatch) -> list[Score]: ...
 
     def metrics(self) -> dict[str, float]:
         """Counters since the last call (failures, latency percentiles, ...); may be empty."""
         ...
-
     async def aclose(self) -> None: ...
 
 
@@ -156,3 +157,17 @@ class PRM:
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[Score]:
         raise NotImplementedError
+
+
+def register_reward(name: str) -> Callable[[Any], Any]:
+    """Decorator for a reward function or ORM/PRM class; the name then works in ``reward.functions``."""
+
+    def deco(obj: Any) -> Any:
+        REWARDS.register(name, obj)
+        return obj
+
+    return deco
+
+
+register_orm = register_reward
+register_prm = register_reward

@@ -22,8 +22,8 @@ import math
 import re
 from typing import Any
 
+from rewards.base import register_reward
 from rewards.mathcheck import answers_match, extract_answer, verify_answer
-from rewards.registry import register_reward
 
 __all__ = [
     "DEFAULT_FORMAT_PATTERN", "accuracy", "answers_match", "cosine_scaled", "exact_match", "extract_answer",

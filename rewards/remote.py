@@ -26,6 +26,7 @@ import aiohttp
 from raylhf.config.sections import RemoteRewardConfig
 from rewards.base import RewardBatch, Score
 from rewards.protocol import RemoteRewardError, build_request, encode, parse_response, snippet
+from rewards.steps import aggregate_steps
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,6 @@ class RemoteReward:
         self.last_steps = raw
         if self.kind != "prm":
             return list(raw), raw
-        from rewards.steps import aggregate_steps
 
         return [aggregate_steps(s, self.config.aggregate) for s in raw], raw
 

@@ -33,6 +33,7 @@ from rewards.protocol import (
     batch_from_openrlhf_request,
     batch_from_score_request,
 )
+from rewards.steps import aggregate_steps
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,6 @@ def _wire_score(s: Score, steps: bool, aggregate: str) -> Score:
         values = [float(x) for x in s]
         if steps:
             return values if all(math.isfinite(x) for x in values) else None
-        from rewards.steps import aggregate_steps
 
         s = aggregate_steps(values, aggregate)
     if s is None:

@@ -145,7 +145,7 @@ def test_row_order_resumes() -> None:
 
 
 def test_metrics_log_keeps_rows_up_to_the_resumed_step(tmp_path: Path) -> None:
-    from raylhf.config.sections import LoggingConfig
+    from raylhf.config.run import LoggingConfig
     from raylhf.driver.runtime import MetricsLogger
 
     cfg = LoggingConfig(report_to=[], progress=False)

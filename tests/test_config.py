@@ -142,7 +142,7 @@ def test_help_lists_every_field_with_doc() -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path: Path) -> None:
-    from raylhf.config.schema import config_class
+    from raylhf.config import config_class
 
     algo = path.stem.split("_")[0]
     cls = config_class(algo)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from raylhf.config import GRPOConfig, build_config, load_config
-from raylhf.config.sections import LoggingConfig
+from raylhf.config.run import LoggingConfig
 from raylhf.driver.runtime import (
     WANDB_MISSING,
     MetricsLogger,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from raylhf.config import GRPOConfig, SFTConfig, build_config
-from raylhf.config.sections import RuntimeConfig
+from raylhf.config.run import RuntimeConfig
 from raylhf.core.batch import Objective, TrainBatch
 from raylhf.core.guard import BadStepGuard, NonFiniteTrainingError, guard_metrics, is_bad_step, local_flags
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from rewards.orm import accuracy, extract_answer
-from rewards.registry import REWARDS, register_reward, resolve_reward
+from rewards.registry import REWARDS, register_reward
+from rewards.resolve import resolve_reward
 
 
 @pytest.mark.parametrize(

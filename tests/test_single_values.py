@@ -19,8 +19,8 @@ from pydantic import BaseModel, Field
 
 from raylhf.config import CONFIGS, ConfigError, GRPOConfig, build_config, load_config
 from raylhf.config.loader import _submodel, parse_argv
+from raylhf.config.run import CallbackConfig
 from raylhf.config.sections import (
-    CallbackConfig,
     RemoteRewardConfig,
     RewardFunctionConfig,
     RewardModelConfig,

@@ -31,6 +31,8 @@ from typing import Any
 from raylhf.agent.templates import AgentTemplate, ToolCall, get_template
 from raylhf.agent.tools import TOOLS, ToolResult, run_tool_calls, tool_spec
 from raylhf.core.batch import Rollout
+from raylhf.data import PromptExample, render_prompt
+from raylhf.driver.phases import phase_seed
 
 GenerateFn = Callable[..., list[Rollout]]
 """``generate(items, n, *, seed, stop, temperature=...) -> rollouts``: ``items`` are ``(index, token_ids,
@@ -42,7 +44,6 @@ def turn_seed(seed: int | None, turn: int) -> int | None:
     """The sampling seed of model turn ``turn`` (1-based) of a generate phase seeded ``seed``."""
     if seed is None or turn == 1:
         return seed
-    from raylhf.driver.phases import phase_seed
 
     return phase_seed(seed, turn, "agent/turn")
 
@@ -127,7 +128,6 @@ class EpisodeRunner:
     def tools_prompt_tokens(self) -> int:
         """Tokens of a prompt holding only the tools' system message and an empty user turn (the least any
         prompt of the run takes)."""
-        from raylhf.data import PromptExample, render_prompt
 
         ex = self.add_tools([PromptExample([{"role": "user", "content": ""}])])[0]
         return len(render_prompt(self.tokenizer, ex.messages))

@@ -33,7 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from raylhf.plugins.registry import PluginCheckError, Registry, class_of
+from raylhf.agent.tools import TOOLS, tool_spec
+from raylhf.plugins.registry import TEMPLATES, PluginCheckError, class_of
 
 __all__ = [
     "TEMPLATES",
@@ -274,7 +275,7 @@ def _check_template(name: str, obj: Any) -> None:
         raise TypeError(f"agent template {name!r}: register a subclass of raylhf.plugins.AgentTemplate, got {obj!r}")
 
 
-TEMPLATES: Registry[type[AgentTemplate]] = Registry("agent template", "agent.template", _check_template)
+TEMPLATES.attach(check=_check_template)
 TEMPLATES.register("hermes", HermesAgentTemplate)
 TEMPLATES.register("react", ReactAgentTemplate)
 
@@ -313,7 +314,6 @@ _ARITY = {"_format_tools": 2, "get_toolcall": 1, "parse_tool_calls": 1, "_format
 def check_plugin_entry(name: str, obj: Any) -> str:
     """``raylhf check-plugin``: render the calculator tool into a prompt, render a calculator call in the
     template's format, parse it back (cut at the first stop word, as the rollout sees it) and answer it."""
-    from raylhf.agent.tools import TOOLS, tool_spec
 
     if not (isinstance(obj, type) and issubclass(obj, AgentTemplate)):
         raise PluginCheckError(f"agent template {name!r} is {obj!r}; expected {EXPECTED}")
@@ -353,3 +353,6 @@ def check_plugin_entry(name: str, obj: Any) -> str:
                                f"tool's answer '5'; expected {EXPECTED}")
     return (f"offered 1 tool in {len(prompt)} chars; parsed its own call {text!r} back; stops at "
             f"{list(template.stop_words)}; answer text {answer!r}")
+
+
+TEMPLATES.attach(collector=collect_templates, interface_check=check_plugin_entry)

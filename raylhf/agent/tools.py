@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from raylhf.plugins.registry import PluginCheckError, Registry
+from raylhf.plugins.registry import TOOLS, PluginCheckError
 
 __all__ = ["TOOLS", "ToolResult", "calculator", "call_tool", "check_plugin_entry", "collect_tools", "register_tool",
            "run_tool_calls", "tool_spec"]
@@ -38,7 +38,7 @@ def _check_tool(name: str, obj: Any) -> None:
         raise TypeError(f"tool {name!r}: register a function f(**arguments) -> str, got {obj!r}")
 
 
-TOOLS: Registry[Callable[..., Any]] = Registry("tool", "agent.tools", _check_tool)
+TOOLS.attach(check=_check_tool)
 
 
 def register_tool(name: str | None = None, description: str | None = None,
@@ -249,3 +249,6 @@ def check_plugin_entry(name: str, obj: Any) -> str:
         raise PluginCheckError(f"tool {name!r} returned {type(out).__name__} {out!r} for {args}; expected "
                                f"{EXPECTED}")
     return f"called with {args}: returned {out[:60]!r}"
+
+
+TOOLS.attach(collector=collect_tools, interface_check=check_plugin_entry)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from raylhf.plugins.registry import PluginCheckError, Registry
+from raylhf.plugins.registry import LOSS_FUNCS, PluginCheckError
 
 __all__ = [
     "EXPECTED_SIGNATURE",
@@ -59,7 +59,7 @@ def _check_callable(name: str, obj: object) -> None:
         raise TypeError(f"loss {name!r}: register a function {EXPECTED_SIGNATURE}, got {obj!r}")
 
 
-LOSS_FUNCS: Registry[LossFunc] = Registry("loss", "sft.loss", _check_callable)
+LOSS_FUNCS.attach(check=_check_callable)
 
 
 def register_loss_func(name: str, loss_func: LossFunc | None = None) -> Any:
@@ -158,3 +158,6 @@ def check_plugin_entry(name: str, obj: Any) -> str:
         raise PluginCheckError(f"loss {name!r} gives no gradient to the logits; expected {EXPECTED_SIGNATURE}")
     return (f"on logits [2, 5, 11] with {n_items} trained tokens: {seen[0]:.4f} (loss_scale None), "
             f"{seen[1]:.4f} (one token weighted 2.0); scalar with grad")
+
+
+LOSS_FUNCS.attach(collector=collect_losses, interface_check=check_plugin_entry)

@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from raylhf.plugins.registry import PluginCheckError, Registry, source_of
+from raylhf.plugins.registry import METRICS, PluginCheckError, source_of
 
 IGNORE = -100
 ComputeFn = Callable[[Any], dict[str, float]]
@@ -65,7 +65,7 @@ def _check_entry(name: str, obj: Any) -> None:
                         f"{type(obj).__name__}")
 
 
-METRICS: Registry[MetricEntry] = Registry("metric", "sft.metrics", _check_entry)
+METRICS.attach(check=_check_entry)
 
 
 def register_metric(name: str | None = None, preprocess: PreprocessFn | None = None,
@@ -306,3 +306,6 @@ def check_plugin_entry(name: str, obj: Any) -> str:
                                f"{COMPUTE_SIGNATURE}") from None
     finite = all(math.isfinite(v) for v in shown.values())
     return f"metric {name}: {seen}; compute -> {shown}" + ("" if finite else " (not finite on this input)")
+
+
+METRICS.attach(collector=collect_metrics, interface_check=check_plugin_entry)

@@ -1,17 +1,32 @@
-"""Typed, layered configuration (pydantic)."""
+"""Typed, layered configuration (pydantic): the shared sections (``sections.py``, ``run.py``) declared once, one
+file per trainer's tree, the ``demo`` section, the YAML / CLI loader. See docs/architecture.md."""
 
+from raylhf.config.demo import DemoConfig
+from raylhf.config.dpo import DPOConfig, KTOConfig
 from raylhf.config.gkd import GKDConfig
+from raylhf.config.grpo import GRPOAlgoConfig, GRPOConfig
 from raylhf.config.loader import ConfigError, build_config, cli_entry, load_config, to_yaml
+from raylhf.config.online_dpo import OnlineDPOConfig
+from raylhf.config.ppo import PPOConfig
 from raylhf.config.rm import RMConfig
-from raylhf.config.schema import (
-    CONFIGS,
-    DPOConfig,
-    GRPOConfig,
-    KTOConfig,
-    OnlineDPOConfig,
-    PPOConfig,
-    SampleConfig,
-    SFTConfig,
-)
+from raylhf.config.sample import SampleConfig
+from raylhf.config.sections import Section
+from raylhf.config.serve_reward import ServeRewardConfig
+from raylhf.config.sft import SFTAlgoConfig, SFTConfig
 
-__all__ = ["CONFIGS", "ConfigError", "DPOConfig", "GKDConfig", "GRPOConfig", "KTOConfig", "OnlineDPOConfig", "PPOConfig", "RMConfig", "SFTConfig", "SampleConfig", "build_config", "cli_entry", "load_config", "to_yaml"]
+# a trainer or verb -> its config tree (the prefix of the example configs' file names, examples/configs/<name>_*.yaml)
+CONFIGS: dict[str, type[Section]] = {"grpo": GRPOConfig, "ppo": PPOConfig, "online_dpo": OnlineDPOConfig,
+                                     "sft": SFTConfig, "sample": SampleConfig, "rm": RMConfig, "gkd": GKDConfig,
+                                     "dpo": DPOConfig, "kto": KTOConfig}
+
+
+def config_class(prefix: str) -> type[Section] | None:
+    """The config class for an example file named ``<prefix>_*.yaml`` (``serve``: the reward server)."""
+    if prefix == "serve":
+        return ServeRewardConfig
+    return CONFIGS.get(prefix)
+
+
+__all__ = ["CONFIGS", "ConfigError", "DPOConfig", "DemoConfig", "GKDConfig", "GRPOAlgoConfig", "GRPOConfig", "KTOConfig",
+           "OnlineDPOConfig", "PPOConfig", "RMConfig", "SFTAlgoConfig", "SFTConfig", "SampleConfig",
+           "ServeRewardConfig", "build_config", "cli_entry", "config_class", "load_config", "to_yaml"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from raylhf.config.sections import Section, check_registered
+from raylhf.plugins.registry import TEMPLATES, TOOLS
 
 
 class AgentConfig(Section):
@@ -24,13 +25,13 @@ class AgentConfig(Section):
     @classmethod
     def _known_template(cls, v: str | None) -> str | None:
         if v is not None:
-            check_registered("raylhf.agent.templates:TEMPLATES", v)
+            check_registered(TEMPLATES, v)
         return v
 
     @field_validator("tools")
     @classmethod
     def _known_tools(cls, v: list[str]) -> list[str]:
-        check_registered("raylhf.agent.tools:TOOLS", v)
+        check_registered(TOOLS, v)
         return v
 
     @model_validator(mode="after")

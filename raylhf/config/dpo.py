@@ -6,29 +6,19 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from raylhf.config.schema import DemoConfig
+from raylhf.config.demo import DemoConfig, demo_model
+from raylhf.config.run import TrainerSections
 from raylhf.config.sections import (
-    CheckpointConfig,
     DataConfig,
-    LoggingConfig,
     ModelConfig,
     PolicyConfig,
-    RayConfig,
     ReferenceConfig,
-    RuntimeConfig,
     Section,
-    TinyModelConfig,
-    TrainerSections,
 )
 
 DPOLossType = Literal["sigmoid", "ipo", "hinge", "cdpo", "simpo", "orpo", "cpo"]
 REFERENCE_FREE = ("simpo", "orpo", "cpo")
 SMOOTHED = ("cdpo", "simpo", "cpo")  # loss types that take dpo.label_smoothing
-
-
-def _demo_model() -> ModelConfig:
-    # the GRPO demo's model: the default runs share its cached SFT warm-up
-    return ModelConfig(tiny=TinyModelConfig(hidden_size=256, num_layers=4, intermediate_size=768))
 
 
 class _OfflineAlgo(Section):
@@ -79,7 +69,7 @@ class DPOAlgoConfig(_OfflineAlgo):
 class DPOConfig(TrainerSections):
     """`python -m raylhf.dpo`: offline preference optimization on chosen / rejected pairs."""
 
-    model: ModelConfig = Field(default_factory=_demo_model)
+    model: ModelConfig = Field(default_factory=demo_model)
     data: DataConfig = Field(default_factory=DataConfig)
     # the policy and the reference take turns, so each may use both cores of a small machine
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=1e-4, micro_batch_size=32,
@@ -87,11 +77,6 @@ class DPOConfig(TrainerSections):
     reference: ReferenceConfig = Field(default_factory=lambda: ReferenceConfig(num_cpus=2, micro_batch_size=32))
     dpo: DPOAlgoConfig = Field(default_factory=DPOAlgoConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    seed: int = Field(1, description="global seed")
 
     @model_validator(mode="after")
     def _batches(self) -> DPOConfig:
@@ -112,7 +97,7 @@ class KTOAlgoConfig(_OfflineAlgo):
 class KTOConfig(TrainerSections):
     """`python -m raylhf.kto`: KTO on unpaired replies labelled desirable / undesirable."""
 
-    model: ModelConfig = Field(default_factory=_demo_model)
+    model: ModelConfig = Field(default_factory=demo_model)
     data: DataConfig = Field(default_factory=DataConfig)
     # the policy and the reference take turns, so each may use both cores of a small machine
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=1e-4, micro_batch_size=32,
@@ -120,11 +105,6 @@ class KTOConfig(TrainerSections):
     reference: ReferenceConfig = Field(default_factory=lambda: ReferenceConfig(num_cpus=2, micro_batch_size=32))
     kto: KTOAlgoConfig = Field(default_factory=KTOAlgoConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    seed: int = Field(1, description="global seed")
 
     @model_validator(mode="after")
     def _batches(self) -> KTOConfig:

@@ -6,18 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from raylhf.config.sections import (
-    CheckpointConfig,
-    DataConfig,
-    LoggingConfig,
-    ModelConfig,
-    PolicyConfig,
-    RayConfig,
-    RolloutConfig,
-    RuntimeConfig,
-    Section,
-    TrainerSections,
-)
+from raylhf.config.run import TrainerSections
+from raylhf.config.sections import DataConfig, ModelConfig, PolicyConfig, RolloutConfig, Section
 
 
 class TeacherConfig(Section):
@@ -72,11 +62,6 @@ class GKDConfig(TrainerSections):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     gkd: GKDAlgoConfig = Field(default_factory=GKDAlgoConfig)
     demo: GKDDemoConfig = Field(default_factory=GKDDemoConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    seed: int = Field(1, description="global seed")
 
     @model_validator(mode="after")
     def _checks(self) -> GKDConfig:

@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from raylhf.plugins.registry import activate
+
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -268,7 +270,6 @@ def _activate_plugins(tree: dict[str, Any]) -> None:
         refs += _as_list(reward.get("plugins"))
     if not refs:
         return
-    from raylhf.plugins.registry import activate
 
     for ref in refs:
         try:

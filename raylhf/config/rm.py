@@ -4,18 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from raylhf.config.sections import (
-    CheckpointConfig,
-    DataConfig,
-    LoggingConfig,
-    ModelConfig,
-    PolicyConfig,
-    RayConfig,
-    RuntimeConfig,
-    Section,
-    TinyModelConfig,
-    TrainerSections,
-)
+from raylhf.config.demo import demo_model
+from raylhf.config.run import TrainerSections
+from raylhf.config.sections import DataConfig, ModelConfig, PolicyConfig, Section
 
 
 class RMAlgoConfig(Section):
@@ -54,18 +45,13 @@ class RMDemoConfig(Section):
 class RMConfig(TrainerSections):
     # the GRPO demo's model, so the default run reuses its cached SFT warm-up policy
     model: ModelConfig = Field(
-        default_factory=lambda: ModelConfig(tiny=TinyModelConfig(hidden_size=256, num_layers=4, intermediate_size=768))
+        default_factory=demo_model
     )
     data: DataConfig = Field(default_factory=lambda: DataConfig(format="preference"))
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=1e-4, micro_batch_size=64,
                                                                       num_cpus_per_worker=2))
     rm: RMAlgoConfig = Field(default_factory=RMAlgoConfig)
     demo: RMDemoConfig = Field(default_factory=RMDemoConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    seed: int = Field(1, description="global seed")
 
     @model_validator(mode="after")
     def _batches(self) -> RMConfig:

@@ -48,7 +48,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from raylhf.plugins.registry import PluginCheckError, Registry, class_of
+from raylhf.plugins.registry import LOSS_SCALES, PluginCheckError, class_of
 
 __all__ = [
     "LOSS_SCALES",
@@ -193,7 +193,7 @@ def _check_loss_scale(name: str, cls: object) -> None:
         raise TypeError(f"loss scale {name!r}: register a LossScale subclass, got {cls!r}")
 
 
-LOSS_SCALES: Registry[type[LossScale]] = Registry("loss scale", "sft.loss_scale", _check_loss_scale)
+LOSS_SCALES.attach(check=_check_loss_scale)
 
 
 def register_loss_scale(name: str) -> Callable[[type[LossScale]], type[LossScale]]:
@@ -356,3 +356,6 @@ def check_plugin_entry(name: str, obj: Any) -> str:
         rounds.append("[" + ", ".join(f"{w:g}" for _, w in pieces) + "]")
     return (f"on a 2-round sample conversation, weights per context (other, response, suffix): "
             f"{' '.join(rounds[:3])} | {' '.join(rounds[3:])}")
+
+
+LOSS_SCALES.attach(collector=collect_loss_scales, interface_check=check_plugin_entry)

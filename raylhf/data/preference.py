@@ -24,6 +24,9 @@ from raylhf.data import (
     DataError,
     Messages,
     PreferenceExample,
+    _load_rows,
+    _prompt_messages,
+    _with_system,
     end_of_turn_id,
     load_preference_dataset,
     render_prompt,
@@ -97,7 +100,6 @@ def load_unpaired_dataset(
     ``format``: ``auto`` (from the columns), ``preference`` (pairs) or ``prompt`` (unpaired rows). Every
     problem is one :class:`DataError` naming the file and row.
     """
-    from raylhf.data import _load_rows, _prompt_messages, _with_system  # the shared row reader and checks
 
     rows = _load_rows(files, format=format, columns=columns, max_samples=max_samples,
                       accepted=("preference", "prompt"), kind="KTO", split=split)

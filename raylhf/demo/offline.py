@@ -12,8 +12,16 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from raylhf.assets import load_tokenizer
-from raylhf.config import DPOConfig, GKDConfig, GRPOConfig, KTOConfig, RMConfig, SampleConfig, SFTConfig
-from raylhf.config.schema import DemoConfig
+from raylhf.config import (
+    DemoConfig,
+    DPOConfig,
+    GKDConfig,
+    GRPOConfig,
+    KTOConfig,
+    RMConfig,
+    SampleConfig,
+    SFTConfig,
+)
 from raylhf.data import end_of_turn_id, render_prompt
 from raylhf.data.preference import UnpairedExample
 from raylhf.demo.tasks.chat_data import demo_chat_splits

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
-from raylhf.config import SFTConfig
-from raylhf.config.schema import DemoConfig, SFTAlgoConfig
-from raylhf.config.sections import LoggingConfig, ModelConfig, PolicyConfig, RayConfig
+from raylhf.config import DemoConfig, SFTAlgoConfig, SFTConfig
+from raylhf.config.run import LoggingConfig, RayConfig
+from raylhf.config.sections import ModelConfig, PolicyConfig
 from raylhf.demo.tasks.demo_data import demo_sft_examples
 from raylhf.driver.runtime import cache_root, resolve_model_path
 from raylhf.trainers.sft import run_sft

@@ -21,8 +21,8 @@ from raylhf.core import checkpoint as ckpts
 from raylhf.core.batch import Objective, TrainBatch
 from raylhf.core.guard import BadStepGuard
 from raylhf.driver import phases as rl
-from raylhf.driver.callbacks import start_callbacks
 from raylhf.driver.runtime import init_ray, open_run, plot_curves
+from raylhf.plugins.callbacks import start_callbacks
 
 R = TypeVar("R")
 

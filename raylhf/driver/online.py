@@ -11,7 +11,7 @@ the prompt stream, the NaN guard, and restores a checkpoint; the loop body is th
         run.sync()
         run.end_step(step, metrics, batch)    # eval, log, guard, checkpoint
 
-Callbacks (``raylhf/driver/callbacks.py``: the config's ``callbacks`` and the plugins' ``extra_callbacks``) see the
+Callbacks (``raylhf/plugins/callbacks.py``: the config's ``callbacks`` and the plugins' ``extra_callbacks``) see the
 train begin / end, each step's begin / end, each evaluation, each metric row and each save; one that sets
 ``control.should_training_stop`` ends ``steps()`` after that step. On a normal exit (or such a stop) the block
 evaluates the held-out prompts, saves the HF export and plots the curves; always it shuts the actors down. A policy rank that dies becomes ``PolicyRankDied`` naming the last checkpoint.
@@ -34,11 +34,11 @@ from raylhf.core.batch import Rollout, TrainBatch
 from raylhf.core.guard import BadStepGuard
 from raylhf.data import drop_long_prompts, render_prompt
 from raylhf.driver import phases as rl
-from raylhf.driver.callbacks import start_callbacks
 from raylhf.driver.lifecycle import RunResult
 from raylhf.driver.producer import RolloutProducer
 from raylhf.driver.profiling import PhaseProfile
 from raylhf.driver.runtime import init_ray, open_run, plot_curves
+from raylhf.plugins.callbacks import start_callbacks
 
 
 @dataclass

@@ -14,7 +14,8 @@ from typing import Any, TextIO
 from actors.group import PhaseTimeoutError, set_cluster_autoscaling
 from raylhf.assets import cached_tiny_model
 from raylhf.config import cli_entry, to_yaml
-from raylhf.config.sections import LoggingConfig, ModelConfig, RayConfig
+from raylhf.config.run import LoggingConfig, RayConfig
+from raylhf.config.sections import ModelConfig
 from raylhf.core import checkpoint as ckpts
 from raylhf.core.checkpoint import ResumeError
 from raylhf.core.errors import RunError

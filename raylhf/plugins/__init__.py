@@ -19,53 +19,56 @@ agent template        ``agent_templates = {"n": TemplateCls}``               ``a
 tool                  ``tools = {"n": fn}``, ``@register_tool("n")``          ``agent.tools: [n]``
 ====================  =====================================================  ==================================
 
-Names are resolved lazily (importing this module does not import torch).
+The registries are those of the one table of plugin kinds (``raylhf/plugins/registry.py``); each kind's
+interfaces and decorators come from its home module (the module that ships its built-ins), loaded on first
+use, so importing this module does not import torch. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-_EXPORTS: dict[str, str] = {
-    # rewards (ORM / PRM)
-    "ORM": "rewards.base", "PRM": "rewards.base", "AsyncORM": "rewards.base", "InferRequest": "rewards.base",
-    "register_orm": "rewards.registry", "register_prm": "rewards.registry", "register_reward": "rewards.registry",
-    "orms": "rewards.registry:REWARDS", "prms": "rewards.registry:REWARDS",
-    # loss scale
-    "LossScale": "raylhf.data.loss_scale", "ContextType": "raylhf.data.loss_scale", "register_loss_scale": "raylhf.data.loss_scale",
-    "loss_scale_map": "raylhf.data.loss_scale:LOSS_SCALES",
-    # loss
-    "register_loss_func": "raylhf.algos.sft_losses", "loss_mapping": "raylhf.algos.sft_losses:LOSS_FUNCS",
-    # callbacks
-    "TrainerCallback": "raylhf.driver.callbacks", "TrainerControl": "raylhf.driver.callbacks", "TrainerState": "raylhf.driver.callbacks",
-    "TrainingArguments": "raylhf.driver.callbacks", "EarlyStoppingCallback": "raylhf.driver.callbacks",
-    "register_callback": "raylhf.driver.callbacks", "extra_callbacks": "raylhf.driver.callbacks",
-    # metrics
-    "EvalPrediction": "raylhf.algos.text_metrics", "register_metric": "raylhf.algos.text_metrics",
-    "METRIC_MAPPING": "raylhf.algos.text_metrics:METRICS",
-    # optimizers
-    "register_optimizer": "actors.optimizers", "optimizers_map": "actors.optimizers:OPTIMIZERS",
-    # tuners
-    "Tuner": "actors.tuners", "register_tuner": "actors.tuners", "extra_tuners": "actors.tuners:TUNERS",
-    # agent templates and tools
-    "AgentTemplate": "raylhf.agent.templates", "ToolCall": "raylhf.agent.templates",
-    "BaseAgentTemplate": "raylhf.agent.templates:AgentTemplate", "Function": "raylhf.agent.templates",
-    "register_agent_template": "raylhf.agent.templates", "agent_templates": "raylhf.agent.templates:TEMPLATES",
-    "register_tool": "raylhf.agent.tools", "tools": "raylhf.agent.tools:TOOLS",
-    # machinery
-    "Registry": "raylhf.plugins.registry", "PluginCheckError": "raylhf.plugins.registry", "load_plugin": "raylhf.plugins.registry",
-}
+from raylhf.plugins.registry import (
+    KINDS,
+    LOSS_FUNCS,
+    LOSS_SCALES,
+    METRICS,
+    OPTIMIZERS,
+    REWARDS,
+    TEMPLATES,
+    TOOLS,
+    TUNERS,
+    PluginCheckError,
+    Registry,
+    load_plugin,
+)
 
-__all__ = sorted(_EXPORTS)
+# ms-swift's registry names: a plugin file may fill them in place (``orms["n"] = MyORM``)
+orms = prms = REWARDS
+loss_scale_map = LOSS_SCALES
+loss_mapping = LOSS_FUNCS
+METRIC_MAPPING = METRICS
+optimizers_map = OPTIMIZERS
+extra_tuners = TUNERS
+agent_templates = TEMPLATES
+tools = TOOLS
+
+# interfaces and decorators, each from its kind's home module (ms-swift's older alias on the right)
+_FROM_HOME: dict[str, tuple[str, str]] = {
+    name: (kind.name, name) for kind in KINDS.values() for name in kind.exports}
+_FROM_HOME["BaseAgentTemplate"] = ("agent template", "AgentTemplate")
+
+__all__ = ["METRIC_MAPPING", "PluginCheckError", "Registry", "agent_templates", "extra_tuners", "load_plugin",
+           "loss_mapping", "loss_scale_map", "optimizers_map", "orms", "prms", "tools"]
+__all__ += sorted(_FROM_HOME)
 
 
 def __getattr__(name: str) -> Any:
-    spec = _EXPORTS.get(name)
-    if spec is None:
+    where = _FROM_HOME.get(name)
+    if where is None:
         raise AttributeError(f"raylhf.plugins has no {name!r}; it provides: {', '.join(__all__)}")
-    module, _, attr = spec.partition(":")
-    value = getattr(importlib.import_module(module), attr or name)
+    kind, attr = where
+    value = getattr(KINDS[kind].registry.load_home(), attr)
     globals()[name] = value
     return value
 

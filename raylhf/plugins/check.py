@@ -2,20 +2,19 @@
 its kind's interface (signature, and the return shape on a tiny synthetic input), before a long job.
 
 Exit status: 0 every entry fits, 1 an entry does not fit (or the file registers nothing), 2 the file cannot be
-loaded. The checks themselves live beside each kind (``check_plugin_entry`` in the modules that
-``raylhf.plugins.registry.KINDS`` names).
+loaded. The checks themselves live beside each kind's built-ins (``check_plugin_entry`` in the home module of
+each entry of ``raylhf.plugins.registry.KINDS``, attached to its registry as ``interface_check``).
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from raylhf.plugins.registry import KINDS, TABLES, PluginCheckError, Registry, load_plugin, normalize
+from raylhf.plugins.registry import KINDS, REWARDS, TABLES, PluginCheckError, Registry, load_plugin, normalize
 
 USAGE = "usage: raylhf check-plugin FILE_OR_MODULE[:function] [...]"
 
@@ -29,20 +28,16 @@ class Finding:
     detail: str
 
 
-def _resolve(spec: str) -> Any:
-    module, attr = spec.split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def _registries() -> dict[str, tuple[Registry[Any], Callable[[str, Any], str]]]:
-    import rewards.orm  # noqa: F401  (the built-in rewards register on import: not the file's entries)
-
+    """Each kind's registry, its built-ins loaded (they are not the file's entries), and its interface check."""
     out = {}
-    for kind, (reg_spec, check_spec) in KINDS.items():
+    for name, kind in KINDS.items():
         try:
-            out[kind] = (_resolve(reg_spec), _resolve(check_spec))
-        except (ImportError, AttributeError):  # a kind whose module is unavailable here
+            kind.registry.load_home()
+        except ImportError:  # a kind whose home is unavailable here
             continue
+        if kind.registry.interface_check is not None:
+            out[name] = (kind.registry, kind.registry.interface_check)
     return out
 
 
@@ -54,11 +49,11 @@ def _from(source: str, ref: str) -> bool:
 
 def check_reference(ref: str) -> list[Finding]:
     """``file.py:function`` (a reward named by reference in reward.functions): check that object as a reward."""
-    from rewards.registry import check_plugin_entry, load_object
-
-    obj = load_object(ref)
+    home = REWARDS.load_home()
+    assert home is not None and REWARDS.interface_check is not None
+    obj = home.load_object(ref)
     try:
-        return [Finding("reward", ref, ref, True, check_plugin_entry(ref, obj))]
+        return [Finding("reward", ref, ref, True, REWARDS.interface_check(ref, obj))]
     except PluginCheckError as e:
         return [Finding("reward", ref, ref, False, str(e))]
 

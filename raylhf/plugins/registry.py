@@ -1,17 +1,20 @@
-"""One registry type and one loader for every plugin kind (callbacks, losses, loss scales, metrics, optimizers,
-tuners, agent templates, tools, ORMs/PRMs).
+"""The plugin layer's machinery: one registry type, THE table of plugin kinds, and the loader of plugin files.
 
 * :class:`Registry` maps a name to an object and remembers where each entry came from; registering a taken name
   with a different object is an error naming both sources; an unknown name lists the registered ones.
+* :data:`KINDS` is the one table of plugin kinds: each kind's registry, the config field that selects an entry,
+  the module-level tables with ms-swift's names a plugin file may define (``orms``, ``optimizers_map``, ...),
+  the names users' files import from :mod:`raylhf.plugins`, and its *home*: the module that ships the kind's
+  built-in entries, its table collector and its interface check. A home is loaded like a plugin module, on the
+  registry's first use, so that the pure layers (config, data, algos) never import actors or rewards.
 * :func:`load_plugin` imports a plugin file (``path/to/file.py``) or module (``package.module``): its decorators
-  register entries as it runs, then its module-level tables with ms-swift's names are collected
-  (``orms``, ``prms``, ``extra_callbacks``, ``loss_mapping``, ``loss_scale_map``, ``METRIC_MAPPING``,
-  ``optimizers_map``, ``extra_tuners``, ``agent_templates``, ``tools``).
-* :func:`activate` loads the run's plugins (``plugins`` / ``--plugins``) in the driver and records them in the
-  ``RAYLHF_PLUGINS`` environment variable, which the actor groups pass to their actors; a registry lookup in an
-  actor loads them there first (:func:`ensure_loaded`), so a plugin's entries exist wherever they are used.
+  register entries as it runs, then its tables are collected; files written for ms-swift's ``swift.plugin`` load
+  through the stand-in of ``raylhf/plugins/swift.py``.
+* :func:`activate` loads the run's plugins in the driver and records them in ``RAYLHF_PLUGINS``, which the actor
+  groups pass to their actors; a registry lookup in an actor loads them there first (:func:`ensure_loaded`).
 
-User plugin files import from :mod:`raylhf.plugins`; this module is the machinery under it.
+User plugin files import from :mod:`raylhf.plugins`; this module is the machinery under it. See
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ import os
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+from raylhf.plugins import swift
 
 T = TypeVar("T")
 ENV = "RAYLHF_PLUGINS"
@@ -45,22 +51,55 @@ def source_of(obj: Any) -> str:
 class Registry(Mapping[str, T], Generic[T]):
     """Name -> object for one plugin kind. ``field`` is the config field that selects an entry (for messages)."""
 
-    def __init__(self, kind: str, field: str, check: Callable[[str, Any], None] | None = None) -> None:
-        self.kind, self.field, self._check = kind, field, check
+    def __init__(self, kind: str, field: str, check: Callable[[str, Any], None] | None = None,
+                 home: str | None = None) -> None:
+        self.kind, self.field, self._check, self.home = kind, field, check, home
         self._entries: dict[str, T] = {}
         self._sources: dict[str, str] = {}
+        # set by the home module: a plugin table's collector and the interface check of `raylhf check-plugin`
+        self.collector: Callable[[Any, str], None] | None = None
+        self.interface_check: Callable[[str, Any], str] | None = None
+
+    def load_home(self) -> types.ModuleType | None:
+        """Import the module that ships this kind's built-ins (once; a home importing itself is a no-op)."""
+        if self.home is None:
+            return None
+        return sys.modules.get(self.home) or importlib.import_module(self.home)
+
+    def attach(self, check: Callable[[str, Any], None] | None = None,
+               collector: Callable[[Any, str], None] | None = None,
+               interface_check: Callable[[str, Any], str] | None = None) -> None:
+        """The home module's registration check, table collector and interface check (entries registered before
+        the home was loaded are checked now)."""
+        if check is not None:
+            self._check = check
+            for name, obj in self._entries.items():
+                check(name, obj)
+        self.collector = collector or self.collector
+        self.interface_check = interface_check or self.interface_check
+
+    def collect(self, table: Any, source: str) -> None:
+        """A plugin module's ms-swift-named table of this kind into the registry."""
+        self.load_home()
+        if self.collector is None:
+            raise TypeError(f"{self.kind} tables cannot be collected: its home {self.home} sets no collector")
+        self.collector(table, source)
 
     # Mapping
     def __getitem__(self, name: str) -> T:
+        self.load_home()
         return self._entries[name]
 
     def __iter__(self) -> Iterator[str]:
+        self.load_home()
         return iter(self._entries)
 
     def __len__(self) -> int:
+        self.load_home()
         return len(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self.load_home()
         return name in self._entries
 
     def __setitem__(self, name: str, obj: T) -> None:  # ms-swift style: orms["name"] = MyORM
@@ -70,6 +109,7 @@ class Registry(Mapping[str, T], Generic[T]):
         """Add ``name``; the same object again is a no-op, a different one is an error naming both sources."""
         name = str(name)
         source = source or source_of(obj)
+        self.load_home()
         prev = self._entries.get(name)
         if prev is not None and prev is not obj:
             raise ValueError(f"{self.kind} {name!r} is registered twice: by {self._sources[name]} and by {source}; "
@@ -104,6 +144,7 @@ class Registry(Mapping[str, T], Generic[T]):
     def get_entry(self, name: str) -> T:
         """The entry ``name``; plugins named by the run are loaded first; an unknown name lists the registered
         ones and says how to add one."""
+        self.load_home()
         ensure_loaded()
         if name not in self._entries:
             known = ", ".join(sorted(self._entries)) or "(none)"
@@ -122,38 +163,47 @@ def class_of(obj: Any) -> Any:
     return obj if isinstance(obj, type) else type(obj)
 
 
-# ------------------------------------------------------------------ module-level tables of a plugin file
+# ------------------------------------------------------------------ THE table of plugin kinds
 
-# attribute of a plugin module -> "module:function" that registers its contents: function(value, source)
-TABLES: dict[str, str] = {
-    "orms": "rewards.registry:collect_table",
-    "prms": "rewards.registry:collect_table",
-    "extra_callbacks": "raylhf.driver.callbacks:collect_callbacks",
-    "loss_mapping": "raylhf.algos.sft_losses:collect_losses",
-    "LOSS_MAPPING": "raylhf.algos.sft_losses:collect_losses",
-    "loss_scale_map": "raylhf.data.loss_scale:collect_loss_scales",
-    "METRIC_MAPPING": "raylhf.algos.text_metrics:collect_metrics",
-    "optimizers_map": "actors.optimizers:collect_optimizers",
-    "extra_tuners": "actors.tuners:collect_tuners",
-    "agent_templates": "raylhf.agent.templates:collect_templates",
-    "tools": "raylhf.agent.tools:collect_tools",
-}
+REWARDS: Registry[Any] = Registry("reward", "reward.functions", home="rewards.registry")  # function or ORM/PRM
+LOSS_SCALES: Registry[Any] = Registry("loss scale", "sft.loss_scale", home="raylhf.data.loss_scale")
+LOSS_FUNCS: Registry[Any] = Registry("loss", "sft.loss", home="raylhf.algos.sft_losses")
+CALLBACKS: Registry[Any] = Registry("callback", "callbacks", home="raylhf.plugins.callbacks")
+METRICS: Registry[Any] = Registry("metric", "sft.metrics", home="raylhf.algos.text_metrics")
+OPTIMIZERS: Registry[Any] = Registry("optimizer", "policy.optimizer", home="actors.optimizers")
+TUNERS: Registry[Any] = Registry("tuner", "policy.tuner.type", home="actors.tuners")
+TEMPLATES: Registry[Any] = Registry("agent template", "agent.template", home="raylhf.agent.templates")
+TOOLS: Registry[Any] = Registry("tool", "agent.tools", home="raylhf.agent.tools")
 
 
-# kind -> (registry "module:attr", interface check "module:function") for raylhf check-plugin; the check
-# function takes (name, obj), runs the entry on a tiny synthetic input and returns what it saw (one line), or
-# raises PluginCheckError naming the entry and the expected signature
-KINDS: dict[str, tuple[str, str]] = {
-    "reward": ("rewards.registry:REWARDS", "rewards.registry:check_plugin_entry"),
-    "loss scale": ("raylhf.data.loss_scale:LOSS_SCALES", "raylhf.data.loss_scale:check_plugin_entry"),
-    "loss": ("raylhf.algos.sft_losses:LOSS_FUNCS", "raylhf.algos.sft_losses:check_plugin_entry"),
-    "callback": ("raylhf.driver.callbacks:CALLBACKS", "raylhf.driver.callbacks:check_plugin_entry"),
-    "metric": ("raylhf.algos.text_metrics:METRICS", "raylhf.algos.text_metrics:check_plugin_entry"),
-    "optimizer": ("actors.optimizers:OPTIMIZERS", "actors.optimizers:check_plugin_entry"),
-    "tuner": ("actors.tuners:TUNERS", "actors.tuners:check_plugin_entry"),
-    "agent template": ("raylhf.agent.templates:TEMPLATES", "raylhf.agent.templates:check_plugin_entry"),
-    "tool": ("raylhf.agent.tools:TOOLS", "raylhf.agent.tools:check_plugin_entry"),
-}
+@dataclass(frozen=True)
+class Kind:
+    """One plugin kind: its registry (whose ``home`` ships the built-ins), the ms-swift-named module-level
+    ``tables`` a plugin file may define, and the names ``exports`` that :mod:`raylhf.plugins` takes from the
+    home for users' files (interfaces and decorators)."""
+
+    name: str
+    registry: Registry[Any]
+    tables: tuple[str, ...]
+    exports: tuple[str, ...] = ()
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("reward", REWARDS, ("orms", "prms"),
+         ("ORM", "PRM", "AsyncORM", "InferRequest", "register_orm", "register_prm", "register_reward")),
+    Kind("loss scale", LOSS_SCALES, ("loss_scale_map",), ("LossScale", "ContextType", "register_loss_scale")),
+    Kind("loss", LOSS_FUNCS, ("loss_mapping", "LOSS_MAPPING"), ("register_loss_func",)),
+    Kind("callback", CALLBACKS, ("extra_callbacks",),
+         ("TrainerCallback", "TrainerControl", "TrainerState", "TrainingArguments", "EarlyStoppingCallback",
+          "register_callback", "extra_callbacks")),
+    Kind("metric", METRICS, ("METRIC_MAPPING",), ("EvalPrediction", "register_metric")),
+    Kind("optimizer", OPTIMIZERS, ("optimizers_map",), ("register_optimizer",)),
+    Kind("tuner", TUNERS, ("extra_tuners",), ("Tuner", "register_tuner")),
+    Kind("agent template", TEMPLATES, ("agent_templates",),
+         ("AgentTemplate", "ToolCall", "Function", "register_agent_template")),
+    Kind("tool", TOOLS, ("tools",), ("register_tool",)),
+)}
+TABLES: dict[str, Kind] = {table: kind for kind in KINDS.values() for table in kind.tables}
 
 
 class PluginCheckError(ValueError):
@@ -161,32 +211,21 @@ class PluginCheckError(ValueError):
     signature or return shape."""
 
 
-def _collector(spec: str) -> Callable[[Any, str], None]:
-    mod, fn = spec.split(":")
-    return getattr(importlib.import_module(mod), fn)
-
-
 def collect_tables(module: types.ModuleType, origin: str) -> dict[str, int]:
     """Register the entries of ``module``'s ms-swift-named tables; returns ``{table: entries}`` found."""
     found: dict[str, int] = {}
-    for attr, spec in TABLES.items():
+    for attr, kind in TABLES.items():
         if attr not in vars(module):
             continue
         value = vars(module)[attr]
-        if isinstance(value, Registry):  # imported from raylhf.plugins and filled in place: registered already
-            continue
-        _collector(spec)(value, f"{origin} ({attr})")
+        if isinstance(value, Registry):
+            continue  # imported from raylhf.plugins and filled in place: registered already
+        kind.registry.collect(value, f"{origin} ({attr})")
         found[attr] = len(value) if hasattr(value, "__len__") else 1
     return found
 
 
 # ------------------------------------------------------------------ importing plugin files
-
-def _install_swift_shim() -> None:
-    from rewards.registry import install_swift_shim
-
-    install_swift_shim()
-
 
 def normalize(ref: str) -> str:
     """A file ref as an absolute path (so actors started elsewhere find it), a module ref unchanged."""
@@ -197,7 +236,7 @@ def normalize(ref: str) -> str:
 
 def import_target(target: str) -> types.ModuleType:
     """Import ``path/to/file.py`` (once per path) or ``package.module``. A missing file names itself."""
-    _install_swift_shim()
+    swift.install_shim(REWARDS.load_home())
     if target.endswith(".py"):
         path = Path(target).expanduser().resolve()
         if not path.is_file():
@@ -232,10 +271,7 @@ def load_plugin(ref: str) -> types.ModuleType:
         return _loaded[key]
     module = import_target(key)
     collect_tables(module, ref)
-    if getattr(sys.modules.get("swift"), "__raylhf_shim__", False):
-        from rewards.registry import collect_swift_shim
-
-        collect_swift_shim(ref)
+    swift.collect_shim(ref, REWARDS)
     _loaded[key] = module
     return module
 

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from raylhf.config.serve_reward import ServeRewardConfig
-from rewards.registry import CombinedScorer, build_scorers
+from rewards.scoring import CombinedScorer, build_scorers
 from rewards.server import check_tls_files, create_app, serve
 
 PROG = "raylhf.serve_reward"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from raylhf.config.sections import RayConfig
+from raylhf.config.run import RayConfig
 from raylhf.driver.runtime import init_ray
 
 

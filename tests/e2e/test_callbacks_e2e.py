@@ -22,8 +22,8 @@ METRIC_FILE = ROOT / "examples/plugins/metric_top2.py"
 @pytest.fixture
 def plugins_cleanup():
     from raylhf.algos.text_metrics import METRICS
-    from raylhf.driver.callbacks import CALLBACKS, extra_callbacks
     from raylhf.plugins import registry
+    from raylhf.plugins.callbacks import CALLBACKS, extra_callbacks
 
     before = list(extra_callbacks)
     yield

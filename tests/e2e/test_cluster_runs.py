@@ -18,7 +18,7 @@ import pytest
 import ray
 import yaml
 
-from raylhf.config.sections import RayConfig
+from raylhf.config.run import RayConfig
 from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
 from raylhf.driver.runtime import init_ray
 

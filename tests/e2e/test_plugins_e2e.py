@@ -47,8 +47,7 @@ def test_a_plugin_reward_is_found_inside_the_reward_actor(local_ray: None, tmp_p
 
 
 def test_a_missing_plugin_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
-    from raylhf.config import ConfigError, load_config
-    from raylhf.config.schema import SFTConfig
+    from raylhf.config import ConfigError, SFTConfig, load_config
 
     with pytest.raises(ConfigError, match=r"plugin .*nope\.py: FileNotFoundError: plugin file .*nope\.py does not"):
         load_config(SFTConfig, ["--plugins", str(tmp_path / "nope.py"), "--dry-run"], "raylhf.sft")

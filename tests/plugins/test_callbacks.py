@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from raylhf.driver.callbacks import (
+from raylhf.plugins import registry
+from raylhf.plugins.callbacks import (
     CALLBACKS,
     CallbackError,
     CallbackHandler,
@@ -27,7 +28,6 @@ from raylhf.driver.callbacks import (
     scripted_run,
     start_callbacks,
 )
-from raylhf.plugins import registry
 from raylhf.plugins.registry import PluginCheckError
 
 ROOT = Path(__file__).resolve().parents[2]

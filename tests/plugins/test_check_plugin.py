@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raylhf.config import load_config
-from raylhf.config.schema import SFTConfig
+from raylhf.config import SFTConfig, load_config
 from raylhf.plugins import check as check_plugin
 
 ROOT = Path(__file__).resolve().parents[2]

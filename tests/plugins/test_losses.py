@@ -23,10 +23,9 @@ from raylhf.algos.sft_losses import (
     get_loss_func,
     register_loss_func,
 )
-from raylhf.config import SFTConfig, build_config
+from raylhf.config import GRPOConfig, SFTConfig, build_config
 from raylhf.config.dpo import DPOConfig
 from raylhf.config.loader import ConfigError
-from raylhf.config.schema import GRPOConfig
 from raylhf.core.batch import Objective
 from raylhf.core.objective import objective_loss
 from raylhf.plugins import registry

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from actors.reward import RewardWorker
+from raylhf.plugins.registry import load_plugin
 from rewards.base import RewardBatch
-from rewards.registry import REWARDS, CombinedScorer, build_scorers, function_scorer, load_plugin
+from rewards.registry import REWARDS
+from rewards.scoring import CombinedScorer, build_scorers, function_scorer
 
 
 def _batch(n: int = 3) -> RewardBatch:

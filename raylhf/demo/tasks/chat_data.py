@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from raylhf.config.schema import DemoConfig
+from raylhf.config import DemoConfig
 from raylhf.data import SFTExample
 from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
 

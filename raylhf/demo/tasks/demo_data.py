@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from raylhf.config.schema import DemoConfig
+from raylhf.config import DemoConfig
 from raylhf.data import PromptExample, SFTExample
 from raylhf.demo.tasks.arithmetic import make_problems
 

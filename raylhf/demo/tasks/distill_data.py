@@ -7,7 +7,7 @@ right equation. Pure data: imports no trainer.
 
 from __future__ import annotations
 
-from raylhf.config.schema import DemoConfig
+from raylhf.config import DemoConfig
 from raylhf.data import SFTExample
 from raylhf.demo.tasks.demo_data import demo_sft_examples, demo_splits
 

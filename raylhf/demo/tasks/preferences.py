@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from raylhf.config.schema import DemoConfig
+from raylhf.config import DemoConfig
 from raylhf.data import PreferenceExample, PromptExample
 from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
 from raylhf.demo.tasks.demo_data import INSTRUCTION, demo_splits

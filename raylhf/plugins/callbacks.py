@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raylhf.plugins.registry import PluginCheckError, Registry, source_of
+from raylhf.plugins.registry import CALLBACKS, PluginCheckError, source_of
 
 EVENTS = ("on_train_begin", "on_train_end", "on_step_begin", "on_step_end", "on_evaluate", "on_save", "on_log")
 SIGNATURE = "def {event}(self, args, state, control, **kwargs)"
@@ -133,7 +133,7 @@ def _check_registered(name: str, obj: Any) -> None:
                         f"{', '.join(EVENTS)}")
 
 
-CALLBACKS: Registry[Any] = Registry("callback", "callbacks", _check_registered)
+CALLBACKS.attach(check=_check_registered)
 
 # instances or classes added to every run (ms-swift's ``extra_callbacks``); a plugin file's own
 # ``extra_callbacks`` list is merged into this one when the file is loaded
@@ -402,3 +402,6 @@ def scripted_run(handler: CallbackHandler, eval_values: Sequence[float], metric:
             break
     handler.train_end()
     return stopped
+
+
+CALLBACKS.attach(collector=collect_callbacks, interface_check=check_plugin_entry)
