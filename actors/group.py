@@ -101,11 +101,6 @@ def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
             ray.cancel(r)
 
 
-# environment variables for the actors started from now on (the driver sets them for a run: online_run sets
-# OMP_WAIT_POLICY=PASSIVE for pipelined rollouts, see actor_omp_env)
-ACTOR_ENV: dict[str, str] = {}
-
-
 def actor_omp_env(pipelined: bool) -> dict[str, str]:
     """OpenMP settings for actors that compute at the same time as each other (``grpo.async_steps``): idle
     OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning, unless the driver's environment
@@ -303,7 +298,7 @@ def autoscaler_from_node_types(node_types: Sequence[str]) -> bool | None:
     return not all(_READONLY_TYPE.fullmatch(t) for t in node_types)
 
 
-# gcs address -> (can autoscale, why); written by raylhf.driver.runtime.init_ray for the cluster it joined
+# gcs address -> (can autoscale, why); written by raylhf.driver.cluster.init_ray for the cluster it joined
 _CLUSTER_MODE: dict[str, tuple[bool | None, str]] = {}
 
 
@@ -457,10 +452,12 @@ class ActorGroup:
         start_timeout_s: float = 600.0,
         sizing: str | None = None,
         call_timeout_s: float | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """``sizing``: the config fields that size this group, named when it cannot be placed.
-        ``call_timeout_s``: the watchdog's limit on every call (``runtime.phase_timeout_s``); None or 0: none."""
-        self.name, self.num_ranks = name, num_ranks
+        ``call_timeout_s``: the watchdog's limit on every call (``runtime.phase_timeout_s``); None or 0: none.
+        ``env``: environment variables of the run for its actors (e.g. ``actor_omp_env``)."""
+        self.name, self.num_ranks, self.env = name, num_ranks, dict(env or {})
         self.call_timeout_s = call_timeout_s or None
         bundles = [{"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})} for _ in range(num_ranks)]
         self.pg: Any = placement_group(bundles, strategy=strategy, name=f"raylhf-{name}")
@@ -481,7 +478,7 @@ class ActorGroup:
         self.restarts = 0
         self._opts: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1)
 
-        env = {**actor_env(), **ACTOR_ENV}  # the run's plugin files (loaded at the first registry lookup), ...
+        env = {**actor_env(), **self.env}  # the run's plugin files (loaded at the first registry lookup), ...
         if env:
             runtime_env = dict(runtime_env or {})
             runtime_env["env_vars"] = {**dict(runtime_env.get("env_vars") or {}), **env}

@@ -2,7 +2,7 @@
 
 One process, rank 0 of world size 1 (DeepSpeed over NCCL on a GPU, gloo on CPU). A random-weight Llama is
 written with ``raylhf.assets.write_tiny_model`` (the shipped tokenizer, no downloads); the batch is a GRPO batch
-built the way ``raylhf/trainers/grpo.py`` builds it (``rl.to_train_batch`` of rollouts, GRPO advantages, the GRPO
+built the way ``raylhf/trainers/grpo.py`` builds it (``phases.to_train_batch`` of rollouts, GRPO advantages, the GRPO
 objective of ``GRPOAlgoConfig``'s defaults, one update per batch: ``old_logprobs=None``).
 
 Measured (printed, and written to ``<out>/gpu_policy_step_<model>.json``):
@@ -199,7 +199,7 @@ def grpo_batch(n: int, max_len: int, vocab: int, seed: int) -> tuple[Any, Any, d
     from raylhf.algos.advantages import compute_advantages
     from raylhf.config import GRPOAlgoConfig
     from raylhf.core.batch import Objective, Rollout
-    from raylhf.driver import phases as rl
+    from raylhf.driver import phases
 
     if n % GROUP:
         raise ValueError(f"--sequences must be a multiple of {GROUP}")
@@ -218,7 +218,7 @@ def grpo_batch(n: int, max_len: int, vocab: int, seed: int) -> tuple[Any, Any, d
             lp = (-math.log(vocab) + 0.1 * torch.randn(r, generator=gen)).tolist()
             rollouts.append(Rollout(prompt_index=i // GROUP, prompt_ids=prompt, response_ids=resp, logprobs=lp,
                                     finish_reason="length" if r == max_len - PROMPT_LEN else "stop"))
-        batch = rl.to_train_batch(rollouts, adv, mask_truncated=g.overlong == "mask")
+        batch = phases.to_train_batch(rollouts, adv, mask_truncated=g.overlong == "mask")
         est = -sum(float(a) * r for a, r in zip(adv.tolist(), lens, strict=True)) / max(1, batch.num_tokens())
         if abs(est) >= 0.05:
             break

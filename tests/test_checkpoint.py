@@ -16,7 +16,7 @@ import pytest
 from raylhf.config.loader import parse_argv
 from raylhf.core import checkpoint as ck
 from raylhf.driver.offline import RowOrder
-from raylhf.driver.phases import PromptStream
+from raylhf.driver.stream import PromptStream
 
 
 def _write(run: Path, step: int, payload: bytes = b"x" * 100) -> Path:
@@ -146,7 +146,7 @@ def test_row_order_resumes() -> None:
 
 def test_metrics_log_keeps_rows_up_to_the_resumed_step(tmp_path: Path) -> None:
     from raylhf.config.run import LoggingConfig
-    from raylhf.driver.runtime import MetricsLogger
+    from raylhf.driver.metrics_log import MetricsLogger
 
     cfg = LoggingConfig(report_to=[], progress=False)
     rows = [{"step": 0, "eval/accuracy": 0.1}] + [{"step": s, "loss": float(s)} for s in range(1, 8)]

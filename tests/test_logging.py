@@ -16,14 +16,8 @@ import pytest
 
 from raylhf.config import GRPOConfig, build_config, load_config
 from raylhf.config.run import LoggingConfig
-from raylhf.driver.runtime import (
-    WANDB_MISSING,
-    MetricsLogger,
-    TrackerError,
-    curve_figure,
-    curve_style,
-    plot_curves,
-)
+from raylhf.driver.metrics_log import WANDB_MISSING, MetricsLogger, TrackerError
+from raylhf.driver.plots import curve_figure, curve_style, plot_curves
 
 
 class FakeTerminal(io.StringIO):

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from raylhf.core.batch import Rollout
-from raylhf.driver.phases import PromptStream
 from raylhf.driver.producer import RolloutProducer
+from raylhf.driver.stream import PromptStream
 
 
 class FakeEngine:

@@ -7,13 +7,8 @@ import torch
 
 from raylhf.core.batch import Objective, Rollout, TrainBatch
 from raylhf.core.objective import objective_loss
-from raylhf.driver.phases import (
-    fill_unscored,
-    prompt_stream,
-    reduce_reward_metrics,
-    split_for_ranks,
-    to_train_batch,
-)
+from raylhf.driver.phases import fill_unscored, reduce_reward_metrics, split_for_ranks, to_train_batch
+from raylhf.driver.stream import prompt_stream
 
 
 def test_to_train_batch_aligns_masks_and_advantages() -> None:

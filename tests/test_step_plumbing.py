@@ -300,11 +300,11 @@ def test_kl_term_enters_the_loss_with_its_coefficient() -> None:
 
 
 def test_phase_timer_adds_repeated_phases(monkeypatch: pytest.MonkeyPatch) -> None:
-    import raylhf.driver.phases as rl
+    from raylhf.driver import phases
 
     clock = iter([100.0, 101.0, 103.0, 110.0, 114.5, 120.0, 121.0, 130.0])
-    monkeypatch.setattr(rl.time, "perf_counter", lambda: next(clock))
-    timer = rl.PhaseTimer()  # start 100
+    monkeypatch.setattr(phases.time, "perf_counter", lambda: next(clock))
+    timer = phases.PhaseTimer()  # start 100
     with timer("generate"):  # 101 -> 103: 2
         pass
     with timer("reward"):  # 110 -> 114.5: 4.5

@@ -32,7 +32,7 @@ from raylhf.agent.templates import AgentTemplate, ToolCall, get_template
 from raylhf.agent.tools import TOOLS, ToolResult, run_tool_calls, tool_spec
 from raylhf.core.batch import Rollout
 from raylhf.data import PromptExample, render_prompt
-from raylhf.driver.phases import phase_seed
+from raylhf.driver.stream import phase_seed
 
 GenerateFn = Callable[..., list[Rollout]]
 """``generate(items, n, *, seed, stop, temperature=...) -> rollouts``: ``items`` are ``(index, token_ids,

@@ -30,9 +30,9 @@ from raylhf.demo.tasks.distill_data import distill_splits
 from raylhf.demo.tasks.preferences import preference_splits, unpaired_splits
 from raylhf.demo.tasks.rm_pairs import arithmetic_pair_splits
 from raylhf.demo.warmup import warmup_policy
+from raylhf.driver.cluster import init_ray, resolve_model_path
 from raylhf.driver.lifecycle import RunResult
-from raylhf.driver.phases import required_cpus
-from raylhf.driver.runtime import init_ray, resolve_model_path
+from raylhf.driver.startup import required_cpus
 from raylhf.tools.sample import run_sample
 from raylhf.trainers import gkd, rm, sft
 from raylhf.trainers.dpo import run_dpo
@@ -43,8 +43,8 @@ from rewards.orm import accuracy, exact_match
 def sft_demo(cfg: SFTConfig) -> int:
     """Generated two-turn chats and their held-out set (no warm-up: SFT is the warm-up's own trainer)."""
     train, heldout = demo_chat_splits(cfg.demo)
-    ckpt, history = sft.run_sft(cfg, examples=train, eval_examples=heldout)
-    sft.report(ckpt, history)
+    res = sft.run_sft(cfg, examples=train, eval_examples=heldout)
+    sft.report(res.checkpoint, res.history)
     return 0
 
 

@@ -9,9 +9,9 @@ from typing import Any
 from raylhf.config import GRPOConfig, OnlineDPOConfig, PPOConfig
 from raylhf.demo.tasks.demo_data import demo_splits
 from raylhf.demo.warmup import warmup_policy
+from raylhf.driver.cluster import init_ray
 from raylhf.driver.lifecycle import RunResult
-from raylhf.driver.phases import required_cpus
-from raylhf.driver.runtime import init_ray
+from raylhf.driver.startup import required_cpus
 from raylhf.trainers import grpo as grpo_trainer
 from raylhf.trainers import online_dpo as online_dpo_trainer
 from raylhf.trainers import ppo as ppo_trainer

@@ -17,7 +17,7 @@ from raylhf.config import DemoConfig, SFTAlgoConfig, SFTConfig
 from raylhf.config.run import LoggingConfig, RayConfig
 from raylhf.config.sections import ModelConfig, PolicyConfig
 from raylhf.demo.tasks.demo_data import demo_sft_examples
-from raylhf.driver.runtime import cache_root, resolve_model_path
+from raylhf.driver.cluster import cache_root, resolve_model_path
 from raylhf.trainers.sft import run_sft
 
 

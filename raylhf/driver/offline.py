@@ -1,10 +1,9 @@
-"""The loop every offline trainer shares (SFT, the DPO family, KTO, reward models, GKD).
+"""The offline loop (SFT, the DPO family, KTO, reward models, GKD) on the run lifecycle.
 
-A trainer describes its run as an :class:`OfflineSpec` (how batches are drawn, the objective, the
-policy worker class with its own loss, an optional evaluation and hooks) and calls :func:`run_offline`,
-which does the rest the same way for all of them: run dir, resume (``checkpoint.resume``), metrics
-(stdout / metrics.jsonl / trackers / curves.png), the NaN guard, resumable checkpoints, the final HF
-export, the watchdog limit, and a clear error when a policy rank dies.
+A trainer describes its run as an :class:`OfflineSpec` (how batches are drawn, the objective, the policy worker
+class with its own loss, an optional evaluation and hooks) and calls :func:`run_offline`; everything around the
+steps (run dir, resume, metrics, callbacks, the NaN guard, checkpoints, the final export, the result) is the
+lifecycle's (``lifecycle.py``), the same as for the online trainers. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -16,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from actors.group import WorkerError
-from raylhf.core import checkpoint as ckpts
 from raylhf.core.batch import Objective, TrainBatch
-from raylhf.core.guard import BadStepGuard
-from raylhf.driver import phases as rl
-from raylhf.driver.runtime import init_ray, open_run, plot_curves
-from raylhf.plugins.callbacks import start_callbacks
+from raylhf.driver import phases
+from raylhf.driver.cluster import init_ray
+from raylhf.driver.lifecycle import RunResult, run_lifecycle
+from raylhf.driver.startup import required_cpus, start_policy
 
 R = TypeVar("R")
 
@@ -105,115 +102,33 @@ class OfflineSpec:
     summary: str = ""  # what the start line says about the data ("1200 rows")
 
 
-@dataclass
-class OfflineResult:
-    run_dir: Path
-    checkpoint: str | None
-    history: list[dict[str, Any]]
-    eval_before: dict[str, float]
-    eval_after: dict[str, float]
-    final_step: int = 0  # the last optimizer step (before num_steps when a callback stopped the run)
-    stopped_by: str | None = None  # the callback that stopped the run early, if one did
-
-
-def run_offline(cfg: Any, spec: OfflineSpec, model_path: str, save_to: str | Path | None = None) -> OfflineResult:
+def run_offline(cfg: Any, spec: OfflineSpec, model_path: str, save_to: str | Path | None = None) -> RunResult:
     """Train ``spec`` with the policy group; ``cfg`` has the shared sections (model, policy, logging,
-    checkpoint, runtime, ray, seed, callbacks). Returns the run dir, the final HF export, the metric history and
-    the evaluations before / after. A callback that sets ``control.should_training_stop`` ends the loop after
-    that step; the final evaluation and export then run at that step."""
-
-    name = spec.name
-    run_dir, resume_from, state, logger = open_run(
-        cfg, name, spec.num_steps,
-        f"model {model_path}; {spec.summary + ', ' if spec.summary else ''}{spec.num_steps} steps")
-    start_step = int(state.get("step", 0))
-    ckpt: str | None = None
-    eval_before: dict[str, float] = {}
-    eval_after: dict[str, float] = {}
-    callbacks = start_callbacks(cfg, name, run_dir, spec.num_steps, start_step, spec.eval_every, logger.history)
-    final_step = start_step
-    try:
-        init_ray(cfg.ray, cfg.policy.num_workers * cfg.policy.num_cpus_per_worker)
-        policy = rl.start_policy(cfg.policy, model_path, cfg.model.dtype, spec.num_steps, cfg.seed,
-                                 cfg.ray.placement_strategy, cfg.model.trust_remote_code,
-                                 call_timeout_s=cfg.runtime.phase_timeout_s or None, worker_cls=spec.worker_cls,
-                                 extra=spec.worker_extra)
-        last_ckpt: Path | None = resume_from
-        bad_steps = BadStepGuard(cfg.runtime.max_bad_steps, run_dir, name)
-        objective_for = spec.objective_for or (lambda obj, batch: obj.with_counts(batch))
-
-        def log(step: int, metrics: dict[str, float], advance: bool = True) -> None:
-            logger.log(step, metrics, advance=advance)
-            callbacks.log(logger.history[-1])
-
+    checkpoint, runtime, ray, seed, callbacks). Returns the run's result; the export goes to ``save_to`` when
+    given (else the run dir's ``checkpoint`` with ``checkpoint.save_final``)."""
+    describe = f"model {model_path}; {spec.summary + ', ' if spec.summary else ''}{spec.num_steps} steps"
+    with run_lifecycle(cfg, spec.name, spec.num_steps, spec.eval_every, describe) as life:
+        init_ray(cfg.ray, required_cpus(cfg, ["policy"]))
+        policy = start_policy(cfg.policy, model_path, cfg.model.dtype, spec.num_steps, cfg.seed,
+                              cfg.ray.placement_strategy, cfg.model.trust_remote_code,
+                              call_timeout_s=cfg.runtime.phase_timeout_s or None, worker_cls=spec.worker_cls,
+                              extra=spec.worker_extra)
         try:
-            callbacks.train_begin()
-            last_eval: tuple[int, dict[str, float]] | None = None
-            if resume_from:
-                ckpts.restore(policy, resume_from)
-                spec.batches.load_state_dict(state["data"])
-                bad_steps.in_a_row = int(state.get("bad_steps_in_a_row", 0))
-                ckpts.load_driver_rng(resume_from)
-            elif spec.evaluate is not None:
-                eval_before = spec.evaluate(policy, 0)
-                if eval_before:
-                    last_eval = (0, eval_before)
-                    callbacks.evaluate(eval_before)
-                    log(0, eval_before, advance=False)
-            for step in range(start_step + 1, spec.num_steps + 1):
-                if callbacks.should_stop:  # set before any step (on_train_begin / the first evaluation)
-                    break
+            life.policy = policy
+            life.evaluate = None if spec.evaluate is None else (lambda step: spec.evaluate(policy, step))
+            life.trainer_state = lambda: {"data": spec.batches.state_dict()}
+            life.begin(restore=lambda state: spec.batches.load_state_dict(state["data"]))
+            objective_for = spec.objective_for or (lambda obj, batch: obj.with_counts(batch))
+            for step in life.steps():
                 t = time.perf_counter()
-                callbacks.step_begin()
                 batch = spec.batches.next_batch()
                 if spec.prepare is not None:
                     batch = spec.prepare(policy, batch)
-                try:
-                    m = rl.reduce_ranks(policy.call_split("train_step", batch, objective_for(spec.objective, batch)))
-                except WorkerError as e:
-                    if e.group == "policy" and e.died:
-                        raise rl.PolicyRankDied.from_error(e, last_ckpt) from e
-                    raise
-                final_step = callbacks.state.global_step = step
+                m = phases.reduce_ranks(policy.call_split("train_step", batch, objective_for(spec.objective, batch)))
                 if spec.after_step is not None:
                     spec.after_step(policy, step)
-                if spec.evaluate is not None and spec.eval_every and step % spec.eval_every == 0 \
-                        and step < spec.num_steps:
-                    evaluated = spec.evaluate(policy, step)
-                    last_eval = (step, evaluated)
-                    callbacks.evaluate(evaluated)
-                    m.update(evaluated)
-                m["time/step"] = time.perf_counter() - t
-                log(step, m)
-                bad_steps.check(step, m, batch)  # a skipped update: batch saved; too many in a row: raises
-                callbacks.step_end(step)
-                if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < spec.num_steps:
-                    last_ckpt = ckpts.save(policy, run_dir, step, {
-                        "data": spec.batches.state_dict(), "bad_steps_in_a_row": bad_steps.in_a_row},
-                        cfg.checkpoint.keep_last, name=name)
-                    callbacks.save(last_ckpt)
-                if callbacks.should_stop:
-                    break
-            if callbacks.should_stop:
-                print(callbacks.stop_message(name), flush=True)
-                log(final_step, {"stopped_early_by": callbacks.state.stopped_by or "?"}, advance=False)
-            if spec.evaluate is not None:
-                if last_eval is not None and last_eval[0] == final_step and final_step < spec.num_steps:
-                    eval_after = last_eval[1]  # stopped right after an evaluation: same weights, same numbers
-                else:
-                    eval_after = spec.evaluate(policy, final_step)
-                    if eval_after:
-                        callbacks.evaluate(eval_after)
-                        log(final_step, eval_after, advance=False)
-            target = Path(save_to) if save_to else run_dir / "checkpoint"
-            if cfg.checkpoint.save_final or save_to:
-                ckpt = policy.call("save", str(target))[0]
-                callbacks.save(ckpt)
-            plot_curves(logger.history, spec.curves, run_dir / "curves.png", name.upper())
-            callbacks.train_end()
+                life.end_step(step, m, batch, lambda m, t=t: m.__setitem__("time/step", time.perf_counter() - t))
+            life.finish(spec.curves, save_to)
         finally:
             policy.shutdown()
-    finally:
-        logger.close()
-    return OfflineResult(run_dir, ckpt, logger.history, eval_before, eval_after, final_step,
-                         callbacks.state.stopped_by if callbacks.should_stop else None)
+    return life.result()

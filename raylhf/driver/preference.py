@@ -35,9 +35,9 @@ from raylhf.data.preference import (
     model_fingerprint,
     sequence_sums,
 )
+from raylhf.driver.cluster import cache_root, init_ray
 from raylhf.driver.offline import OfflineSpec, RowBatches, run_offline
-from raylhf.driver.phases import gpus_per_rank, required_cpus
-from raylhf.driver.runtime import cache_root, init_ray
+from raylhf.driver.startup import gpus_per_rank, required_cpus
 
 Row = EncodedPair | EncodedUnpaired
 
@@ -146,7 +146,7 @@ def run_preference(cfg: Any, algo: Any, name: str, spec: PreferenceLoss, model_p
                    heldout: Sequence[Row], collate: Callable[[Sequence[Any]], PreferenceBatch], summary: str) -> Any:
     """Train ``spec`` on ``rows`` with the shared offline loop (``raylhf.driver.offline.run_offline``); ``algo`` is the
     trainer's section (``num_steps`` / ``epochs`` / ``batch_size`` / ``precompute_ref`` / ``eval_every``).
-    Returns the OfflineResult."""
+    Returns the RunResult."""
 
     num_steps = algo.num_steps or max(1, len(rows) // algo.batch_size) * algo.epochs
     init_ray(cfg.ray, required_cpus(cfg, ["policy", *(["reference"] if spec.uses_reference else [])]))

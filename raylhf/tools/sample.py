@@ -23,8 +23,9 @@ from typing import Any
 from raylhf.assets import load_tokenizer
 from raylhf.config import SampleConfig
 from raylhf.data import PromptExample, drop_long_prompts, load_from_config, render_prompt
-from raylhf.driver import phases as rl
-from raylhf.driver.runtime import init_ray, resolve_model_path
+from raylhf.driver import phases
+from raylhf.driver.cluster import init_ray, resolve_model_path
+from raylhf.driver.startup import Workers, reward_context, start_reward, start_rollout
 from raylhf.plugins import registry
 
 
@@ -156,19 +157,19 @@ def run_sample(cfg: SampleConfig, prompts: list[PromptExample] | None = None,
           flush=True)
     if todo:
         init_ray(cfg.ray, ro.num_engines * ro.num_cpus_per_engine + cfg.reward.num_workers * cfg.reward.num_cpus)
-        workers = rl.Workers()
+        workers = Workers()
         try:
-            workers.rollout = rl.start_rollout(ro, model_path, cfg.model.dtype,
+            workers.rollout = start_rollout(ro, model_path, cfg.model.dtype,
                                                cfg.data.max_prompt_length + ro.max_new_tokens + 8,
                                                cfg.ray.placement_strategy, cfg.model.trust_remote_code)
-            workers.reward = rl.start_reward(cfg.reward, rl.reward_context(cfg))
+            workers.reward = start_reward(cfg.reward, reward_context(cfg))
             with tqdm(total=len(prompts), initial=skipped, desc="sample", unit="prompt") as bar:
                 for start in range(0, len(todo), s.prompt_batch_size):
                     chunk = todo[start : start + s.prompt_batch_size]
                     examples = [ex for _, ex in chunk]
-                    rollouts = rl.generate(workers.rollout, [render_prompt(tokenizer, ex.messages) for ex in examples],
+                    rollouts = phases.generate(workers.rollout, [render_prompt(tokenizer, ex.messages) for ex in examples],
                                            s.num_samples)
-                    scores = rl.score(workers.reward, rollouts, examples, tokenizer)
+                    scores = phases.score(workers.reward, rollouts, examples, tokenizer)
                     append_lines(samples_path, records([k for k, _ in chunk], examples, rollouts, scores,
                                                        s.num_samples, s.min_margin))
                     bar.update(len(chunk))

@@ -16,8 +16,8 @@ from raylhf.config import DPOConfig
 from raylhf.config.dpo import DPOAlgoConfig
 from raylhf.data import DataError, load_from_config
 from raylhf.data.preference import collate_pairs, encode_pairs
+from raylhf.driver.cluster import resolve_model_path
 from raylhf.driver.preference import run_preference
-from raylhf.driver.runtime import resolve_model_path
 
 
 def loss_spec(d: DPOAlgoConfig) -> Any:
@@ -30,7 +30,7 @@ def loss_spec(d: DPOAlgoConfig) -> Any:
 def run_dpo(cfg: DPOConfig, model_path: str | None = None, train: list | None = None,
             heldout: list | None = None) -> Any:
     """Train; ``model_path`` / ``train`` / ``heldout`` (PreferenceExamples) override the config's. Returns the
-    OfflineResult (run dir, final HF export, metric history, held-out metrics before / after)."""
+    RunResult (run dir, final HF export, metric history, held-out metrics before / after)."""
 
     d = cfg.dpo
     model_path = model_path or resolve_model_path(cfg.model)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,24 +27,18 @@ from raylhf.assets import load_tokenizer
 from raylhf.config import GKDConfig
 from raylhf.core.batch import Objective
 from raylhf.data import DataError, load_from_config, render_prompt, tokenize_sft
-from raylhf.driver import phases as rl
+from raylhf.driver import phases
+from raylhf.driver.cluster import init_ray, resolve_model_path
+from raylhf.driver.lifecycle import RunResult
 from raylhf.driver.offline import OfflineSpec, RowOrder, run_offline
-from raylhf.driver.runtime import init_ray, resolve_model_path
+from raylhf.driver.startup import gpus_per_rank, start_rollout
+from raylhf.driver.stream import phase_seed
 
 if TYPE_CHECKING:
     from actors.distill import DistillBatch
     from actors.group import ActorGroup
     from raylhf.core.batch import Rollout
     from raylhf.data import SFTExample
-
-
-@dataclass
-class GKDResult:
-    run_dir: Path
-    checkpoint: str | None
-    history: list[dict[str, Any]]
-    eval_before: dict[str, float]
-    eval_after: dict[str, float]
 
 
 @dataclass
@@ -126,7 +119,7 @@ def padded_for_ranks(batch: DistillBatch, world: int) -> DistillBatch:
 
 
 def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str | None = None,
-            train: Sequence[SFTExample] | None = None, heldout: Sequence[SFTExample] | None = None) -> GKDResult:
+            train: Sequence[SFTExample] | None = None, heldout: Sequence[SFTExample] | None = None) -> RunResult:
     """Distil ``teacher_path`` (default ``teacher.path``) into the student (default ``model.path``, else a tiny
     random model); ``train`` / ``heldout`` (SFTExample rows) override the data files."""
 
@@ -154,14 +147,14 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
     init_ray(cfg.ray, world * cfg.policy.num_cpus_per_worker + cfg.rollout.num_engines * cfg.rollout.num_cpus_per_engine
              + cfg.teacher.num_cpus)
     teacher = ActorGroup(TeacherWorker, 1, name="teacher", num_cpus=cfg.teacher.num_cpus,
-                         num_gpus=rl.gpus_per_rank(cfg.teacher.num_gpus),
+                         num_gpus=gpus_per_rank(cfg.teacher.num_gpus),
                          init_kwargs=dict(model_path=teacher_path, teacher=cfg.teacher.model_dump(),
                                           trust_remote_code=cfg.model.trust_remote_code),
                          sizing="teacher.num_cpus or teacher.num_gpus", call_timeout_s=limit)
     rollout = None
     try:
         max_len = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens + 8
-        rollout = rl.start_rollout(cfg.rollout, student_path, cfg.model.dtype, max(max_len, g.max_length), strategy,
+        rollout = start_rollout(cfg.rollout, student_path, cfg.model.dtype, max(max_len, g.max_length), strategy,
                                    cfg.model.trust_remote_code, call_timeout_s=limit)
         vocab = int(teacher.call_rank0("vocab_size"))
 
@@ -174,7 +167,7 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
         synced = {"engines": False}
 
         def sync(policy: ActorGroup) -> None:
-            rl.sync_weights(policy, rollout, cfg.rollout.sync_bucket_mb)
+            phases.sync_weights(policy, rollout, cfg.rollout.sync_bucket_mb)
             synced["engines"] = True
 
         def prepare(policy: ActorGroup, batch: DistillBatch) -> DistillBatch:
@@ -183,9 +176,9 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
                     sync(policy)
                 prompts = [batch.input_ids[i][: batch.prompt_lens[i]].tolist()
                            for i, s in enumerate(batch.sampled) if s]
-                rolls = rl.generate(rollout, prompts, 1, temperature=g.temperature,
+                rolls = phases.generate(rollout, prompts, 1, temperature=g.temperature,
                                     max_new_tokens=cfg.rollout.max_new_tokens,
-                                    seed=rl.phase_seed(cfg.seed, source.step, "gkd"))
+                                    seed=phase_seed(cfg.seed, source.step, "gkd"))
                 batch = with_samples(batch, rolls)
             return teacher_dists(batch, g.teacher_top_k)
 
@@ -201,8 +194,8 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
             out = _divergences(policy, held_batch, "eval/")
             if not synced["engines"] and step > 0:
                 sync(policy)
-            rolls = rl.generate(rollout, held_prompts, 1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens,
-                                seed=rl.phase_seed(cfg.seed, step, "gkd-eval"))
+            rolls = phases.generate(rollout, held_prompts, 1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens,
+                                seed=phase_seed(cfg.seed, step, "gkd-eval"))
             sampled = source_batch(held_rows)
             assert sampled is not None
             sampled.sampled = [True] * len(held_rows)
@@ -228,7 +221,7 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
         if rollout is not None:
             rollout.shutdown()
         teacher.shutdown()
-    return GKDResult(res.run_dir, res.checkpoint, res.history, res.eval_before, res.eval_after)
+    return res
 
 
 def source_batch(rows: list[Encoded]) -> DistillBatch | None:
@@ -247,7 +240,7 @@ def _divergences(policy: ActorGroup, batch: DistillBatch, prefix: str, suffix: s
             f"{prefix}jsd{suffix}": sum(p["jsd_sum"] for p in parts) / tokens}
 
 
-def report(res: GKDResult) -> None:
+def report(res: RunResult) -> None:
     b, a = res.eval_before, res.eval_after
     for key, label in (("eval/kl", "held-out KL(teacher || student) on dataset responses"),
                        ("eval/kl_on_policy", "on its own greedy completions")):

@@ -14,11 +14,11 @@ from raylhf.assets import load_tokenizer
 from raylhf.config import GRPOConfig
 from raylhf.core.batch import Objective
 from raylhf.data import DataError, load_from_config
-from raylhf.driver import phases as rl
+from raylhf.driver import phases
+from raylhf.driver.cluster import resolve_model_path
 from raylhf.driver.lifecycle import RunResult
 from raylhf.driver.online import online_run
-from raylhf.driver.phases import required_cpus
-from raylhf.driver.runtime import resolve_model_path
+from raylhf.driver.startup import required_cpus
 
 
 def actor_groups(cfg: GRPOConfig) -> list[str]:
@@ -54,16 +54,16 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
     curves = ["reward/mean", "reward/accuracy", "eval/accuracy", "eval/greedy_accuracy", "eval/any_form_accuracy"]
     with online_run(cfg, g, "grpo", model_path, train, heldout, optimizer_steps, required_cpus(cfg, actor_groups(cfg)), curves,
                     rollout_fn=agent, async_steps=g.async_steps) as run:
-        for step, prompts, prompt_ids in run.steps():
-            rollouts = run.generate(prompt_ids, g.samples_per_prompt, step)
+        for step, prompts in run.steps():
+            rollouts = run.generate(step, g.samples_per_prompt)
             scores = run.score(rollouts, prompts, step)
-            rewards = rl.fill_unscored(scores.total, g.samples_per_prompt)
+            rewards = phases.fill_unscored(scores.total, g.samples_per_prompt)
             adv = compute_advantages(g.advantage, rewards, g.samples_per_prompt, scale=g.scale_rewards)
-            batch = rl.to_train_batch(rollouts, adv.advantages, mask_truncated=g.overlong == "mask")
-            keep = rl.varied_groups(rewards, g.samples_per_prompt) if g.dynamic_sampling else range(len(batch))
+            batch = phases.to_train_batch(rollouts, adv.advantages, mask_truncated=g.overlong == "mask")
+            keep = phases.varied_groups(rewards, g.samples_per_prompt) if g.dynamic_sampling else range(len(batch))
             batch = batch.select([i for i in keep if scores.scored[i]])  # unscored samples never reach the loss
-            batch = rl.split_for_ranks(batch, world)
-            m = {**rl.rollout_metrics(rollouts, scores, run.timer), **rl.prefixed("reward/", adv.metrics),
+            batch = phases.split_for_ranks(batch, world)
+            m = {**phases.rollout_metrics(rollouts, scores, run.timer), **phases.prefixed("reward/", adv.metrics),
                  "batch/kept_frac": len(batch) / len(rollouts)}
             if agent is not None:
                 m.update(episode_metrics(rollouts))
@@ -73,7 +73,7 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
                 if g.updates_per_batch > 1 or len(batch) > train_size:  # the batch feeds several updates
                     batch.old_logprobs = run.logprobs("policy", batch, objective.temperature)
                 with run.timer("train"):
-                    m.update(rl.train(run.policy, batch, objective, train_size, g.updates_per_batch, world))
+                    m.update(phases.train(run.policy, batch, objective, train_size, g.updates_per_batch, world))
                 run.sync()
             run.end_step(step, m, batch, len(rollouts))
     return run.result()

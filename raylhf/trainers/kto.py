@@ -16,14 +16,14 @@ from raylhf.assets import load_tokenizer
 from raylhf.config import KTOConfig
 from raylhf.data import DataError
 from raylhf.data.preference import collate_unpaired, encode_unpaired, load_unpaired_from_config
+from raylhf.driver.cluster import resolve_model_path
 from raylhf.driver.preference import run_preference
-from raylhf.driver.runtime import resolve_model_path
 
 
 def run_kto(cfg: KTOConfig, model_path: str | None = None, train: list | None = None,
             heldout: list | None = None) -> Any:
     """Train; ``model_path`` / ``train`` / ``heldout`` (UnpairedExamples) override the config's. Returns the
-    OfflineResult."""
+    RunResult."""
 
     k = cfg.kto
     model_path = model_path or resolve_model_path(cfg.model)

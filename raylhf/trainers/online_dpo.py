@@ -18,11 +18,11 @@ from raylhf.config import OnlineDPOConfig
 from raylhf.core.batch import Objective
 from raylhf.data import load_from_config
 from raylhf.data.preference import PreferenceBatch, sequence_sums
-from raylhf.driver import phases as rl
+from raylhf.driver import phases
+from raylhf.driver.cluster import resolve_model_path
 from raylhf.driver.lifecycle import RunResult
 from raylhf.driver.online import online_run
-from raylhf.driver.phases import required_cpus
-from raylhf.driver.runtime import resolve_model_path
+from raylhf.driver.startup import required_cpus
 
 
 def actor_groups(cfg: OnlineDPOConfig) -> list[str]:
@@ -58,15 +58,15 @@ def run_online_dpo(cfg: OnlineDPOConfig, model_path: str | None = None, train: l
     curves = ["reward/accuracy", "eval/accuracy", "eval/greedy_accuracy", "rewards/accuracies"]
     with online_run(cfg, d, "online_dpo", model_path, train, heldout, d.num_steps, required_cpus(cfg, actor_groups(cfg)), curves,
                     policy_cls=PreferenceWorker, policy_extra={"preference": spec}) as run:
-        for step, prompts, prompt_ids in run.steps():
-            rollouts = run.generate(prompt_ids, d.samples_per_prompt, step)
+        for step, prompts in run.steps():
+            rollouts = run.generate(step, d.samples_per_prompt)
             scores = run.score(rollouts, prompts, step)
             pairs = best_worst_pairs(scores.total, d.samples_per_prompt, d.min_margin)
             pairs = pairs[: len(pairs) - len(pairs) % world]  # every rank takes whole pairs
-            m = {**rl.rollout_metrics(rollouts, scores, run.timer), "dpo/pairs": float(len(pairs)),
+            m = {**phases.rollout_metrics(rollouts, scores, run.timer), "dpo/pairs": float(len(pairs)),
                  "dpo/pairs_frac": len(pairs) / max(1, len(prompts))}
             if pairs:
-                seqs = rl.to_train_batch([rollouts[i] for pair in pairs for i in pair], torch.zeros(2 * len(pairs)))
+                seqs = phases.to_train_batch([rollouts[i] for pair in pairs for i in pair], torch.zeros(2 * len(pairs)))
                 batch = PreferenceBatch(input_ids=seqs.input_ids, loss_mask=seqs.loss_mask,
                                         group_ids=[g for g in range(len(pairs)) for _ in range(2)],
                                         chosen=[True, False] * len(pairs))
@@ -75,7 +75,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, model_path: str | None = None, train: l
                 objective = replace(Objective(pg_coef=0.0), global_seqs=float(batch.num_groups()),
                                     global_tokens=float(batch.chosen_tokens()))
                 with run.timer("train"):
-                    m.update(rl.reduce_ranks(run.policy.call_split("train_step", batch, objective)))
+                    m.update(phases.reduce_ranks(run.policy.call_split("train_step", batch, objective)))
                 run.sync()
             run.end_step(step, m, None, len(rollouts))
     return run.result()

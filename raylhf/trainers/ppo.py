@@ -22,11 +22,11 @@ from raylhf.algos.value import AdaptiveKLController, FixedKLController, explaine
 from raylhf.config import PPOConfig
 from raylhf.core.batch import Objective
 from raylhf.data import load_from_config
-from raylhf.driver import phases as rl
+from raylhf.driver import phases
+from raylhf.driver.cluster import resolve_model_path
 from raylhf.driver.lifecycle import RunResult
 from raylhf.driver.online import online_run
-from raylhf.driver.phases import required_cpus
-from raylhf.driver.runtime import resolve_model_path
+from raylhf.driver.startup import required_cpus, start_policy
 from rewards.steps import step_spans
 
 
@@ -101,7 +101,7 @@ def run_ppo(cfg: PPOConfig, model_path: str | None = None, train: list | None = 
 
     def start_critic(workers: Any) -> None:
         if use_critic:
-            workers.critic = rl.start_policy(
+            workers.critic = start_policy(
                 cfg.critic, cfg.critic.model_path or model_path, cfg.model.dtype, optimizer_steps, cfg.seed,
                 cfg.ray.placement_strategy, cfg.model.trust_remote_code, cfg.runtime.phase_timeout_s or None,
                 worker_cls=CriticWorker, group_name="critic")
@@ -110,15 +110,15 @@ def run_ppo(cfg: PPOConfig, model_path: str | None = None, train: list | None = 
     with online_run(cfg, p, "ppo", model_path, train, heldout, optimizer_steps, required_cpus(cfg, actor_groups(cfg)), curves,
                     start_extra=start_critic) as run:
         kl_ctl.value = float(run.extra_state.get("kl_coef", kl_ctl.value))
-        for step, prompts, prompt_ids in run.steps():
-            rollouts = run.generate(prompt_ids, n, step)
+        for step, prompts in run.steps():
+            rollouts = run.generate(step, n)
             scores = run.score(rollouts, prompts, step)
-            rewards = rl.fill_unscored(scores.total, n)
-            batch = rl.to_train_batch(rollouts, torch.zeros(len(rollouts)))
+            rewards = phases.fill_unscored(scores.total, n)
+            batch = phases.to_train_batch(rollouts, torch.zeros(len(rollouts)))
             keep = [i for i in range(len(batch)) if scores.scored[i]]  # unscored samples never reach the loss
             keep = keep[: len(keep) - len(keep) % cfg.policy.num_workers]
             batch, kept = batch.select(keep), [rollouts[i] for i in keep]
-            m: dict[str, float] = {**rl.rollout_metrics(rollouts, scores, run.timer), "batch/kept_frac": len(keep) / len(rollouts)}
+            m: dict[str, float] = {**phases.rollout_metrics(rollouts, scores, run.timer), "batch/kept_frac": len(keep) / len(rollouts)}
             batch.old_logprobs = run.logprobs("policy", batch, temperature)
             mask = pad(batch.loss_mask, 0.0)
             old = pad(batch.old_logprobs, 0.0)
@@ -133,7 +133,7 @@ def run_ppo(cfg: PPOConfig, model_path: str | None = None, train: list | None = 
                     tok_r = tok_r - kl_ctl.value * kl
             if use_critic:
                 with run.timer("values"):
-                    old_values = pad(rl.values(run.workers.critic, batch), 0.0)
+                    old_values = pad(phases.values(run.workers.critic, batch), 0.0)
                 est = gae(tok_r, old_values, mask, p.gamma, p.lam)
                 adv = masked_whiten(est.advantages, mask) if p.whiten_advantages else est.advantages
                 m["vf/explained_var"] = explained_variance(old_values, est.returns, mask)
@@ -142,14 +142,14 @@ def run_ppo(cfg: PPOConfig, model_path: str | None = None, train: list | None = 
                 seq = compute_advantages(p.advantage, tok_r.sum(1), n if len(keep) == len(rollouts) else 1,
                                          scale=p.scale_rewards)
                 adv = seq.advantages[:, None] * mask
-                m.update(rl.prefixed("reward/", seq.metrics))
+                m.update(phases.prefixed("reward/", seq.metrics))
             batch.advantages = [adv[i, : len(x)] for i, x in enumerate(batch.input_ids)]
             if use_critic:
                 vbatch = ValueBatch(input_ids=batch.input_ids, loss_mask=batch.loss_mask,
                                     returns=[est.returns[i, : len(x)] for i, x in enumerate(batch.input_ids)],
                                     old_values=[old_values[i, : len(x)] for i, x in enumerate(batch.input_ids)])
                 with run.timer("train_critic"):
-                    critic_m = rl.train(run.workers.critic, vbatch, critic_obj, train_size, p.ppo_epochs,
+                    critic_m = phases.train(run.workers.critic, vbatch, critic_obj, train_size, p.ppo_epochs,
                                         cfg.critic.num_workers)
                 m.update({f"critic/{k}": v for k, v in critic_m.items() if not k.startswith(("time/", "guard/"))})
             if step > p.critic_warmup_steps and len(batch):
@@ -158,7 +158,7 @@ def run_ppo(cfg: PPOConfig, model_path: str | None = None, train: list | None = 
                     entropy_coef=p.entropy_coef, clip_low=p.clip_low, clip_high=p.clip_high, loss_agg=p.loss_agg,
                     temperature=temperature)
                 with run.timer("train"):
-                    m.update(rl.train(run.policy, batch, objective, train_size, p.ppo_epochs, cfg.policy.num_workers))
+                    m.update(phases.train(run.policy, batch, objective, train_size, p.ppo_epochs, cfg.policy.num_workers))
                 run.sync()
             if "kl/mean_seq" in m:
                 kl_ctl.update(m["kl/mean_seq"], len(batch))

@@ -20,8 +20,9 @@ from raylhf.assets import load_tokenizer
 from raylhf.config import RMConfig
 from raylhf.core.batch import Objective, TrainBatch
 from raylhf.data import DataError, load_from_config, load_records
+from raylhf.driver.cluster import resolve_model_path
+from raylhf.driver.lifecycle import RunResult
 from raylhf.driver.offline import OfflineSpec, RowBatches, run_offline
-from raylhf.driver.runtime import resolve_model_path
 
 if TYPE_CHECKING:
     from actors.group import ActorGroup
@@ -37,15 +38,6 @@ class EncodedPair:
     rejected: list[int]
     margin: float
     kind: str | None = None  # what makes the rejected reply worse, when the data says (synthetic pairs)
-
-
-@dataclass
-class RMResult:
-    run_dir: Path
-    checkpoint: str | None
-    history: list[dict[str, Any]]
-    eval_before: dict[str, float]
-    eval_after: dict[str, float]
 
 
 def conversation_ids(tokenizer: Any, messages: list[dict[str, str]], reply: str, max_length: int
@@ -136,7 +128,7 @@ def heldout_metrics(policy: ActorGroup, pairs: list[EncodedPair], world: int) ->
 
 
 def run_rm(cfg: RMConfig, model_path: str | None = None, train: Sequence[Pair] | None = None,
-           heldout: Sequence[Pair] | None = None, save_to: str | Path | None = None) -> RMResult:
+           heldout: Sequence[Pair] | None = None, save_to: str | Path | None = None) -> RunResult:
     """Train a reward model; ``model_path`` / ``train`` / ``heldout`` override the config's (the default run
     passes them). Returns the run dir, the export (a ``reward.models`` path), the metrics and the held-out
     metrics before / after."""
@@ -181,10 +173,10 @@ def run_rm(cfg: RMConfig, model_path: str | None = None, train: Sequence[Pair] |
         eval_every=r.eval_every, curves=["loss/total", "rewards/accuracies", "eval/accuracy"], summary=summary,
     )
     res = run_offline(cfg, spec, model_path, save_to)
-    return RMResult(res.run_dir, res.checkpoint, res.history, res.eval_before, res.eval_after)
+    return res
 
 
-def report(res: RMResult) -> None:
+def report(res: RunResult) -> None:
     b, a = res.eval_before, res.eval_after
     if a:
         print(f"rm: heldout pair accuracy before={b.get('eval/accuracy', float('nan')):.3f} "

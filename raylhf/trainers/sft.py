@@ -26,17 +26,18 @@ from raylhf.config import SFTConfig
 from raylhf.core.batch import Objective, TrainBatch
 from raylhf.data import DataError, SFTExample, load_from_config, tokenize_sft
 from raylhf.data.loss_scale import get_loss_scale
-from raylhf.driver import phases as rl
+from raylhf.driver import phases
+from raylhf.driver.cluster import resolve_model_path
+from raylhf.driver.lifecycle import RunResult
 from raylhf.driver.offline import OfflineSpec, RowBatches, run_offline
-from raylhf.driver.runtime import resolve_model_path
 
 SFTRow = tuple[list[int], list[float]]  # (input_ids, per-token loss weights)
 
 
 def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list[SFTExample] | None = None,
             save_to: str | Path | None = None, eval_examples: list[SFTExample] | None = None,
-            ) -> tuple[str | None, list[dict[str, Any]]]:
-    """Train; returns (checkpoint dir, metric history). ``model_path`` / ``examples`` / ``eval_examples``
+            ) -> RunResult:
+    """Train; returns the run's result (``checkpoint``: the HF export). ``model_path`` / ``examples`` / ``eval_examples``
     override the config (``model.path``, ``data.train_files``, ``data.eval_files`` / ``sft.eval_fraction``)."""
 
     s = cfg.sft
@@ -71,8 +72,7 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list[SFTExa
         + (f" (r={tuner.lora_rank}, alpha={tuner.lora_alpha:g})" if tuner.type == "lora" else "")
         + (f", loss {s.loss}" if s.loss != "default" else ""),
     )
-    res = run_offline(cfg, spec, model_path, save_to)
-    return res.checkpoint, res.history
+    return run_offline(cfg, spec, model_path, save_to)
 
 
 def sft_loss_worker(loss: str) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def eval_loss_fn(rows: list[SFTRow], batch_size: int, world: int, metrics: Seque
         for start in range(0, len(rows), batch_size):
             real = rows[start:start + batch_size]
             chunk = collate(real + [filler] * (-len(real) % world))
-            m = rl.reduce_ranks(policy.call_split("eval_loss", chunk, objective))
+            m = phases.reduce_ranks(policy.call_split("eval_loss", chunk, objective))
             loss += m["loss/ce"]
             if request is not None:
                 out = eval_metrics.merge_outputs(policy.call_split("eval_predictions", chunk, request))
@@ -158,8 +158,8 @@ def eval_loss_fn(rows: list[SFTRow], batch_size: int, world: int, metrics: Seque
 
 def cli(cfg: SFTConfig) -> int:
     """`python -m raylhf.sft` on the config's data files (without any: ``raylhf.demo.offline``)."""
-    ckpt, history = run_sft(cfg)
-    report(ckpt, history)
+    res = run_sft(cfg)
+    report(res.checkpoint, res.history)
     return 0
 
 

@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from raylhf.config.run import RayConfig
-from raylhf.driver.runtime import init_ray
+from raylhf.driver.cluster import init_ray
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,8 @@ def test_early_stop_in_sft_with_metrics_from_two_ranks(tmp_path: Path, tiny_mode
         ("policy.lr", 5e-3), ("policy.num_workers", 2), ("policy.zero_stage", 3), ("policy.micro_batch_size", 2),
         ("policy.num_cpus_per_worker", 1), ("logging.run_dir", str(tmp_path / "runs")), ("logging.progress", False),
     ])
-    ckpt, history = run_sft(cfg, examples=train, eval_examples=heldout)
+    res = run_sft(cfg, examples=train, eval_examples=heldout)
+    ckpt, history = res.checkpoint, res.history
 
     assert [r["step"] for r in history if "loss/ce" in r] == [1]
     assert {"step": 1, "stopped_early_by": "early_stopping"} in history

@@ -20,7 +20,7 @@ import yaml
 
 from raylhf.config.run import RayConfig
 from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
-from raylhf.driver.runtime import init_ray
+from raylhf.driver.cluster import init_ray
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,8 @@ def test_weight_sync_parity_across_raylets(tiny_model_dir: Path) -> None:
 
     from raylhf.config.sections import PolicyConfig, RolloutConfig
     from raylhf.core.batch import Objective
-    from raylhf.driver import phases as rl
+    from raylhf.driver import phases
+    from raylhf.driver.startup import start_policy, start_rollout
 
     from .helpers import engine_policy_logprob_diff, tiny_batch
 
@@ -75,9 +76,9 @@ def test_weight_sync_parity_across_raylets(tiny_model_dir: Path) -> None:
     cluster.add_node(num_cpus=2)
     try:
         init_ray(RayConfig(address=cluster.address), 0)
-        policy = rl.start_policy(PolicyConfig(lr=5e-3, micro_batch_size=4, num_cpus_per_worker=2),
+        policy = start_policy(PolicyConfig(lr=5e-3, micro_batch_size=4, num_cpus_per_worker=2),
                                  str(tiny_model_dir), "float32", 10, 0, "PACK")
-        rollout = rl.start_rollout(RolloutConfig(max_new_tokens=8, num_cpus_per_engine=1), str(tiny_model_dir),
+        rollout = start_rollout(RolloutConfig(max_new_tokens=8, num_cpus_per_engine=1), str(tiny_model_dir),
                                    "float32", 256, "PACK")
         try:
             assert policy.call("node_id") != rollout.call("node_id")
@@ -85,7 +86,7 @@ def test_weight_sync_parity_across_raylets(tiny_model_dir: Path) -> None:
             policy.call_split("train_step", batch, Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch))
             seqs = [x.tolist() for x in tiny_batch(4, seed=1).input_ids]
             stale = engine_policy_logprob_diff(policy, rollout, seqs)
-            rl.sync_weights(policy, rollout, bucket_mb=1)
+            phases.sync_weights(policy, rollout, bucket_mb=1)
             fresh = engine_policy_logprob_diff(policy, rollout, seqs)
             assert stale > 1e-2 and fresh < 2e-4, (stale, fresh)
         finally:

@@ -16,7 +16,8 @@ from raylhf.config import GRPOConfig, build_config
 from raylhf.config.sections import PolicyConfig, RolloutConfig
 from raylhf.core.batch import Objective, TrainBatch
 from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
-from raylhf.driver import phases as rl
+from raylhf.driver import phases
+from raylhf.driver.startup import start_policy, start_rollout
 
 from .helpers import engine_policy_logprob_diff, tiny_batch
 
@@ -84,9 +85,9 @@ def _weights(group: ActorGroup) -> dict[str, torch.Tensor]:
 
 def test_weight_sync_logprob_parity(tiny_model_dir: Path) -> None:
     """After a sync the engine's log-probs of fixed sequences match the policy's (fp32, tol 2e-4)."""
-    policy = rl.start_policy(PolicyConfig(lr=5e-3, micro_batch_size=4), str(tiny_model_dir), "float32", 10, 0,
+    policy = start_policy(PolicyConfig(lr=5e-3, micro_batch_size=4), str(tiny_model_dir), "float32", 10, 0,
                              "PACK")
-    rollout = rl.start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK")
+    rollout = start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK")
     try:
         batch = _batch(8)
         obj = Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch)
@@ -97,7 +98,7 @@ def test_weight_sync_logprob_parity(tiny_model_dir: Path) -> None:
             return engine_policy_logprob_diff(policy, rollout, seqs)
 
         stale = max_diff()
-        sync_s = rl.sync_weights(policy, rollout, bucket_mb=1)
+        sync_s = phases.sync_weights(policy, rollout, bucket_mb=1)
         fresh = max_diff()
         print(f"logprob diff before sync {stale:.3g}, after {fresh:.3g}; sync {sync_s * 1e3:.0f} ms")
         assert stale > 1e-2, "the update should have moved the policy away from the engine"
@@ -113,7 +114,7 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path) -> None:
     obj = Objective(pg_coef=1.0, ce_coef=0.5, loss_agg="seq-mean-token-mean").with_counts(batch)
     results, norms = {}, {}
     for name, workers, stage in (("one", 1, 0), ("two", 2, 0), ("two_z2", 2, 2)):
-        group = rl.start_policy(PolicyConfig(num_workers=workers, zero_stage=stage, lr=1e-2, micro_batch_size=3,
+        group = start_policy(PolicyConfig(num_workers=workers, zero_stage=stage, lr=1e-2, micro_batch_size=3,
                                              num_cpus_per_worker=1), str(tiny_model_dir), "float32", 10, 0, "PACK")
         try:
             before = _weights(group) if name == "one" else None
@@ -136,12 +137,12 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path) -> None:
 def test_startup_failure_names_the_problem(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(WorkerError, match=r"policy\.setup failed on rank 0[\s\S]*model\.path"):
-        rl.start_policy(PolicyConfig(), str(tmp_path / "no-such-model"), "float32", 1, 0, "PACK")
+        start_policy(PolicyConfig(), str(tmp_path / "no-such-model"), "float32", 1, 0, "PACK")
     assert time.monotonic() - t0 < 120
 
 
 def test_rank_killed_mid_run_fails_fast(tiny_model_dir: Path) -> None:
-    group = rl.start_policy(PolicyConfig(micro_batch_size=4), str(tiny_model_dir), "float32", 1, 0, "PACK")
+    group = start_policy(PolicyConfig(micro_batch_size=4), str(tiny_model_dir), "float32", 1, 0, "PACK")
     try:
         ray.kill(group.actors[0], no_restart=True)
         t0 = time.monotonic()
@@ -178,7 +179,7 @@ def test_reward_worker_death_ends_the_run(tmp_path: Path, tiny_model_dir: Path) 
 def test_missing_vllm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vLLM looks like
     with pytest.raises(ImportError, match=r"raylhf\[cpu\].*|raylhf\[gpu\]"):
-        rl.start_rollout(RolloutConfig(), "unused", "float32", 64, "PACK")
+        start_rollout(RolloutConfig(), "unused", "float32", 64, "PACK")
 
 
 @pytest.mark.parametrize(("workers", "stage"), [(1, 0), (2, 3)])
@@ -189,7 +190,7 @@ def test_checkpoint_reproduces_policy_logprobs(tmp_path: Path, tiny_model_dir: P
 
     from actors.common import batched_logprobs
 
-    group = rl.start_policy(PolicyConfig(num_workers=workers, zero_stage=stage, lr=1e-2, micro_batch_size=4,
+    group = start_policy(PolicyConfig(num_workers=workers, zero_stage=stage, lr=1e-2, micro_batch_size=4,
                                          num_cpus_per_worker=1), str(tiny_model_dir), "float32", 10, 0, "PACK")
     try:
         batch = _batch(8, seed=5)
@@ -210,7 +211,7 @@ def test_checkpoint_reproduces_policy_logprobs(tmp_path: Path, tiny_model_dir: P
 def test_rank_one_failing_inside_train_step_fails_fast_naming_it(tiny_model_dir: Path) -> None:
     """Rank 1 raises inside train_step while rank 0 waits in the gradient all-reduce: the call must end with
     rank 1's error in bounded time (rank 0 is cancelled / killed), not hang on the collective."""
-    group = rl.start_policy(PolicyConfig(num_workers=2, micro_batch_size=4, num_cpus_per_worker=1),
+    group = start_policy(PolicyConfig(num_workers=2, micro_batch_size=4, num_cpus_per_worker=1),
                             str(tiny_model_dir), "float32", 1, 0, "PACK")
     try:
         batch = _batch(8)
@@ -226,7 +227,7 @@ def test_rank_one_failing_inside_train_step_fails_fast_naming_it(tiny_model_dir:
 def test_rank_one_killed_during_train_step_fails_fast_naming_it(tiny_model_dir: Path) -> None:
     import threading
 
-    group = rl.start_policy(PolicyConfig(num_workers=2, micro_batch_size=2, num_cpus_per_worker=1),
+    group = start_policy(PolicyConfig(num_workers=2, micro_batch_size=2, num_cpus_per_worker=1),
                             str(tiny_model_dir), "float32", 2, 0, "PACK")
     try:
         warm = _batch(4)
@@ -260,7 +261,7 @@ def test_sft_loss_on_a_tiny_case_equals_the_mean_response_nll(tmp_path: Path, ti
         ("model.path", str(tiny_model_dir)), ("sft.num_steps", 1), ("sft.batch_size", 4), ("data.shuffle", False),
         ("policy.micro_batch_size", 3), ("policy.num_cpus_per_worker", 1), ("checkpoint.save_final", False),
         ("logging.run_dir", str(tmp_path / "runs")), ("logging.progress", False)])
-    _, history = run_sft(cfg, examples=examples)
+    history = run_sft(cfg, examples=examples).history
     tok = load_tokenizer(str(tiny_model_dir))
     enc = [tokenize_sft(tok, ex, cfg.sft.max_length, False) for ex in examples]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -272,7 +273,7 @@ def test_sft_loss_on_a_tiny_case_equals_the_mean_response_nll(tmp_path: Path, ti
 
 
 def test_reference_logprobs_reach_the_right_sequences(tiny_model_dir: Path) -> None:
-    """rl.logprobs over a 2-rank reference group (length-sorted micro-batches inside each rank) returns
+    """phases.logprobs over a 2-rank reference group (length-sorted micro-batches inside each rank) returns
     each sequence's own log-probs, in the batch's order."""
     from transformers import AutoModelForCausalLM
 
@@ -284,7 +285,7 @@ def test_reference_logprobs_reach_the_right_sequences(tiny_model_dir: Path) -> N
     try:
         batch = _batch(7, seed=9)
         batch = batch.select([0, 1, 2, 3, 4, 5])  # even split over the 2 ranks
-        got = rl.logprobs(group, batch, temperature=0.7)
+        got = phases.logprobs(group, batch, temperature=0.7)
     finally:
         group.shutdown()
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -298,7 +299,7 @@ def test_reference_logprobs_reach_the_right_sequences(tiny_model_dir: Path) -> N
 
 def _poisoned(n: int, seed: int, at: int) -> TrainBatch:
     """``tiny_batch`` with a NaN advantage on the last token of sequence ``at`` (built directly: the driver's
-    ``rl.to_train_batch`` rejects non-finite advantages)."""
+    ``phases.to_train_batch`` rejects non-finite advantages)."""
     batch = _batch(n, seed=seed)
     assert batch.advantages is not None
     batch.advantages[at] = batch.advantages[at].clone()
@@ -320,7 +321,7 @@ def test_nonfinite_update_is_skipped_on_every_rank(tiny_model_dir: Path, workers
                        num_cpus_per_worker=1)
     good, bad = _batch(8, seed=3), _poisoned(8, seed=3, at=7)
     obj = Objective(pg_coef=1.0, ce_coef=0.5)
-    group = rl.start_policy(cfg, str(tiny_model_dir), "float32", 10, 0, "PACK")
+    group = start_policy(cfg, str(tiny_model_dir), "float32", 10, 0, "PACK")
     try:
         start = _weights(group)
         skipped = group.call_split("train_step", bad, obj.with_counts(bad))
@@ -339,7 +340,7 @@ def test_nonfinite_update_is_skipped_on_every_rank(tiny_model_dir: Path, workers
     assert trained[0]["lr"] == skipped[0]["lr"] == pytest.approx(5e-3)  # warm-up step 1 of 2 both times
     assert _max_diff(after_good, start) > 1e-3
 
-    fresh = rl.start_policy(cfg, str(tiny_model_dir), "float32", 10, 0, "PACK")
+    fresh = start_policy(cfg, str(tiny_model_dir), "float32", 10, 0, "PACK")
     try:
         reference = fresh.call_split("train_step", good, obj.with_counts(good))
         expected = _weights(fresh)
@@ -357,7 +358,7 @@ def test_grpo_stops_after_max_bad_steps_in_a_row(tmp_path: Path, tiny_model_dir:
     from raylhf.core.guard import NonFiniteTrainingError
     from raylhf.trainers.grpo import run_grpo
 
-    real = rl.to_train_batch
+    real = phases.to_train_batch
 
     def poisoned(*args: object, **kwargs: object) -> TrainBatch:
         batch = real(*args, **kwargs)  # type: ignore[arg-type]
@@ -365,7 +366,7 @@ def test_grpo_stops_after_max_bad_steps_in_a_row(tmp_path: Path, tiny_model_dir:
         batch.advantages[0] = batch.advantages[0] * float("nan")
         return batch
 
-    monkeypatch.setattr(rl, "to_train_batch", poisoned)
+    monkeypatch.setattr(phases, "to_train_batch", poisoned)
     cfg = small_cfg(tmp_path, tiny_model_dir, **{"grpo.num_steps": 5, "runtime.max_bad_steps": 2,
                                                 "data.eval_files": [], "checkpoint.save_final": False})
     with pytest.raises(NonFiniteTrainingError, match=r"2 steps in a row \(up to step 2\)[\s\S]*bad_batches"):

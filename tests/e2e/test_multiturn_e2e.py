@@ -24,7 +24,7 @@ import torch
 from raylhf.config import GRPOConfig, build_config
 from raylhf.config.sections import TinyModelConfig
 from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
-from raylhf.driver import phases as rl
+from raylhf.driver import phases
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -83,14 +83,14 @@ def test_multiturn_grpo_step_with_calculator(tmp_path: Path, monkeypatch: pytest
     }.items()))
 
     seen: list[tuple[list[Any], Any]] = []
-    real = rl.to_train_batch
+    real = phases.to_train_batch
 
     def spy(rollouts: list[Any], advantages: torch.Tensor, **kw: Any) -> Any:
         batch = real(rollouts, advantages, **kw)
         seen.append((rollouts, batch))
         return batch
 
-    monkeypatch.setattr(rl, "to_train_batch", spy)
+    monkeypatch.setattr(phases, "to_train_batch", spy)
     res = run_grpo(cfg)
 
     tok = load_tokenizer(model)

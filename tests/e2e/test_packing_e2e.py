@@ -17,7 +17,7 @@ import torch
 from actors.group import ActorGroup
 from raylhf.config.sections import PolicyConfig
 from raylhf.core.batch import Objective, TrainBatch
-from raylhf.driver import phases as rl
+from raylhf.driver.startup import start_policy
 
 from .helpers import tiny_batch
 
@@ -50,7 +50,7 @@ def test_packed_train_step_equals_unpacked(tiny_model_dir: Path) -> None:
     lps: dict[str, list[torch.Tensor]] = {}
     grpo: TrainBatch | None = None
     for name, kw in settings.items():
-        group = rl.start_policy(PolicyConfig(lr=1e-12, num_cpus_per_worker=1, **kw), str(tiny_model_dir),
+        group = start_policy(PolicyConfig(lr=1e-12, num_cpus_per_worker=1, **kw), str(tiny_model_dir),
                                 "float32", 10, 0, "PACK")
         try:
             lps[name] = group.call("logprobs", sft.input_ids)[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from raylhf.config.sections import RewardConfig
-from raylhf.driver import phases as rl
+from raylhf.driver.startup import start_reward
 from raylhf.plugins import registry
 
 PLUGIN = '''
@@ -31,7 +31,7 @@ def test_a_plugin_reward_is_found_inside_the_reward_actor(local_ray: None, tmp_p
     try:
         assert registry.activate([str(plugin)], replace=True) == [str(plugin.resolve())]
         cfg = RewardConfig(functions=[{"name": "e2e_counts_sevens"}])  # validates: the driver loaded it
-        group = rl.start_reward(cfg, {}, call_timeout_s=120)
+        group = start_reward(cfg, {}, call_timeout_s=120)
         try:
             items = [{"prompt": "p", "completion": c, "completion_ids": []} for c in ("77", "1", "7x7x7")]
             out = group.call("score", items)[0]

@@ -162,11 +162,11 @@ def test_sft_resume_repeats_the_run_with_zero2_and_a_schedule(tmp_path: Path, ti
             "logging.run_dir": str(tmp_path / "runs"), "logging.progress": False, **over}
         return build_config(SFTConfig, overrides=list(base.items()))
 
-    _, expected = run_sft(cfg("sft"), examples=examples)
+    expected = run_sft(cfg("sft"), examples=examples).history
     run_dir = tmp_path / "runs" / "sft"
     files = {p.name for p in (run_dir / "checkpoints" / "step-000003").rglob("*") if p.is_file()}
     assert {"rank-0.pt", "rank-1.pt"} <= files and any("optim_states" in f for f in files), files
-    _, resumed = run_sft(cfg("sft", **{"checkpoint.resume": "auto"}), examples=examples)
+    resumed = run_sft(cfg("sft", **{"checkpoint.resume": "auto"}), examples=examples).history
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
     assert _stable(resumed) == _stable(expected)
     assert expected[3]["lr"] != expected[4]["lr"]  # the schedule moved: a lost scheduler state would show

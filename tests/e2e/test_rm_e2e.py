@@ -12,7 +12,7 @@ from transformers import AutoConfig
 from raylhf.config import RMConfig, build_config
 from raylhf.config.sections import RewardConfig
 from raylhf.demo.tasks.rm_pairs import arithmetic_pair_splits
-from raylhf.driver import phases as rl
+from raylhf.driver.startup import start_reward
 from rewards.base import RewardBatch
 from rewards.model import SequenceRewardModel
 
@@ -63,7 +63,7 @@ def test_rm_trains_resumes_and_scores_in_a_reward_worker(tmp_path: Path, tiny_mo
     items = [{"prompt": msgs[0]["content"], "completion": c, "completion_ids": [], "prompt_messages": msgs,
               "rendered_prompt": ""} for c in replies]
     cfg = RewardConfig(functions=[], models=[{"name": "rm", "path": res.checkpoint, "dtype": "float32"}])
-    reward = rl.start_reward(cfg, {})
+    reward = start_reward(cfg, {})
     try:
         out = reward.call("score", items)[0]
     finally:

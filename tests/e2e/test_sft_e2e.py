@@ -32,7 +32,8 @@ def test_lora_sft_on_two_zero3_ranks_exports_a_merged_model(tmp_path: Path, tiny
         ("policy.lr", 5e-3), ("policy.num_workers", 2), ("policy.zero_stage", 3), ("policy.micro_batch_size", 2),
         ("policy.num_cpus_per_worker", 1), ("logging.run_dir", str(tmp_path / "runs")), ("logging.progress", False),
     ])
-    ckpt, history = run_sft(cfg)
+    res = run_sft(cfg)
+    ckpt, history = res.checkpoint, res.history
 
     train_rows = [r for r in history if "loss/ce" in r]
     evals = [(r["step"], r["eval/loss"]) for r in history if "eval/loss" in r]
@@ -63,20 +64,21 @@ def test_lora_policy_syncs_merged_weights_into_vllm(tiny_model_dir: Path) -> Non
     the engine's log-probs match the LoRA policy's (fp32, the full-tuning parity tolerance 2e-4)."""
     from raylhf.config.sections import PolicyConfig, RolloutConfig, TunerConfig
     from raylhf.core.batch import Objective
-    from raylhf.driver import phases as rl
+    from raylhf.driver import phases
+    from raylhf.driver.startup import start_policy, start_rollout
 
     from .helpers import engine_policy_logprob_diff, tiny_batch
 
     lora = TunerConfig(type="lora", lora_rank=4, lora_dropout=0.0)
-    policy = rl.start_policy(PolicyConfig(lr=2e-2, micro_batch_size=4, tuner=lora), str(tiny_model_dir), "float32",
+    policy = start_policy(PolicyConfig(lr=2e-2, micro_batch_size=4, tuner=lora), str(tiny_model_dir), "float32",
                              10, 0, "PACK")
-    rollout = rl.start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK")
+    rollout = start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK")
     try:
         batch = tiny_batch(8)
         policy.call_split("train_step", batch, Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch))
         seqs = [x.tolist() for x in tiny_batch(4, seed=1).input_ids]
         stale = engine_policy_logprob_diff(policy, rollout, seqs)
-        rl.sync_weights(policy, rollout, bucket_mb=1)
+        phases.sync_weights(policy, rollout, bucket_mb=1)
         fresh = engine_policy_logprob_diff(policy, rollout, seqs)
         print(f"LoRA policy: logprob diff before sync {stale:.3g}, after {fresh:.3g}")
         assert stale > 1e-2, "the update should have moved the policy away from the engine"

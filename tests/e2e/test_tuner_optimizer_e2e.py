@@ -38,7 +38,7 @@ def test_plugin_sgd_factory_steps_an_sft_run_on_zero2(tmp_path: Path, tiny_model
         ("policy.lr", 0.4), ("policy.zero_stage", 2), ("policy.micro_batch_size", 4),
         ("logging.run_dir", str(tmp_path / "runs")), ("logging.progress", False), ("checkpoint.save_final", False),
     ])
-    _, history = run_sft(cfg)
+    history = run_sft(cfg).history
     rows = [r for r in history if "loss/ce" in r]
     print("SGD plugin run: lr", [r["lr"] for r in rows], "loss", [round(r["loss/ce"], 4) for r in rows])
     # the factory's StepLR halves the rate every step (the default schedule would keep policy.lr constant)
@@ -53,11 +53,12 @@ def test_full_lora_ia3_policies_sync_into_vllm(tmp_path: Path, tiny_model_dir: P
     from actors.common import forward_logprobs
     from raylhf.config.sections import PolicyConfig, RolloutConfig, TunerConfig
     from raylhf.core.batch import Objective
-    from raylhf.driver import phases as rl
+    from raylhf.driver import phases
+    from raylhf.driver.startup import start_policy, start_rollout
 
     from .helpers import engine_policy_logprob_diff, tiny_batch
 
-    rollout = rl.start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK")
+    rollout = start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK")
     seqs = [x.tolist() for x in tiny_batch(4, seed=1).input_ids]
 
     def engine_lp() -> list[torch.Tensor]:
@@ -69,10 +70,10 @@ def test_full_lora_ia3_policies_sync_into_vllm(tmp_path: Path, tiny_model_dir: P
     report = []
     try:
         for name, tuner in tuners.items():
-            policy = rl.start_policy(PolicyConfig(lr=lrs[name], micro_batch_size=4, tuner=tuner),
+            policy = start_policy(PolicyConfig(lr=lrs[name], micro_batch_size=4, tuner=tuner),
                                      str(tiny_model_dir), "float32", 10, 0, "PACK")
             try:
-                rl.sync_weights(policy, rollout, bucket_mb=64)  # the engine starts from this policy's weights
+                phases.sync_weights(policy, rollout, bucket_mb=64)  # the engine starts from this policy's weights
                 before = engine_lp()
                 batch = tiny_batch(8)
                 policy.call_split("train_step", batch, Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch))

@@ -14,7 +14,7 @@ import ray.cloudpickle
 from actors import watchdog
 from actors.group import ActorGroup, BaseWorker, PhaseTimeoutError
 from raylhf.config.sections import RewardConfig, RewardFunctionConfig
-from raylhf.driver import phases as rl
+from raylhf.driver.startup import start_reward
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
@@ -95,7 +95,7 @@ def test_hung_reward_function_is_named(local_ray: None, tmp_path: Path) -> None:
     plugin = tmp_path / "slow_plugin.py"
     plugin.write_text(SLOW_REWARD)
     cfg = RewardConfig(functions=[RewardFunctionConfig(name=f"{plugin}:slow_reward")], num_cpus=0.5)
-    group = rl.start_reward(cfg, {}, call_timeout_s=3)
+    group = start_reward(cfg, {}, call_timeout_s=3)
     try:
         items = [{"prompt": "1+1?", "completion": "2", "completion_ids": [5]}]
         t0 = time.monotonic()

@@ -180,55 +180,30 @@ class _Logger:
         self.history.append({"step": step, **metrics})
 
 
-class _Stream:
-    """The same prompt batch forever, with the state the rollout producer records."""
-
-    def __init__(self, batch: list[Any]) -> None:
-        self.batch = batch
-
-    def __next__(self) -> list[Any]:
-        return self.batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-
-def test_online_run_stops_after_the_step_a_callback_asked(tmp_path: Path) -> None:
-    from raylhf.assets import load_tokenizer
-    from raylhf.driver.online import OnlineRun
-    from raylhf.driver.producer import RolloutProducer
+def test_the_run_lifecycle_stops_after_the_step_a_callback_asked(tmp_path: Path) -> None:
+    from raylhf.driver.lifecycle import Lifecycle
 
     eval_loss = {0: 1.0, 1: 1.2, 2: 1.3, 3: 1.4, 4: 0.1}  # never better than step 0: patience 2 stops at step 2
+    evaluated: list[int] = []
 
-    class Run(OnlineRun):
-        def evaluate(self, step: int) -> dict[str, float]:
-            self.evaluated.append(step)
-            return {"eval/loss": eval_loss[step]}
+    def evaluate(step: int) -> dict[str, float]:
+        evaluated.append(step)
+        return {"eval/loss": eval_loss[step]}
 
     cfg = types.SimpleNamespace(checkpoint=types.SimpleNamespace(save_every=0, save_final=False), logging=None,
-                                policy=None, seed=1)
-    algo = types.SimpleNamespace(num_steps=4, eval_every=1)
+                                policy=None, seed=1, runtime=types.SimpleNamespace(max_bad_steps=3))
     logger = _Logger()
-    cbs = start_callbacks(cfg, "grpo", tmp_path, 4, 0, 1, logger.history)
-    cbs.callbacks.append(EarlyStoppingCallback(patience=2))
-    ex = types.SimpleNamespace(messages=[{"role": "user", "content": "hi"}])
-    run = Run(cfg=cfg, algo=algo, name="grpo", run_dir=tmp_path, tokenizer=load_tokenizer(), heldout=[ex],
-              workers=None, recovery=types.SimpleNamespace(metrics=dict), stream=iter([[ex]] * 10), logger=logger,
-              bad_steps=types.SimpleNamespace(check=lambda *a: None), callbacks=cbs)
-    run.producer = RolloutProducer(_Stream([ex]), 0, 4, render=lambda ps: [[1, 2, 3] for _ in ps], submit=None,
-                                   generate=None, version=lambda: 0)  # type: ignore[arg-type]
-    run.evaluated = []
-    cbs.train_begin()
-    run.eval_before = run.evaluate(0)
-    cbs.evaluate(run.eval_before)
+    run = Lifecycle(cfg, "grpo", 4, 1, tmp_path, logger)
+    run.callbacks.callbacks.append(EarlyStoppingCallback(patience=2))
+    run.evaluate = evaluate
+    run.begin()
     steps = []
-    for step, _, prompt_ids in run.steps():
-        assert prompt_ids and prompt_ids[0]
+    for step in run.steps():
         steps.append(step)
-        run.end_step(step, {"loss/total": 0.0}, None, 1)
-    run.finish()
+        run.end_step(step, {"loss/total": 0.0}, None)
+    run.finish(["eval/loss"])
     assert steps == [1, 2] and run.final_step == 2 and run.stopped_by == "early_stopping"
-    assert run.evaluated == [0, 1, 2, 2]  # the final evaluation runs at the step the run stopped at
+    assert evaluated == [0, 1, 2, 2]  # the final evaluation runs at the step the run stopped at
     assert {"step": 2, "stopped_early_by": "early_stopping"} in logger.history
     assert logger.history[-1] == {"step": 2, "eval/loss": 1.3}
 

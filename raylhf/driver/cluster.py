@@ -1,0 +1,64 @@
+"""Where a run executes: Ray started or joined (sized to the runs actors), the checkout importable in the
+workers, the model path (a tiny random model when none is given) and the cache. See docs/cluster.md."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+from actors.group import set_cluster_autoscaling
+from raylhf.assets import cached_tiny_model
+from raylhf.config.run import RayConfig
+from raylhf.config.sections import ModelConfig
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RAYLHF_CACHE", Path.home() / ".cache" / "raylhf"))
+
+
+def resolve_model_path(model: ModelConfig) -> str:
+    """model.path, or the cached tiny random model when it is null."""
+    if model.path:
+        return model.path
+
+    return str(cached_tiny_model(cache_root() / "models", model.tiny))
+
+
+def init_ray(cfg: RayConfig, required_cpus: float) -> None:
+    """Connect to ray.address / RAY_ADDRESS (e.g. under `ray job submit`), else start a local cluster.
+
+    A local cluster gets at least ``required_cpus`` logical CPUs so that fractional actors that share a
+    small machine all fit. ``ray.autoscaling`` is recorded for the cluster (see ``actors.group``): a local
+    cluster started here never grows, so a group that cannot fit it fails at once instead of waiting.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"PYTHONPATH": _pythonpath(), "TOKENIZERS_PARALLELISM": "false",
+                        "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
+    if os.environ.get("RAYLHF_FAULT_INJECT"):  # the recovery tests' fault injection (actors/faults.py)
+        env["env_vars"]["RAYLHF_FAULT_INJECT"] = os.environ["RAYLHF_FAULT_INJECT"]
+    if not sys.stdout.isatty():  # a log file: no carriage-return bars from HF loaders, no colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        env["env_vars"]["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        set_cluster_autoscaling(cfg.autoscaling, started_here=False)
+        return
+    cpus = cfg.num_cpus or max(os.cpu_count() or 1, math.ceil(required_cpus))
+    ray.init(num_cpus=cpus, runtime_env=env, include_dashboard=False, log_to_driver=True,
+             configure_logging=True, logging_level="WARNING")
+    set_cluster_autoscaling(cfg.autoscaling, started_here=True)
+
+
+def _pythonpath() -> str:
+    """Make the checkout's packages importable in workers (no install needed on the cluster)."""
+    root = str(Path(__file__).resolve().parents[2])
+    parts = [root, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    return os.pathsep.join(dict.fromkeys(parts))
