@@ -15,42 +15,19 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors import watchdog
-from raylhf.core.errors import RunError
+from actors.calls import Pending, WorkerError, wait_all
+from actors.cluster import can_autoscale, cluster_nodes
+from actors.placement import check_placement, describe_nodes, fmt_bundle
 from raylhf.plugins.registry import actor_env
-
-
-class WorkerError(RuntimeError):
-    """A rank failed; the message carries the group name, the rank and the remote error. ``what`` is the
-    phase (``group.method``), ``rank`` the failing rank, ``died`` whether its actor process is gone."""
-
-    def __init__(self, message: str, what: str = "", rank: int | None = None, died: bool = False) -> None:
-        super().__init__(message)
-        self.what, self.rank, self.died = what, rank, died
-
-    @property
-    def group(self) -> str:
-        return self.what.split(".", 1)[0]
-
-
-class PhaseTimeoutError(WorkerError, RunError):
-    """The watchdog fired: ranks did not answer a call within its limit. The message is the watchdog report
-    (which ranks answered, the silent ones' Python stacks; see actors/watchdog.py)."""
-
-    def cli_message(self) -> str:
-        return str(self).splitlines()[0] + " (the watchdog report with the stacks is printed above)"
 
 
 class BaseWorker:
@@ -92,15 +69,6 @@ class BaseWorker:
         return watchdog.snapshot(getattr(self, "rank", None), type(self).__name__, watchdog.event_loops(self))
 
 
-def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
-    """Best-effort cancel of the other ranks' calls. Actor tasks cannot be force-cancelled (Ray raises
-    ValueError for force=True, which used to replace the failing rank's error); a rank stuck in a collective
-    stays stuck until the group is shut down (ray.kill)."""
-    for r in refs:
-        with contextlib.suppress(Exception):
-            ray.cancel(r)
-
-
 def actor_omp_env(pipelined: bool) -> dict[str, str]:
     """OpenMP settings for actors that compute at the same time as each other (``grpo.async_steps``): idle
     OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning, unless the driver's environment
@@ -115,53 +83,6 @@ def actor_omp_env(pipelined: bool) -> dict[str, str]:
     return {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-class Pending:
-    """Calls started on a group's ranks; ``result()`` waits for them once (later calls return the same)."""
-
-    def __init__(self, wait: Callable[[], list[Any]]) -> None:
-        self._wait: Callable[[], list[Any]] | None = wait
-        self._result: list[Any] | None = None
-
-    def result(self) -> list[Any]:
-        if self._wait is not None:
-            wait, self._wait = self._wait, None
-            self._result = wait()
-        assert self._result is not None
-        return self._result
-
-
-def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None = None,
-             actors: Sequence[Any] | None = None, limit_field: str = watchdog.TIMEOUT_FIELD) -> list[Any]:
-    """ray.get on every ref, failing as soon as one fails (with its error), not after all finish.
-
-    ``timeout_s`` (None: no limit): given ``actors`` (the BaseWorker running each ref, in the same order), a
-    timeout raises PhaseTimeoutError with the watchdog report (also printed to stderr; ``limit_field`` names
-    the setting to raise), else WorkerError naming the silent ranks."""
-    pending = list(refs)
-    index = {r: i for i, r in enumerate(refs)}
-    results: list[Any] = [None] * len(refs)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while pending:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, pending = ray.wait(pending, num_returns=1, timeout=left)
-        if not ready:
-            silent = sorted(index[r] for r in pending)
-            if actors is not None:  # the stacks first: cancelling may change them
-                report = watchdog.watchdog_report(what, timeout_s or 0.0, actors, silent, limit_field)
-                _cancel(pending)
-                raise PhaseTimeoutError(report, what)
-            _cancel(pending)
-            raise WorkerError(f"{what}: no answer within {timeout_s:.0f}s from ranks {silent}", what)
-        r = ready[0]
-        try:
-            results[index[r]] = ray.get(r)
-        except (RayTaskError, RayActorError) as e:
-            _cancel(pending)
-            raise WorkerError(f"{what} failed on rank {index[r]}:\n{e}", what, index[r],
-                              isinstance(e, RayActorError)) from e
-    return results
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Placement: can a group ever fit, and can the cluster grow?
 #
@@ -170,203 +91,8 @@ def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None =
 # delays the failure. ``check_placement`` (pure) says whether the bundles fit the nodes' totals at all and
 # whether they fit what is free now; ``can_autoscale`` says whether nodes may join.
 
-_EPS = 1e-6
-_UNBOUNDED = 1 << 30
 POLL_S = 2.0  # how often a waiting group re-checks (the fail-fast latency on a fixed cluster)
 PROGRESS_S = 15.0  # how often a waiting group says what it waits for
-
-@dataclass(frozen=True)
-class NodeCapacity:
-    """One alive node: a display name, its total resources and what is free now."""
-
-    name: str
-    total: dict[str, float]
-    free: dict[str, float]
-
-
-@dataclass(frozen=True)
-class PlacementCheck:
-    possible: bool  # the bundles fit the nodes' totals (perhaps only once other groups free theirs)
-    fits_free: bool  # they fit what is free now
-    reason: str  # why not (possible, else free now); "" when they fit
-
-
-def _num(x: float) -> str:
-    return f"{x:g}"
-
-
-def _fmt_bundle(bundle: dict[str, float]) -> str:
-    return "{" + ", ".join(f"{k}: {_num(v)}" for k, v in bundle.items()) + "}"
-
-
-def _fits(bundle: dict[str, float], res: dict[str, float]) -> bool:
-    return all(res.get(k, 0.0) + _EPS >= v for k, v in bundle.items() if v > 0)
-
-
-def _copies(bundle: dict[str, float], res: dict[str, float]) -> int:
-    """How many copies of ``bundle`` one node with ``res`` holds."""
-    need = [(k, v) for k, v in bundle.items() if v > 0]
-    if not need:
-        return _UNBOUNDED
-    return min(int((res.get(k, 0.0) + _EPS) // v) for k, v in need)
-
-
-def _sum(bundles: Sequence[dict[str, float]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for b in bundles:
-        for k, v in b.items():
-            out[k] = out.get(k, 0.0) + v
-    return out
-
-
-def _spread_matching(bundles: Sequence[dict[str, float]], nodes: Sequence[dict[str, float]]) -> int:
-    """Most bundles placed one per node (bipartite matching, Kuhn's augmenting paths)."""
-    owner: dict[int, int] = {}  # node -> bundle
-
-    def place(b: int, seen: set[int]) -> bool:
-        for n, res in enumerate(nodes):
-            if n not in seen and _fits(bundles[b], res):
-                seen.add(n)
-                if n not in owner or place(owner[n], seen):
-                    owner[n] = b
-                    return True
-        return False
-
-    return sum(place(b, set()) for b in range(len(bundles)))
-
-
-def unplaceable(bundles: Sequence[dict[str, float]], strategy: str, nodes: Sequence[dict[str, float]],
-                where: str = "on the nodes") -> str:
-    """Why ``bundles`` cannot be placed with ``strategy`` on nodes with these resources; "" if they can.
-
-    Exact for identical bundles (every ActorGroup); for mixed bundles under PACK / SPREAD only the
-    necessary conditions are checked (each bundle fits some node, the cluster-wide sums), so a "" there
-    may still not pack. PACK and SPREAD are soft: any node may take any number of bundles.
-    """
-    if not bundles:
-        return ""
-    for b in {tuple(sorted(b.items())): b for b in bundles}.values():
-        if not any(_fits(b, res) for res in nodes):
-            return f"one bundle {_fmt_bundle(b)} is bigger than any node"
-    need = _sum(bundles)
-    for k, v in need.items():
-        have = sum(res.get(k, 0.0) for res in nodes)
-        if v > have + _EPS:
-            return f"{_num(v)} {k} asked in all, {_num(have)} {k} {where} together"
-    n = len(bundles)
-    identical = all(b == bundles[0] for b in bundles)
-    if strategy == "STRICT_PACK":
-        if not any(_fits(need, res) for res in nodes):
-            return f"STRICT_PACK puts all bundles ({_fmt_bundle(need)}) on one node and no node holds that"
-    elif strategy == "STRICT_SPREAD":
-        placed = _spread_matching(bundles, nodes)
-        if placed < n:
-            return f"STRICT_SPREAD puts each bundle on its own node and only {placed} node(s) can take one"
-    elif identical:
-        held = sum(min(_copies(bundles[0], res), n) for res in nodes)
-        if held < n:
-            return f"the nodes hold at most {held} x {_fmt_bundle(bundles[0])} (bundles do not split across nodes)"
-    return ""
-
-
-def check_placement(bundles: Sequence[dict[str, float]], strategy: str, nodes: Sequence[NodeCapacity]
-                    ) -> PlacementCheck:
-    why_never = unplaceable(bundles, strategy, [n.total for n in nodes])
-    if why_never:
-        return PlacementCheck(False, False, why_never)
-    why_not_now = unplaceable(bundles, strategy, [n.free for n in nodes], "free on the nodes")
-    return PlacementCheck(True, not why_not_now, why_not_now)
-
-
-def describe_nodes(nodes: Sequence[NodeCapacity], keys: Sequence[str] = ()) -> str:
-    """One line per node: total and free CPU, GPU and any other resource in ``keys``."""
-    names = list(dict.fromkeys(["CPU", "GPU", *keys]))
-    lines = [f"  {n.name}: " + ", ".join(f"{k} {_num(n.total.get(k, 0.0))} total / {_num(n.free.get(k, 0.0))} free"
-                                        for k in names) for n in nodes]
-    return "\n".join(lines) or "  (no alive nodes)"
-
-
-_READONLY_TYPE = re.compile(r"node_[0-9a-f]{16,}")
-
-
-def autoscaler_from_node_types(node_types: Sequence[str]) -> bool | None:
-    """Ray's monitor without an autoscaling config (``ray start --head``, ``ray.init()``, a test Cluster)
-    runs a read-only provider that names every node's type ``node_<node id>``; a real autoscaler (cluster
-    YAML, KubeRay) uses the configured type names. None: no node types known yet."""
-    if not node_types:
-        return None
-    return not all(_READONLY_TYPE.fullmatch(t) for t in node_types)
-
-
-# gcs address -> (can autoscale, why); written by raylhf.driver.cluster.init_ray for the cluster it joined
-_CLUSTER_MODE: dict[str, tuple[bool | None, str]] = {}
-
-
-def _gcs_address() -> str:
-    try:
-        return str(ray.get_runtime_context().gcs_address)
-    except Exception:  # not connected
-        return ""
-
-
-def set_cluster_autoscaling(mode: str, started_here: bool) -> None:
-    """Record ``ray.autoscaling`` (auto | on | off) for the cluster this driver just joined or started."""
-    if mode == "on":
-        decision: tuple[bool | None, str] = (True, "ray.autoscaling=on")
-    elif mode == "off":
-        decision = (False, "ray.autoscaling=off")
-    elif started_here:
-        decision = (False, "a local cluster started by raylhf, ray.autoscaling=auto")
-    else:
-        decision = (None, "ray.autoscaling=auto")
-    _CLUSTER_MODE[_gcs_address()] = decision
-
-
-def detect_autoscaler() -> tuple[bool | None, str]:
-    """Ask the cluster's monitor (autoscaler v1 status in the GCS KV, or v2 cluster status) for its node
-    types; see ``autoscaler_from_node_types``. (None, why) when that cannot be read (yet)."""
-    try:
-        from ray.autoscaler.v2.utils import is_autoscaler_v2
-
-        if is_autoscaler_v2(fetch_from_server=True):
-            from ray.autoscaler.v2.sdk import get_cluster_status
-
-            status = get_cluster_status(_gcs_address())
-            types = [n.ray_node_type_name for n in [*status.active_nodes, *status.idle_nodes]]
-        else:
-            from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
-            from ray.experimental.internal_kv import _internal_kv_get
-
-            raw = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
-            report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
-            types = [*(report.get("active_nodes") or {}), *(report.get("idle_nodes") or {})]
-    except Exception as e:  # an older or newer Ray, a monitor that has not reported yet
-        return None, f"autoscaler state unreadable ({type(e).__name__}: {e})"
-    found = autoscaler_from_node_types(types)
-    if found is None:
-        return None, "ray.autoscaling=auto; the cluster's monitor has not reported node types yet"
-    if found:
-        return True, f"ray.autoscaling=auto; Ray reports an autoscaler (node types {sorted(set(types))})"
-    return False, "ray.autoscaling=auto; Ray reports no autoscaler (a fixed set of nodes)"
-
-
-def can_autoscale() -> tuple[bool | None, str]:
-    """(True/False, why) when known; (None, why) when unknown, which callers treat as 'may grow'."""
-    recorded, why = _CLUSTER_MODE.get(_gcs_address(), (None, ""))
-    if recorded is not None:
-        return recorded, why
-    return detect_autoscaler()
-
-
-def cluster_nodes() -> list[NodeCapacity]:
-    """Every alive node's total and free resources, from the GCS."""
-    from ray._private import state
-
-    totals = state.total_resources_per_node()
-    free = state.available_resources_per_node()
-    addr = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
-    return [NodeCapacity(f"{addr.get(nid, '?')} ({nid[:8]})", dict(t), dict(free.get(nid, {})))
-            for nid, t in sorted(totals.items())]
 
 
 def _held_by_others(own: Any) -> str:
@@ -381,7 +107,7 @@ def _held_by_others(own: Any) -> str:
             continue
         bundles = list((info.get("bundles") or {}).values())
         label = info.get("name") or pg_id[:8]
-        held.append(f"{label} ({len(bundles)} x {_fmt_bundle(bundles[0]) if bundles else '{}'})")
+        held.append(f"{label} ({len(bundles)} x {fmt_bundle(bundles[0]) if bundles else '{}'})")
     return ", ".join(held)
 
 
@@ -395,7 +121,7 @@ def _wait_ready(pg: Any, name: str, bundles: list[dict[str, float]], strategy: s
                 sizing: str | None = None) -> None:
     """Wait for a placement group; raise WorkerError at once when it can never fit a cluster that cannot
     grow, else after ``timeout_s``. Says what it waits for at once and every PROGRESS_S."""
-    asked = f"{len(bundles)} x {_fmt_bundle(bundles[0])} (strategy {strategy})"
+    asked = f"{len(bundles)} x {fmt_bundle(bundles[0])} (strategy {strategy})"
     start = time.monotonic()
     deadline, last_print = start + timeout_s, -PROGRESS_S
     ready = pg.ready()

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.group import (
-    NodeCapacity,
-    autoscaler_from_node_types,
-    check_placement,
-    describe_nodes,
-    unplaceable,
-)
+from actors.cluster import autoscaler_from_node_types
+from actors.placement import NodeCapacity, check_placement, describe_nodes, unplaceable
 
 CPU1 = {"CPU": 1.0}
 

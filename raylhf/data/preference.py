@@ -20,17 +20,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from raylhf.core.batch import TrainBatch
-from raylhf.data import (
-    DataError,
-    Messages,
-    PreferenceExample,
-    _load_rows,
-    _prompt_messages,
-    _with_system,
-    end_of_turn_id,
-    load_preference_dataset,
-    render_prompt,
-)
+from raylhf.data.formats import prompt_messages, with_system
+from raylhf.data.loaders import load_preference_dataset, load_rows
+from raylhf.data.render import end_of_turn_id, render_prompt
+from raylhf.data.types import DataError, Messages, PreferenceExample
 
 if TYPE_CHECKING:
     from raylhf.config.sections import DataConfig
@@ -101,7 +94,7 @@ def load_unpaired_dataset(
     problem is one :class:`DataError` naming the file and row.
     """
 
-    rows = _load_rows(files, format=format, columns=columns, max_samples=max_samples,
+    rows = load_rows(files, format=format, columns=columns, max_samples=max_samples,
                       accepted=("preference", "prompt"), kind="KTO", split=split)
     if rows and rows[0][1] == "preference":
         return unpair(load_preference_dataset(files, format="preference", columns=columns,
@@ -116,7 +109,7 @@ def load_unpaired_dataset(
         completion = row.data["completion"]
         if not isinstance(completion, str):
             raise row.error(f"wrong type: 'completion' must be a string, got {type(completion).__name__}")
-        prompt = _with_system(_prompt_messages(row.data["prompt"], row), system_prompt)
+        prompt = with_system(prompt_messages(row.data["prompt"], row), system_prompt)
         out.append(UnpairedExample(prompt, completion, _label(row.data["label"], row)))
     return out
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from actors.group import set_cluster_autoscaling
+from actors.cluster import set_cluster_autoscaling
 from raylhf.assets import cached_tiny_model
 from raylhf.config.run import RayConfig
 from raylhf.config.sections import ModelConfig

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.group import WorkerError
+from actors.calls import WorkerError
 from raylhf.config import to_yaml
 from raylhf.config.run import LoggingConfig
 from raylhf.core import checkpoint as ckpts

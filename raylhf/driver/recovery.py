@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from actors.group import WorkerError
+from actors.calls import WorkerError
 from raylhf.core.errors import RunError
 from raylhf.driver.phases import sync_weights
 from raylhf.driver.startup import Workers

@@ -11,7 +11,8 @@ import pytest
 import ray
 import torch
 
-from actors.group import ActorGroup, WorkerError
+from actors.calls import WorkerError
+from actors.group import ActorGroup
 from raylhf.config import GRPOConfig, build_config
 from raylhf.config.sections import PolicyConfig, RolloutConfig
 from raylhf.core.batch import Objective, TrainBatch

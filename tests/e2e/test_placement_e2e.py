@@ -9,7 +9,8 @@ import pytest
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
-from actors.group import ActorGroup, BaseWorker, WorkerError
+from actors.calls import WorkerError
+from actors.group import ActorGroup, BaseWorker
 from raylhf.config.sections import PolicyConfig
 from raylhf.driver.startup import start_policy
 

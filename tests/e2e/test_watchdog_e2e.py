@@ -12,7 +12,8 @@ import pytest
 import ray.cloudpickle
 
 from actors import watchdog
-from actors.group import ActorGroup, BaseWorker, PhaseTimeoutError
+from actors.calls import PhaseTimeoutError
+from actors.group import ActorGroup, BaseWorker
 from raylhf.config.sections import RewardConfig, RewardFunctionConfig
 from raylhf.driver.startup import start_reward
 
