@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from actors import tuners
+from actors import adapters
 from actors.common import (
     batched_logprobs,
     device,
@@ -39,7 +39,7 @@ from actors.optimizers import (
     describe,
     lr_lambda,  # noqa: F401  (the default schedule; tests import it from here)
 )
-from actors.tuners import TUNERS, FullTuner, TunerArgs, prepare, trainable_counts
+from actors.tuners import TUNERS, FullTuner, TunerArgs, is_peft, prepare, trainable_counts
 from raylhf.core.batch import Objective, TrainBatch
 from raylhf.core.checkpoint import load_rng, save_rng
 from raylhf.core.guard import SKIPPED, guard_metrics, local_flags
@@ -313,7 +313,7 @@ class PolicyWorker(BaseWorker):
         a tuner's own ``export_params`` when it has one (``actors/tuners.py``)."""
 
         zero3 = int(self.cfg.get("zero_stage", 0)) == 3
-        yield from tuners.export_params(self.engine.module, tuners.gatherer(zero3), self.tuner)
+        yield from adapters.export_params(self.engine.module, adapters.gatherer(zero3), self.tuner)
 
     def export_weights(self, bucket_mb: int = 64) -> list[Any]:
         """Rank 0 puts the full weights in the Ray object store as buckets and returns their refs.
@@ -345,10 +345,10 @@ class PolicyWorker(BaseWorker):
         adapter, at ``path``. Other tuners write the whole model. The tokenizer goes beside either."""
 
         module = self.engine.module
-        peft = tuners.is_peft(module)
+        peft = is_peft(module)
         merge = not peft or bool((self.cfg.get("tuner") or {}).get("merge_on_save", True))
         zero3 = int(self.cfg.get("zero_stage", 0)) == 3
-        adapter = tuners.adapter_state(module, tuners.gatherer(zero3)) if peft else {}
+        adapter = adapters.adapter_state(module, adapters.gatherer(zero3)) if peft else {}
         state = dict(self._full_params()) if merge else {}
         if self.rank != 0:
             return None
@@ -358,8 +358,8 @@ class PolicyWorker(BaseWorker):
         out.mkdir(parents=True, exist_ok=True)
         if peft:
             if merge:
-                tuners.save_merged(module, state, out)
-            tuners.save_adapter(module, adapter, out / "adapter" if merge else out, base_model=self.model_path,
+                adapters.save_merged(module, state, out)
+            adapters.save_adapter(module, adapter, out / "adapter" if merge else out, base_model=self.model_path,
                                 tuner=self.tuner)
         else:
             self.tuner.save_pretrained(module, str(out), state_dict=state, safe_serialization=True)

@@ -9,16 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from actors.adapters import adapter_state, merged_params, save_adapter, save_merged
 from actors.common import forward_logprobs
-from actors.tuners import (
-    adapter_state,
-    apply_tuner,
-    is_lora,
-    merged_params,
-    save_adapter,
-    save_merged,
-    trainable_counts,
-)
+from actors.tuners import apply_tuner, is_lora, trainable_counts
 
 LORA = {"type": "lora", "lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "target_modules": ["all-linear"]}
 

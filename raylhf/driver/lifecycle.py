@@ -29,7 +29,7 @@ from raylhf.driver.metrics_log import MetricsLogger
 from raylhf.driver.plots import plot_curves
 from raylhf.driver.recovery import PolicyRankDied
 from raylhf.plugins import registry
-from raylhf.plugins.callbacks import CallbackHandler, start_callbacks
+from raylhf.plugins.callback_handler import CallbackHandler, start_callbacks
 
 
 @dataclass

@@ -28,6 +28,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from raylhf.plugins.callbacks import (
+    EarlyStoppingCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    extra_callbacks,
+    register_callback,
+)
 from raylhf.plugins.registry import (
     KINDS,
     LOSS_FUNCS,
@@ -58,8 +67,10 @@ _FROM_HOME: dict[str, tuple[str, str]] = {
     name: (kind.name, name) for kind in KINDS.values() for name in kind.exports}
 _FROM_HOME["BaseAgentTemplate"] = ("agent template", "AgentTemplate")
 
-__all__ = ["METRIC_MAPPING", "PluginCheckError", "Registry", "agent_templates", "extra_tuners", "load_plugin",
-           "loss_mapping", "loss_scale_map", "optimizers_map", "orms", "prms", "tools"]
+__all__ = ["METRIC_MAPPING", "EarlyStoppingCallback", "PluginCheckError", "Registry", "TrainerCallback",
+           "TrainerControl", "TrainerState", "TrainingArguments", "agent_templates", "extra_callbacks", "extra_tuners",
+           "load_plugin", "loss_mapping", "loss_scale_map", "optimizers_map", "orms", "prms", "register_callback",
+           "tools"]
 __all__ += sorted(_FROM_HOME)
 
 

@@ -168,7 +168,7 @@ def class_of(obj: Any) -> Any:
 REWARDS: Registry[Any] = Registry("reward", "reward.functions", home="rewards.registry")  # function or ORM/PRM
 LOSS_SCALES: Registry[Any] = Registry("loss scale", "sft.loss_scale", home="raylhf.data.loss_scale")
 LOSS_FUNCS: Registry[Any] = Registry("loss", "sft.loss", home="raylhf.algos.sft_losses")
-CALLBACKS: Registry[Any] = Registry("callback", "callbacks", home="raylhf.plugins.callbacks")
+CALLBACKS: Registry[Any] = Registry("callback", "callbacks", home="raylhf.plugins.callback_handler")
 METRICS: Registry[Any] = Registry("metric", "sft.metrics", home="raylhf.algos.text_metrics")
 OPTIMIZERS: Registry[Any] = Registry("optimizer", "policy.optimizer", home="actors.optimizers")
 TUNERS: Registry[Any] = Registry("tuner", "policy.tuner.type", home="actors.tuners")
@@ -193,9 +193,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          ("ORM", "PRM", "AsyncORM", "InferRequest", "register_orm", "register_prm", "register_reward")),
     Kind("loss scale", LOSS_SCALES, ("loss_scale_map",), ("LossScale", "ContextType", "register_loss_scale")),
     Kind("loss", LOSS_FUNCS, ("loss_mapping", "LOSS_MAPPING"), ("register_loss_func",)),
-    Kind("callback", CALLBACKS, ("extra_callbacks",),
-         ("TrainerCallback", "TrainerControl", "TrainerState", "TrainingArguments", "EarlyStoppingCallback",
-          "register_callback", "extra_callbacks")),
+    Kind("callback", CALLBACKS, ("extra_callbacks",)),  # its interface is raylhf/plugins/callbacks.py
     Kind("metric", METRICS, ("METRIC_MAPPING",), ("EvalPrediction", "register_metric")),
     Kind("optimizer", OPTIMIZERS, ("optimizers_map",), ("register_optimizer",)),
     Kind("tuner", TUNERS, ("extra_tuners",), ("Tuner", "register_tuner")),

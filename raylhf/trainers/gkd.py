@@ -31,7 +31,7 @@ from raylhf.driver import phases
 from raylhf.driver.cluster import init_ray, resolve_model_path
 from raylhf.driver.lifecycle import RunResult
 from raylhf.driver.offline import OfflineSpec, RowOrder, run_offline
-from raylhf.driver.startup import gpus_per_rank, start_rollout
+from raylhf.driver.startup import gpus_per_rank, required_cpus, start_rollout
 from raylhf.driver.stream import phase_seed
 
 if TYPE_CHECKING:
@@ -122,7 +122,6 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
             train: Sequence[SFTExample] | None = None, heldout: Sequence[SFTExample] | None = None) -> RunResult:
     """Distil ``teacher_path`` (default ``teacher.path``) into the student (default ``model.path``, else a tiny
     random model); ``train`` / ``heldout`` (SFTExample rows) override the data files."""
-
     g = cfg.gkd
     student_path = student_path or resolve_model_path(cfg.model)
     teacher_path = teacher_path or cfg.teacher.path
@@ -130,22 +129,12 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
         raise DataError("no teacher: set teacher.path (the embedded default's teacher only goes with its own data, "
                         "when data.train_files is empty)")
     tokenizer = load_tokenizer(cfg.model.tokenizer or student_path)
-    train = train if train is not None else load_from_config(cfg.data, "sft", split="train")
-    if heldout is None:
-        heldout = load_from_config(cfg.data, "sft", split="eval") if cfg.data.eval_files else []
-        if not heldout and g.eval_fraction > 0 and len(train) > 1:
-            order = list(range(len(train)))
-            random.Random(cfg.data.seed).shuffle(order)
-            held = set(order[: max(1, round(len(train) * g.eval_fraction))])
-            train, heldout = [x for i, x in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+    train, heldout = split_data(cfg, train, heldout)
     rows, held_rows = encode_rows(tokenizer, train, g.max_length), encode_rows(tokenizer, heldout, g.max_length)
     if len(rows) < g.batch_size:
         raise DataError(f"{len(rows)} usable rows (with response tokens) < gkd.batch_size={g.batch_size}")
-    world = cfg.policy.num_workers
     limit = cfg.runtime.phase_timeout_s or None
-    strategy = cfg.ray.placement_strategy
-    init_ray(cfg.ray, world * cfg.policy.num_cpus_per_worker + cfg.rollout.num_engines * cfg.rollout.num_cpus_per_engine
-             + cfg.teacher.num_cpus)
+    init_ray(cfg.ray, required_cpus(cfg, ["policy", "rollout", "teacher"]))
     teacher = ActorGroup(TeacherWorker, 1, name="teacher", num_cpus=cfg.teacher.num_cpus,
                          num_gpus=gpus_per_rank(cfg.teacher.num_gpus),
                          init_kwargs=dict(model_path=teacher_path, teacher=cfg.teacher.model_dump(),
@@ -154,65 +143,16 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
     rollout = None
     try:
         max_len = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens + 8
-        rollout = start_rollout(cfg.rollout, student_path, cfg.model.dtype, max(max_len, g.max_length), strategy,
-                                   cfg.model.trust_remote_code, call_timeout_s=limit)
+        rollout = start_rollout(cfg.rollout, student_path, cfg.model.dtype, max(max_len, g.max_length),
+                                cfg.ray.placement_strategy, cfg.model.trust_remote_code, call_timeout_s=limit)
         vocab = int(teacher.call_rank0("vocab_size"))
-
-        def teacher_dists(batch: DistillBatch, top_k: int) -> DistillBatch:
-            batch.teacher = teacher.call_rank0("distributions", batch.input_ids, trained_positions(batch.loss_mask),
-                                               top_k, g.temperature)
-            return batch
-
         source = GKDBatches(rows, g.batch_size, cfg.data.shuffle, cfg.data.seed, g.lmbda)
-        synced = {"engines": False}
-
-        def sync(policy: ActorGroup) -> None:
-            phases.sync_weights(policy, rollout, cfg.rollout.sync_bucket_mb)
-            synced["engines"] = True
-
-        def prepare(policy: ActorGroup, batch: DistillBatch) -> DistillBatch:
-            if any(batch.sampled):
-                if not synced["engines"]:  # a resumed run: the engines start from the student's start weights
-                    sync(policy)
-                prompts = [batch.input_ids[i][: batch.prompt_lens[i]].tolist()
-                           for i, s in enumerate(batch.sampled) if s]
-                rolls = phases.generate(rollout, prompts, 1, temperature=g.temperature,
-                                    max_new_tokens=cfg.rollout.max_new_tokens,
-                                    seed=phase_seed(cfg.seed, source.step, "gkd"))
-                batch = with_samples(batch, rolls)
-            return teacher_dists(batch, g.teacher_top_k)
-
-        # held-out sequences: the teacher's full distributions once (it is frozen)
-        held_batch = source_batch(held_rows)
-        if held_batch is not None:
-            held_batch = padded_for_ranks(teacher_dists(held_batch, 0), world)
-        held_prompts = [r.ids[: r.prompt_len] for r in held_rows]
-
-        def evaluate(policy: ActorGroup, step: int) -> dict[str, float]:
-            if held_batch is None:
-                return {}
-            out = _divergences(policy, held_batch, "eval/")
-            if not synced["engines"] and step > 0:
-                sync(policy)
-            rolls = phases.generate(rollout, held_prompts, 1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens,
-                                seed=phase_seed(cfg.seed, step, "gkd-eval"))
-            sampled = source_batch(held_rows)
-            assert sampled is not None
-            sampled.sampled = [True] * len(held_rows)
-            sampled = padded_for_ranks(teacher_dists(with_samples(sampled, rolls), 0), world)
-            out.update(_divergences(policy, sampled, "eval/", "_on_policy"))
-            out["eval/response_len"] = sum(len(r.response_ids) for r in rolls) / max(1, len(rolls))
-            return out
-
-        def after_step(policy: ActorGroup, step: int) -> None:
-            if g.lmbda > 0 or (g.eval_every and step % g.eval_every == 0) or step == g.num_steps:
-                sync(policy)
-
+        steps = GKDSteps(cfg, teacher, rollout, source, held_rows)
         spec = OfflineSpec(
             name="gkd", num_steps=g.num_steps, objective=Objective(pg_coef=0.0), batches=source,
             worker_cls=DistillWorker, worker_extra={"beta": g.beta, "temperature": g.temperature},
-            prepare=prepare, evaluate=evaluate if held_rows else None, eval_every=g.eval_every,
-            after_step=after_step, curves=["loss/total", "eval/kl", "eval/kl_on_policy"],
+            prepare=steps.prepare, evaluate=steps.evaluate if held_rows else None, eval_every=g.eval_every,
+            after_step=steps.after_step, curves=["loss/total", "eval/kl", "eval/kl_on_policy"],
             summary=(f"{len(rows)} train / {len(held_rows)} held-out rows; teacher {teacher_path}; vocab {vocab}; "
                      f"teacher top-k {g.teacher_top_k or 'full'}"),
         )
@@ -222,6 +162,80 @@ def run_gkd(cfg: GKDConfig, student_path: str | None = None, teacher_path: str |
             rollout.shutdown()
         teacher.shutdown()
     return res
+
+
+def split_data(cfg: GKDConfig, train: Sequence[SFTExample] | None, heldout: Sequence[SFTExample] | None
+               ) -> tuple[Sequence[SFTExample], Sequence[SFTExample]]:
+    """The training and held-out rows: given, or from the data files (``gkd.eval_fraction`` of the training rows
+    held out when there are no eval files)."""
+    train = train if train is not None else load_from_config(cfg.data, "sft", split="train")
+    if heldout is None:
+        heldout = load_from_config(cfg.data, "sft", split="eval") if cfg.data.eval_files else []
+        if not heldout and cfg.gkd.eval_fraction > 0 and len(train) > 1:
+            order = list(range(len(train)))
+            random.Random(cfg.data.seed).shuffle(order)
+            held = set(order[: max(1, round(len(train) * cfg.gkd.eval_fraction))])
+            train, heldout = [x for i, x in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+    return train, heldout
+
+
+class GKDSteps:
+    """The offline loop's hooks of a GKD run: each batch gets the student's samples (a share ``gkd.lmbda`` of
+    it, from the rollout engines) and the teacher's distributions; the held-out KL on dataset responses and on
+    the student's own greedy completions; weight sync to the engines after the steps that need it."""
+
+    def __init__(self, cfg: GKDConfig, teacher: ActorGroup, rollout: ActorGroup, source: GKDBatches,
+                 held_rows: list[Encoded]) -> None:
+        self.cfg, self.g, self.teacher, self.rollout, self.source = cfg, cfg.gkd, teacher, rollout, source
+        self.world = cfg.policy.num_workers
+        self.held_rows = held_rows
+        self.synced = False  # the engines hold the student's current weights
+        # held-out sequences: the teacher's full distributions once (it is frozen)
+        held = source_batch(held_rows)
+        self.held_batch = padded_for_ranks(self.teacher_dists(held, 0), self.world) if held is not None else None
+        self.held_prompts = [r.ids[: r.prompt_len] for r in held_rows]
+
+    def teacher_dists(self, batch: DistillBatch, top_k: int) -> DistillBatch:
+        batch.teacher = self.teacher.call_rank0("distributions", batch.input_ids, trained_positions(batch.loss_mask),
+                                                top_k, self.g.temperature)
+        return batch
+
+    def sync(self, policy: ActorGroup) -> None:
+        phases.sync_weights(policy, self.rollout, self.cfg.rollout.sync_bucket_mb)
+        self.synced = True
+
+    def prepare(self, policy: ActorGroup, batch: DistillBatch) -> DistillBatch:
+        if any(batch.sampled):
+            if not self.synced:  # a resumed run: the engines start from the student's start weights
+                self.sync(policy)
+            prompts = [batch.input_ids[i][: batch.prompt_lens[i]].tolist() for i, s in enumerate(batch.sampled) if s]
+            rolls = phases.generate(self.rollout, prompts, 1, temperature=self.g.temperature,
+                                    max_new_tokens=self.cfg.rollout.max_new_tokens,
+                                    seed=phase_seed(self.cfg.seed, self.source.step, "gkd"))
+            batch = with_samples(batch, rolls)
+        return self.teacher_dists(batch, self.g.teacher_top_k)
+
+    def evaluate(self, policy: ActorGroup, step: int) -> dict[str, float]:
+        if self.held_batch is None:
+            return {}
+        out = _divergences(policy, self.held_batch, "eval/")
+        if not self.synced and step > 0:
+            self.sync(policy)
+        rolls = phases.generate(self.rollout, self.held_prompts, 1, temperature=0.0,
+                                max_new_tokens=self.cfg.rollout.max_new_tokens,
+                                seed=phase_seed(self.cfg.seed, step, "gkd-eval"))
+        sampled = source_batch(self.held_rows)
+        assert sampled is not None
+        sampled.sampled = [True] * len(self.held_rows)
+        sampled = padded_for_ranks(self.teacher_dists(with_samples(sampled, rolls), 0), self.world)
+        out.update(_divergences(policy, sampled, "eval/", "_on_policy"))
+        out["eval/response_len"] = sum(len(r.response_ids) for r in rolls) / max(1, len(rolls))
+        return out
+
+    def after_step(self, policy: ActorGroup, step: int) -> None:
+        g = self.g
+        if g.lmbda > 0 or (g.eval_every and step % g.eval_every == 0) or step == g.num_steps:
+            self.sync(policy)
 
 
 def source_batch(rows: list[Encoded]) -> DistillBatch | None:

@@ -14,19 +14,21 @@ from typing import Any
 import pytest
 
 from raylhf.plugins import registry
-from raylhf.plugins.callbacks import (
-    CALLBACKS,
+from raylhf.plugins.callback_handler import (
     CallbackError,
     CallbackHandler,
+    build_callbacks,
+    check_plugin_entry,
+    scripted_run,
+    start_callbacks,
+)
+from raylhf.plugins.callbacks import (
+    CALLBACKS,
     EarlyStoppingCallback,
     TrainerCallback,
     TrainerState,
     TrainingArguments,
-    build_callbacks,
-    check_plugin_entry,
     extra_callbacks,
-    scripted_run,
-    start_callbacks,
 )
 from raylhf.plugins.registry import PluginCheckError
 

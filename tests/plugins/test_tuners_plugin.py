@@ -11,16 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from actors.adapters import export_params, save_merged
 from actors.common import forward_logprobs
-from actors.tuners import (
-    TUNERS,
-    IA3Tuner,
-    Tuner,
-    apply_tuner,
-    check_plugin_entry,
-    export_params,
-    save_merged,
-)
+from actors.tuners import TUNERS, IA3Tuner, Tuner, apply_tuner, check_plugin_entry
 from raylhf.plugins.registry import PluginCheckError, load_plugin
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "tuner_last_mlp.py"
