@@ -21,7 +21,7 @@ import torch
 
 from actors.common import micro_batches as length_sorted
 from actors.policy import PolicyWorker
-from raylhf.algos.preference import bradley_terry_loss
+from raylhf.algos.dpo import bradley_terry_loss
 from raylhf.assets import load_tokenizer
 from raylhf.core.batch import Objective, TrainBatch
 

@@ -75,8 +75,8 @@ class Graph:
         return out
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -135,7 +135,7 @@ def build(root: Path = ROOT) -> Graph:
     g = Graph()
     for pkg in PACKAGES:
         for path in sorted((root / pkg).rglob("*.py")):
-            g.modules[module_name(path)] = path
+            g.modules[module_name(path, root)] = path
     for mod, path in g.modules.items():
         src = path.read_text()
         lines = src.splitlines()

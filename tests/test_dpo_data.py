@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from actors.preference import PreferenceLoss, pair_losses, preference_loss
+from actors.dpo_worker import PreferenceLoss, pair_losses, preference_loss
 from raylhf.assets import load_tokenizer
 from raylhf.config import ConfigError, DPOConfig, KTOConfig, build_config
 from raylhf.data import DataError, PreferenceExample, end_of_turn_id, render_prompt
-from raylhf.data.preference import (
+from raylhf.data.pairs import (
     EncodedPair,
     EncodedSeq,
     PreferenceBatch,
@@ -165,7 +165,7 @@ def test_sequence_sums_use_the_response_mask() -> None:
     assert sequence_sums(lp, masks) == [-5.0, -0.5]
 
 
-# ---- the loss wiring (pure: actors.preference.preference_loss, also the driver's held-out metric) -------------
+# ---- the loss wiring (pure: actors.dpo_worker.preference_loss, also the driver's held-out metric) -------------
 
 def _random_pairs(n: int, seed: int = 0) -> tuple[PreferenceBatch, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -243,7 +243,7 @@ def test_dpo_config_defaults() -> None:
 
 def test_synthetic_preferences() -> None:
     from raylhf.demo.tasks.demo_data import INSTRUCTION
-    from raylhf.demo.tasks.preferences import (
+    from raylhf.demo.tasks.dpo_pairs import (
         REJECTED_KINDS,
         preference_rows,
         preference_splits,

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from actors.reward_trainer import PairBatch, RewardModelWorker, pair_batch
-from raylhf.algos.preference import bradley_terry_loss
+from raylhf.algos.dpo import bradley_terry_loss
 from raylhf.assets import load_tokenizer, write_tiny_reward_model
 from raylhf.config import RMConfig, build_config
 from raylhf.core.batch import Objective
 from raylhf.data import DataError, PreferenceExample
 from raylhf.demo.tasks.demo_data import INSTRUCTION
 from raylhf.demo.tasks.rm_pairs import KINDS, arithmetic_pair_splits
-from raylhf.trainers.rm import column_margins, conversation_ids, encode_pairs
+from raylhf.trainers.rm import column_margins, conversation_ids, encode_scored_pairs
 from rewards.base import RewardBatch
 from rewards.model import SequenceRewardModel
 
@@ -81,7 +81,7 @@ def test_conversation_ids_are_what_the_reward_actor_scores(tmp_path: Path) -> No
 def test_encode_pairs_carries_margins_and_kinds() -> None:
     train, _ = arithmetic_pair_splits(4, 2, max_operand=9)
     plain = [PreferenceExample(MESSAGES, "2+3=5", "5")]
-    enc, cut = encode_pairs(load_tokenizer(), [*train, *plain], [0.5] * 5, 512)
+    enc, cut = encode_scored_pairs(load_tokenizer(), [*train, *plain], [0.5] * 5, 512)
     assert cut == 0 and [e.kind for e in enc] == [p.kind for p in train] + [None]
     assert all(e.margin == 0.5 for e in enc) and enc[-1].chosen != enc[-1].rejected
 

@@ -20,9 +20,7 @@ from raylhf.algos.advantages import (
     rloo_advantages,
 )
 from raylhf.algos.aggregate import LOSS_AGG_MODES, aggregate, count_tokens_and_seqs
-from raylhf.algos.kl import KL_ESTIMATORS, kl_penalty, kl_reward_penalty
-from raylhf.algos.policy_loss import entropy_from_logits, policy_loss
-from raylhf.algos.preference import (
+from raylhf.algos.dpo import (
     bradley_terry_loss,
     cpo_loss,
     dpo_loss,
@@ -32,6 +30,8 @@ from raylhf.algos.preference import (
     orpo_loss,
     simpo_loss,
 )
+from raylhf.algos.kl import KL_ESTIMATORS, kl_penalty, kl_reward_penalty
+from raylhf.algos.policy_loss import entropy_from_logits, policy_loss
 from raylhf.algos.token_losses import (
     clipped_value_loss,
     cross_entropy_per_token,

@@ -23,11 +23,11 @@ from raylhf.config import (
     SFTConfig,
 )
 from raylhf.data import end_of_turn_id, render_prompt
-from raylhf.data.preference import UnpairedExample
+from raylhf.data.pairs import UnpairedExample
 from raylhf.demo.tasks.chat_data import demo_chat_splits
 from raylhf.demo.tasks.demo_data import demo_splits
 from raylhf.demo.tasks.distill_data import distill_splits
-from raylhf.demo.tasks.preferences import preference_splits, unpaired_splits
+from raylhf.demo.tasks.dpo_pairs import preference_splits, unpaired_splits
 from raylhf.demo.tasks.rm_pairs import arithmetic_pair_splits
 from raylhf.demo.warmup import warmup_policy
 from raylhf.driver.cluster import init_ray, resolve_model_path

@@ -3,21 +3,21 @@ cdpo, simpo, orpo, cpo). With no data files it runs the embedded default: the SF
 task, then DPO on synthetic preferences (the right equation vs a wrong or badly formatted answer).
 
 One step: pairs -> (reference summed log-probs, unless precomputed or the loss is reference-free) ->
-PreferenceWorker update (the loss of ``raylhf.algos.preference``). Docs: docs/dpo.md.
+PreferenceWorker update (the loss of ``raylhf.algos.dpo``). Docs: docs/dpo.md.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from actors.preference import PreferenceLoss
+from actors.dpo_worker import PreferenceLoss
 from raylhf.assets import load_tokenizer
 from raylhf.config import DPOConfig
 from raylhf.config.dpo import DPOAlgoConfig
 from raylhf.data import DataError, load_from_config
-from raylhf.data.preference import collate_pairs, encode_pairs
+from raylhf.data.pairs import collate_pairs, encode_pairs
 from raylhf.driver.cluster import resolve_model_path
-from raylhf.driver.preference import run_preference
+from raylhf.driver.reference_loop import run_preference
 
 
 def loss_spec(d: DPOAlgoConfig) -> Any:

@@ -1,6 +1,6 @@
 """`python -m raylhf.grpo`: GRPO-family RL on Ray. With no arguments it runs the embedded demo.
 
-One step (DESIGN.md): prompts -> vLLM rollouts -> rewards -> (reference log-probs) -> advantages ->
+One step (docs/architecture.md): prompts -> vLLM rollouts -> rewards -> (reference log-probs) -> advantages ->
 DeepSpeed update(s) -> weight sync. Mode details live in the config, not in branches of the loop.
 """
 

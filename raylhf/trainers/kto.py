@@ -4,20 +4,20 @@ the SFT warm-up of the arithmetic task, then KTO on synthetic labelled answers.
 
 Its own command (not a ``dpo.loss_type``): its data is unpaired, its knobs (desirable / undesirable weights)
 and its reference point (``max(0, E[policy - reference])`` over mismatched prompt / reply pairs) are its own.
-It shares the driver pieces (``raylhf.driver.preference``) and the PreferenceWorker with the DPO family.
+It shares the driver pieces (``raylhf.driver.reference_loop``) and the PreferenceWorker with the DPO family.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from actors.preference import PreferenceLoss
+from actors.dpo_worker import PreferenceLoss
 from raylhf.assets import load_tokenizer
 from raylhf.config import KTOConfig
 from raylhf.data import DataError
-from raylhf.data.preference import collate_unpaired, encode_unpaired, load_unpaired_from_config
+from raylhf.data.pairs import collate_unpaired, encode_unpaired, load_unpaired_from_config
 from raylhf.driver.cluster import resolve_model_path
-from raylhf.driver.preference import run_preference
+from raylhf.driver.reference_loop import run_preference
 
 
 def run_kto(cfg: KTOConfig, model_path: str | None = None, train: list | None = None,

@@ -3,7 +3,7 @@
 Each round: N completions per prompt on the vLLM engines -> rewards -> per prompt the best and the worst
 completion become a chosen / rejected pair (ties, and margins not above ``online_dpo.min_margin``, are
 skipped) -> reference log-probs (not for SimPO) -> one DPO-family update on the policy
-(``actors/preference.py``, the offline DPO trainer's worker) -> weight sync. With no data files it runs
+(``actors/dpo_worker.py``, the offline DPO trainer's worker) -> weight sync. With no data files it runs
 the embedded arithmetic task from the SFT warm-up, like the GRPO demo.
 """
 
@@ -13,11 +13,11 @@ from dataclasses import replace
 
 import torch
 
-from actors.preference import PreferenceLoss, PreferenceWorker
+from actors.dpo_worker import PreferenceLoss, PreferenceWorker
 from raylhf.config import OnlineDPOConfig
 from raylhf.core.batch import Objective
 from raylhf.data import load_from_config
-from raylhf.data.preference import PreferenceBatch, sequence_sums
+from raylhf.data.pairs import PreferenceBatch, sequence_sums
 from raylhf.driver import phases
 from raylhf.driver.cluster import resolve_model_path
 from raylhf.driver.lifecycle import RunResult

@@ -33,7 +33,10 @@ Pair: TypeAlias = "PreferenceExample | LabelledPair"  # a pair, or a synthetic p
 
 
 @dataclass
-class EncodedPair:
+class ScoredPair:
+    """A reward-model training pair: the token ids of both conversations as the reward actor scores them, the
+    margin the chosen side must win by, and (synthetic pairs) what makes the rejected reply worse."""
+
     chosen: list[int]
     rejected: list[int]
     margin: float
@@ -54,17 +57,17 @@ def conversation_ids(tokenizer: Any, messages: list[dict[str, str]], reply: str,
     return ids[-max_length:], len(ids) > max_length
 
 
-def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], margins: Sequence[float], max_length: int
-                 ) -> tuple[list[EncodedPair], int]:
+def encode_scored_pairs(tokenizer: Any, pairs: Sequence[Pair], margins: Sequence[float], max_length: int
+                 ) -> tuple[list[ScoredPair], int]:
     """Token ids of both sides of every pair; returns them and how many conversations were cut."""
-    out: list[EncodedPair] = []
+    out: list[ScoredPair] = []
     cut = 0
     for pair, margin in zip(pairs, margins, strict=True):
         ex, kind = (pair.example, pair.kind) if hasattr(pair, "example") else (pair, None)
         chosen, c_cut = conversation_ids(tokenizer, ex.messages, ex.chosen, max_length)
         rejected, r_cut = conversation_ids(tokenizer, ex.messages, ex.rejected, max_length)
         cut += c_cut + r_cut
-        out.append(EncodedPair(chosen, rejected, margin, kind))
+        out.append(ScoredPair(chosen, rejected, margin, kind))
     return out, cut
 
 
@@ -93,7 +96,7 @@ def column_margins(cfg: RMConfig, split: str) -> list[float]:
     return values
 
 
-def _split_heldout(pairs: list[EncodedPair], fraction: float, seed: int) -> tuple[list[EncodedPair], list[EncodedPair]]:
+def _split_heldout(pairs: list[ScoredPair], fraction: float, seed: int) -> tuple[list[ScoredPair], list[ScoredPair]]:
     if fraction <= 0 or len(pairs) < 2:
         return pairs, []
     order = list(range(len(pairs)))
@@ -103,7 +106,7 @@ def _split_heldout(pairs: list[EncodedPair], fraction: float, seed: int) -> tupl
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
-def heldout_metrics(policy: ActorGroup, pairs: list[EncodedPair], world: int) -> dict[str, float]:
+def heldout_metrics(policy: ActorGroup, pairs: list[ScoredPair], world: int) -> dict[str, float]:
     """Pair accuracy (chosen scored strictly higher), mean margin and mean Bradley-Terry loss on held-out
     pairs, plus the accuracy per pair kind when the pairs have kinds. Every rank scores an equal share."""
     import torch
@@ -146,8 +149,8 @@ def run_rm(cfg: RMConfig, model_path: str | None = None, train: Sequence[Pair] |
         heldout_margins = column_margins(cfg, "eval")
     else:
         heldout_margins = [r.margin] * len(heldout or [])
-    encoded, cut = encode_pairs(tokenizer, train, train_margins, r.max_length)
-    held, held_cut = encode_pairs(tokenizer, heldout or [], heldout_margins, r.max_length)
+    encoded, cut = encode_scored_pairs(tokenizer, train, train_margins, r.max_length)
+    held, held_cut = encode_scored_pairs(tokenizer, heldout or [], heldout_margins, r.max_length)
     if heldout is None:
         encoded, held = _split_heldout(encoded, r.eval_fraction, cfg.data.seed)
     if len(encoded) < r.batch_size:
@@ -156,7 +159,7 @@ def run_rm(cfg: RMConfig, model_path: str | None = None, train: Sequence[Pair] |
     num_steps = r.num_steps or max(1, len(encoded) // r.batch_size * r.epochs)
     world = cfg.policy.num_workers
 
-    def collate(rows: list[EncodedPair]) -> TrainBatch:
+    def collate(rows: list[ScoredPair]) -> TrainBatch:
         return pair_batch([(p.chosen, p.rejected, p.margin) for p in rows])
 
     def objective_for(obj: Objective, batch: TrainBatch) -> Objective:

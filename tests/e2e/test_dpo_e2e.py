@@ -11,7 +11,7 @@ import pytest
 from raylhf.config import DPOConfig, KTOConfig, build_config
 from raylhf.demo.tasks.arithmetic import write_jsonl
 from raylhf.demo.tasks.demo_data import INSTRUCTION
-from raylhf.demo.tasks.preferences import preference_rows, unpaired_rows
+from raylhf.demo.tasks.dpo_pairs import preference_rows, unpaired_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -85,13 +85,13 @@ def test_precomputed_reference_on_two_ranks_gives_the_same_first_step(tmp_path: 
 
 def test_simpo_starts_no_reference_and_learns(tmp_path: Path, tiny_model_dir: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import raylhf.driver.preference
+    import raylhf.driver.reference_loop
     from raylhf.trainers.dpo import run_dpo
 
     def no_reference(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("SimPO is reference-free: no reference group may start")
 
-    monkeypatch.setattr(raylhf.driver.preference, "start_reference", no_reference)
+    monkeypatch.setattr(raylhf.driver.reference_loop, "start_reference", no_reference)
     res = run_dpo(dpo_cfg(tmp_path, tiny_model_dir, **{"dpo.loss_type": "simpo", "dpo.num_steps": 4,
                                                        "dpo.simpo_gamma": 0.5}))
     rows = _train_rows(res)

@@ -1,6 +1,6 @@
 """Synthetic preference pairs for the reward-model default run (no data files): arithmetic prompts where the
 chosen reply is the right equation and the rejected one a wrong equation, or the right / a wrong number in
-another style (the kinds of ``raylhf.demo.tasks.preferences``, the DPO family's data), a third of the pairs each.
+another style (the kinds of ``raylhf.demo.tasks.dpo_pairs``, the DPO family's data), a third of the pairs each.
 
 Unlike the DPO data, half of the prompts are the bare question ("What is 4+18?", as in
 examples/data/arithmetic_train.jsonl) and half carry the demo's instruction, so the reward model also scores
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from raylhf.data import PreferenceExample
 from raylhf.demo.tasks.arithmetic import make_problems
 from raylhf.demo.tasks.demo_data import INSTRUCTION
-from raylhf.demo.tasks.preferences import OTHER_STYLES, REJECTED_KINDS
+from raylhf.demo.tasks.dpo_pairs import OTHER_STYLES, REJECTED_KINDS
 
 KINDS: tuple[str, ...] = tuple(k for k, _ in REJECTED_KINDS)  # drawn with equal shares here
 

@@ -3,7 +3,7 @@ formatted answer (DPO family), and the same answers unpaired with desirable / un
 
 The prompts are the embedded task's (``raylhf.demo.tasks.demo_data``: "What is 30+17? Reply with the equation, like
 2+3=5."), the held-out prompts are the demo's held-out prompts, so greedy accuracies are comparable with the
-GRPO demo. Pure data: imports no trainer. ``python -m raylhf.demo.tasks.preferences`` rewrites the small files
+GRPO demo. Pure data: imports no trainer. ``python -m raylhf.demo.tasks.dpo_pairs`` rewrites the small files
 under examples/data/.
 """
 

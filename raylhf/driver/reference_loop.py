@@ -6,7 +6,7 @@
   reference actor is stopped; the held-out set's are always computed once;
 * KTO's reference point per step: ``max(0, mean(policy - reference))`` over the batch's KL sequences (each
   prompt with another row's reply), from the policy group before the update;
-* held-out metrics (``eval/*``) with the training loss's own function (``actors.preference.preference_loss``);
+* held-out metrics (``eval/*``) with the training loss's own function (``actors.dpo_worker.preference_loss``);
 * the default runs' generation check: greedy accuracy of a checkpoint on held-out prompts.
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
+from actors.dpo_worker import PreferenceLoss, PreferenceWorker, preference_loss
 from actors.group import ActorGroup
-from actors.preference import PreferenceLoss, PreferenceWorker, preference_loss
 from actors.reference import ReferenceWorker
-from raylhf.algos.preference import kto_reference_point as z0_of
+from raylhf.algos.dpo import kto_reference_point as z0_of
 from raylhf.core.batch import Objective
-from raylhf.data.preference import (
+from raylhf.data.pairs import (
     EncodedPair,
     EncodedSeq,
     EncodedUnpaired,
@@ -121,7 +121,7 @@ def reference_prepare(reference: Any) -> Callable[[Any, PreferenceBatch], Prefer
 
 def kto_reference_point(policy: Any, batch: PreferenceBatch) -> PreferenceBatch:
     """The batch with KTO's reference point ``z0`` (policy before the update vs reference, over its KL
-    sequences; ``raylhf.algos.preference.kto_reference_point``) and without the KL sequences."""
+    sequences; ``raylhf.algos.dpo.kto_reference_point``) and without the KL sequences."""
 
     assert batch.kl_input_ids is not None and batch.kl_loss_mask is not None and batch.kl_ref_logps is not None
     pol = group_sums(policy, batch.kl_input_ids, batch.kl_loss_mask)

@@ -1,6 +1,6 @@
 """PreferenceWorker: a policy rank whose loss is a DPO-family or KTO loss over sequence log-probs.
 
-The math is ``raylhf.algos.preference`` (already tested); this file only wires it: per-sequence response
+The math is ``raylhf.algos.dpo`` (already tested); this file only wires it: per-sequence response
 log-probs from the one forward pass every trainer uses (``token_logprobs``), summed over the loss mask (the
 losses that want per-token averages divide by the response length), matched chosen / rejected by group,
 and normalized by the step's global number of pairs (``Objective.global_seqs``) so that the split into
@@ -17,9 +17,9 @@ import torch
 
 from actors.common import packing_options, pad
 from actors.policy import PolicyWorker
-from raylhf.algos.preference import cpo_loss, dpo_loss, kto_loss, orpo_loss, simpo_loss
+from raylhf.algos.dpo import cpo_loss, dpo_loss, kto_loss, orpo_loss, simpo_loss
 from raylhf.core.batch import Objective, TrainBatch
-from raylhf.data.preference import PreferenceBatch, group_micro_batches
+from raylhf.data.pairs import PreferenceBatch, group_micro_batches
 
 PAIR_LOSSES = ("sigmoid", "ipo", "hinge", "cdpo", "simpo", "orpo", "cpo")
 REFERENCE_FREE = ("simpo", "orpo", "cpo")
