@@ -3,6 +3,8 @@
 What a user's plugin file imports::
 
     from rewards import ORM, PRM, AsyncORM, InferRequest, register_orm, register_prm, register_reward
+
+Layers and where new code goes: docs/architecture.md.
 """
 
 from rewards.base import (

@@ -3,4 +3,6 @@
 sequence; the environment's tokens carry zero loss weight and the final reward scores the whole episode.
 
 Selected by the ``agent`` section of a GRPO config (``agent.template``, ``agent.tools``, ``agent.max_turns``).
+
+Layers and where new code goes: docs/architecture.md.
 """

@@ -3,6 +3,8 @@ estimators and loss aggregation.
 
 No config objects, no distributed calls, no Python loops over tokens: tensors (and plain numbers) in,
 a loss (per token, per example, or scalar) plus a ``dict[str, float]`` of metrics out.
+
+Layers and where new code goes: docs/architecture.md.
 """
 
 from raylhf.algos.advantages import (

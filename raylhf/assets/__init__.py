@@ -1,6 +1,8 @@
 """Assets shipped with the package: a tiny tokenizer and a factory for tiny random HF causal LMs.
 
 Tests and the demo use these instead of downloading anything.
+
+Layers and where new code goes: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ Row formats (after the ``data.columns`` renaming, canonical name -> name in your
 
 Every problem in the data is reported eagerly, on load, as one :class:`DataError` that names the file,
 the row (the line for JSON Lines, 1-based) and the problem, so workers never crash on bad rows later.
+
+Layers and where new code goes: docs/architecture.md.
 """
 
 from raylhf.data.formats import apply_column_mapping, detect_format

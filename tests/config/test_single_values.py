@@ -29,7 +29,7 @@ from raylhf.config.sections import (
 )
 from raylhf.tools.serve_reward import ServeRewardConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 ROOTS: dict[str, type[BaseModel]] = {**CONFIGS, "serve": ServeRewardConfig}
 
@@ -101,7 +101,7 @@ def _expected(item: Any, sample: Any) -> Any:
         else sample
 
 
-PLUGIN_FILE = str(Path(__file__).resolve().parents[1] / "examples" / "rewards" / "brevity.py")
+PLUGIN_FILE = str(Path(__file__).resolve().parents[2] / "examples" / "rewards" / "brevity.py")
 
 
 def _sample_at(path: str, item: Any) -> Any:

@@ -154,7 +154,7 @@ def test_cli_without_a_teacher_is_one_clear_line(tmp_path: Path) -> None:
     rows = tmp_path / "sft.jsonl"
     rows.write_text('{"prompt": "q", "response": "a"}\n')
     r = subprocess.run([sys.executable, "-m", "raylhf.gkd", "--data.train_files", str(rows)], capture_output=True,
-                       text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+                       text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().splitlines() == [
         "raylhf.gkd: error: no teacher: set teacher.path (the embedded default's teacher only goes with its own "

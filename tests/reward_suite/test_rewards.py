@@ -56,6 +56,6 @@ def test_reward_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_shipped_example_reward_file_loads() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     fn = resolve_reward({"name": f"{root}/examples/rewards/brevity.py:brevity", "kwargs": {"max_tokens": 4}})
     assert fn(prompts=["p"] * 3, completions=["", "", ""], completion_ids=[[1], [1] * 6, [1] * 9]) == [1.0, 0.5, 0.0]

@@ -12,7 +12,7 @@ import yaml
 from raylhf.config import CONFIGS, ConfigError, GRPOConfig, SFTConfig, build_config
 from raylhf.config.loader import help_text, parse_argv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_validate() -> None:

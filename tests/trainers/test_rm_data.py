@@ -24,7 +24,7 @@ from raylhf.trainers.rm import column_margins, conversation_ids, encode_scored_p
 from rewards.base import RewardBatch
 from rewards.model import SequenceRewardModel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "What is 2+3? Reply with the equation, like 2+3=5."}]
 
 
