@@ -6,12 +6,33 @@ from typing import Literal
 
 from pydantic import Field
 
-from raylhf.config.sections import ModelConfig, Section, TinyModelConfig
+from raylhf.config.sections import (
+    ModelConfig,
+    RewardConfig,
+    RewardFunctionConfig,
+    RolloutConfig,
+    Section,
+    TinyModelConfig,
+)
 
 
 def demo_model() -> ModelConfig:
     """The GRPO demo's model; the trainers' default runs share its cached SFT warm-up (raylhf/demo/warmup.py)."""
     return ModelConfig(tiny=TinyModelConfig(hidden_size=256, num_layers=4, intermediate_size=768))
+
+
+def demo_rollout() -> RolloutConfig:
+    """The online trainers' engines: short replies; generation and training alternate, so both cores each."""
+    return RolloutConfig(max_new_tokens=16, num_cpus_per_engine=2)
+
+
+def demo_reward() -> RewardConfig:
+    """The online trainers' verifier: the right equation, the asked form (column 'equation' of the demo task and
+    the example data); the right number in any form is only logged (weight 0)."""
+    return RewardConfig(functions=[
+        RewardFunctionConfig(name="exact_match", label="accuracy", kwargs={"column": "equation"}),
+        RewardFunctionConfig(name="accuracy", label="any_form_accuracy", weight=0.0),
+    ])
 
 
 class DemoConfig(Section):

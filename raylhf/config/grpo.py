@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from raylhf.config.agent import AgentConfig
-from raylhf.config.demo import DemoConfig, demo_model
+from raylhf.config.demo import DemoConfig, demo_model, demo_reward, demo_rollout
 from raylhf.config.run import TrainerSections
 from raylhf.config.sections import (
     DataConfig,
@@ -16,7 +16,6 @@ from raylhf.config.sections import (
     PolicyConfig,
     ReferenceConfig,
     RewardConfig,
-    RewardFunctionConfig,
     RolloutConfig,
     Section,
     nearest_divisor,
@@ -76,16 +75,9 @@ class GRPOConfig(TrainerSections):
     # generation and training alternate, so each may use both cores of a small machine
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(lr=1e-4, micro_batch_size=32,
                                                                       num_cpus_per_worker=2))
-    rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16, num_cpus_per_engine=2))
+    rollout: RolloutConfig = Field(default_factory=demo_rollout)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    # the verifier: the right equation, the asked form (column 'equation' of the demo task and the example
-    # data); the right number in any form is only logged (weight 0)
-    reward: RewardConfig = Field(
-        default_factory=lambda: RewardConfig(functions=[
-            RewardFunctionConfig(name="exact_match", label="accuracy", kwargs={"column": "equation"}),
-            RewardFunctionConfig(name="accuracy", label="any_form_accuracy", weight=0.0),
-        ])
-    )
+    reward: RewardConfig = Field(default_factory=demo_reward)
     grpo: GRPOAlgoConfig = Field(default_factory=lambda: GRPOAlgoConfig(eval_every=10))
     agent: AgentConfig = Field(default_factory=AgentConfig, description="multi-turn rollouts with tools")
     demo: DemoConfig = Field(default_factory=DemoConfig)

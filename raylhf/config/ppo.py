@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from raylhf.config.demo import DemoConfig, demo_model
+from raylhf.config.demo import DemoConfig, demo_model, demo_reward, demo_rollout
 from raylhf.config.run import TrainerSections
 from raylhf.config.sections import (
     DataConfig,
@@ -15,7 +15,6 @@ from raylhf.config.sections import (
     PolicyConfig,
     ReferenceConfig,
     RewardConfig,
-    RewardFunctionConfig,
     RolloutConfig,
     Section,
     nearest_divisor,
@@ -72,14 +71,9 @@ class PPOConfig(TrainerSections):
                                                                       num_cpus_per_worker=2))
     critic: CriticConfig = Field(default_factory=lambda: CriticConfig(lr=1e-4, micro_batch_size=32,
                                                                       num_cpus_per_worker=1))
-    rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_new_tokens=16, num_cpus_per_engine=2))
+    rollout: RolloutConfig = Field(default_factory=demo_rollout)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    reward: RewardConfig = Field(
-        default_factory=lambda: RewardConfig(functions=[
-            RewardFunctionConfig(name="exact_match", label="accuracy", kwargs={"column": "equation"}),
-            RewardFunctionConfig(name="accuracy", label="any_form_accuracy", weight=0.0),
-        ])
-    )
+    reward: RewardConfig = Field(default_factory=demo_reward)
     ppo: PPOAlgoConfig = Field(default_factory=lambda: PPOAlgoConfig(eval_every=10))
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
