@@ -100,6 +100,7 @@ class Lifecycle:
         self.checkpoint: str | None = None
         self.stopped_by: str | None = None
         self.placement: dict[str, list[str]] = {}
+        self._last_eval: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest evaluation
 
     # ---- start --------------------------------------------------------------------------------------------------
     def begin(self, restore: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -158,6 +159,7 @@ class Lifecycle:
         if self.evaluate is None:
             return {}
         out = self.evaluate(step)
+        self._last_eval = (step, out)
         if out:
             self.callbacks.evaluate(out)
             if log:
@@ -166,13 +168,18 @@ class Lifecycle:
 
     # ---- end ----------------------------------------------------------------------------------------------------
     def finish(self, curves: list[str], save_to: str | Path | None = None) -> None:
-        """The early-stop line, the final evaluation (at the last step run, also when a callback stopped the run
-        right after an evaluation), the HF export (to ``save_to`` or the run dir's ``checkpoint``), the curves."""
+        """The early-stop line, the final evaluation at the last step run (the one just made when a callback stopped
+        the run right after an evaluation), the HF export (to ``save_to`` or the run dir's ``checkpoint``), the
+        curves."""
         if self.callbacks.should_stop:
             self.stopped_by = self.callbacks.state.stopped_by or "?"
             print(self.callbacks.stop_message(self.name), flush=True)
             self.log(self.final_step, {"stopped_early_by": self.stopped_by}, advance=False)
-        self.eval_after = self._evaluate(self.final_step)
+        last = self._last_eval
+        if last is not None and last[0] == self.final_step and self.final_step < self.num_steps:
+            self.eval_after = last[1]  # stopped right after an evaluation: same weights, same numbers
+        else:
+            self.eval_after = self._evaluate(self.final_step)
         if self.cfg.checkpoint.save_final or save_to:
             target = Path(save_to) if save_to else self.run_dir / "checkpoint"
             self.checkpoint = self.policy.call("save", str(target))[0]

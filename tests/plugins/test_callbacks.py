@@ -205,9 +205,11 @@ def test_the_run_lifecycle_stops_after_the_step_a_callback_asked(tmp_path: Path)
         run.end_step(step, {"loss/total": 0.0}, None)
     run.finish(["eval/loss"])
     assert steps == [1, 2] and run.final_step == 2 and run.stopped_by == "early_stopping"
-    assert evaluated == [0, 1, 2, 2]  # the final evaluation runs at the step the run stopped at
-    assert {"step": 2, "stopped_early_by": "early_stopping"} in logger.history
-    assert logger.history[-1] == {"step": 2, "eval/loss": 1.3}
+    # the run stopped right after the evaluation at step 2: that one is the final evaluation (same weights), as
+    # in every trainer (one run lifecycle; tests/e2e/test_callbacks_e2e.py checks it on SFT)
+    assert evaluated == [0, 1, 2] and run.eval_after == {"eval/loss": 1.3}
+    assert {"step": 2, "loss/total": 0.0, "eval/loss": 1.3} in logger.history
+    assert logger.history[-1] == {"step": 2, "stopped_early_by": "early_stopping"}
 
 
 def test_a_plugin_file_may_append_to_the_shared_extra_callbacks_list(tmp_path: Path) -> None:
