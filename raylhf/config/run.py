@@ -136,6 +136,9 @@ class RayConfig(Section):
     )
 
 
+RUN_TAIL = ("logging", "checkpoint", "runtime", "ray", "seed")
+
+
 class TrainerSections(PluginSections):
     """Top-level fields of every training loop, declared once: plugins, callbacks, logging, checkpoints, the
     runtime guards, the Ray cluster and the seed."""
@@ -149,3 +152,14 @@ class TrainerSections(PluginSections):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     seed: int = Field(1, description="global seed")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Keep the run sections after a trainer's own ones (in --help, --dry-run and config.yaml)."""
+        super().__pydantic_init_subclass__(**kwargs)
+        fields = dict(cls.__pydantic_fields__)
+        tail = [k for k in RUN_TAIL if k in fields]
+        order = [k for k in fields if k not in tail] + tail
+        if order != list(fields):
+            cls.__pydantic_fields__ = {k: fields[k] for k in order}
+            cls.model_rebuild(force=True)
