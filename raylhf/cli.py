@@ -81,12 +81,6 @@ def _target(ref: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def has_data(cfg: Any) -> bool:
-    """Whether the config names training data (else the verb's embedded demo runs)."""
-    data = getattr(cfg, "data", None)
-    return bool(getattr(data, "train_files", None))
-
-
 def run_command(verb: str, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` into the verb's config (``--help`` / ``--dry-run`` end here), then run it on the config's
     data or, with none, the embedded demo."""
@@ -97,7 +91,7 @@ def run_command(verb: str, argv: Sequence[str] | None = None) -> int:
     cfg = cli_entry(cmd.config, args, cmd.prog)
     if cfg is None:
         return 0
-    target = cmd.demo if cmd.demo is not None and not has_data(cfg) else cmd.run
+    target = cmd.demo if cmd.demo is not None and not cfg.data.train_files else cmd.run  # no data: the demo
     try:
         return int(_target(target)(cfg) or 0)
     except RunError as e:

@@ -115,11 +115,13 @@ class Scorer(Protocol):
 
     name: str
     kind: str  # "orm" | "prm"
+
     async def score(self, batch: RewardBatch) -> list[Score]: ...
 
     def metrics(self) -> dict[str, float]:
         """Counters since the last call (failures, latency percentiles, ...); may be empty."""
         ...
+
     async def aclose(self) -> None: ...
 
 

@@ -4,7 +4,7 @@ report lines. See docs/architecture.md."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,30 +51,35 @@ def sft_demo(cfg: SFTConfig) -> int:
 def dpo_demo(cfg: DPOConfig) -> int:
     """The cached SFT warm-up, then DPO on one pair per training prompt; prints the held-out preference accuracy
     and the greedy accuracy before / after."""
-    init_ray(cfg.ray, required_cpus(cfg, ["policy", "reference"]))
-    start = warmup_policy(cfg)
-    train, heldout, prompts = preference_splits(cfg.demo)
-    greedy_before = greedy_accuracy(start, prompts)
-    res = run_dpo(cfg, model_path=start, train=train, heldout=heldout)
-    greedy_after = greedy_accuracy(res.checkpoint, prompts) if res.checkpoint else {}
-    preference_report(res, greedy_before, greedy_after, len(heldout), len(prompts), "dpo")
-    return 0
+    return _preference_demo(cfg, "dpo", run_dpo, preference_splits)
 
 
 def kto_demo(cfg: KTOConfig) -> int:
     """The cached SFT warm-up, then KTO on one labelled answer per training prompt; prints the held-out metrics
     and the greedy accuracy before / after."""
+
+    def splits(demo: Any) -> tuple[list[UnpairedExample], list[UnpairedExample], list[Any]]:
+        train_rows, held_rows, prompts = unpaired_splits(demo)
+        return _unpaired(train_rows), _unpaired(held_rows), prompts
+
+    return _preference_demo(cfg, "kto", run_kto, splits)
+
+
+def _unpaired(rows: list[dict[str, Any]]) -> list[UnpairedExample]:
+    return [UnpairedExample([{"role": "user", "content": r["prompt"]}], r["completion"], r["label"]) for r in rows]
+
+
+def _preference_demo(cfg: Any, name: str, run: Callable[..., RunResult],
+                     splits: Callable[[Any], tuple[list[Any], list[Any], list[Any]]]) -> int:
+    """The DPO / KTO demo: the cached SFT warm-up, ``run`` on the demo rows ``splits(cfg.demo)`` gives (train,
+    held-out, prompts for the greedy check), and the before / after report."""
     init_ray(cfg.ray, required_cpus(cfg, ["policy", "reference"]))
     start = warmup_policy(cfg)
-    train_rows, held_rows, prompts = unpaired_splits(cfg.demo)
-
-    def examples(rows: list[dict[str, Any]]) -> list[UnpairedExample]:
-        return [UnpairedExample([{"role": "user", "content": r["prompt"]}], r["completion"], r["label"]) for r in rows]
-
+    train, heldout, prompts = splits(cfg.demo)
     greedy_before = greedy_accuracy(start, prompts)
-    res = run_kto(cfg, model_path=start, train=examples(train_rows), heldout=examples(held_rows))
+    res = run(cfg, model_path=start, train=train, heldout=heldout)
     greedy_after = greedy_accuracy(res.checkpoint, prompts) if res.checkpoint else {}
-    preference_report(res, greedy_before, greedy_after, len(held_rows), len(prompts), "kto")
+    preference_report(res, greedy_before, greedy_after, len(heldout), len(prompts), name)
     return 0
 
 

@@ -26,8 +26,11 @@ R = TypeVar("R")
 
 class BatchSource(Protocol):
     """Where a trainer's optimizer-step batches come from; its state goes into checkpoints."""
+
     def next_batch(self) -> TrainBatch: ...
+
     def state_dict(self) -> dict[str, Any]: ...
+
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 

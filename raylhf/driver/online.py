@@ -156,8 +156,8 @@ class OnlineRun:
         self.producer.load_state_dict(state.get("prefetched"))  # rollouts generated ahead, kept
         self.weight_version = self.life.start_step
         self.extra_state = dict(state.get("extra", {}))
-        phases.sync_weights(self.policy, self.workers.rollout, self.cfg.rollout.sync_bucket_mb)  # engines start
-        # from model.path
+        # the engines started from model.path: give them the restored weights
+        phases.sync_weights(self.policy, self.workers.rollout, self.cfg.rollout.sync_bucket_mb)
 
     def result(self) -> RunResult:
         return self.life.result()

@@ -25,7 +25,7 @@ from raylhf.config import SampleConfig
 from raylhf.data import PromptExample, drop_long_prompts, load_from_config, render_prompt
 from raylhf.driver import phases
 from raylhf.driver.cluster import init_ray, resolve_model_path
-from raylhf.driver.startup import Workers, reward_context, start_reward, start_rollout
+from raylhf.driver.startup import Workers, required_cpus, reward_context, start_reward, start_rollout
 from raylhf.plugins import registry
 
 
@@ -156,7 +156,7 @@ def run_sample(cfg: SampleConfig, prompts: list[PromptExample] | None = None,
           f"{skipped} already in {samples_path}, {len(todo)} to sample x {s.num_samples}; model {model_path}",
           flush=True)
     if todo:
-        init_ray(cfg.ray, ro.num_engines * ro.num_cpus_per_engine + cfg.reward.num_workers * cfg.reward.num_cpus)
+        init_ray(cfg.ray, required_cpus(cfg, ["rollout", "reward"]))
         workers = Workers()
         try:
             workers.rollout = start_rollout(ro, model_path, cfg.model.dtype,
