@@ -61,12 +61,14 @@ class Pending:
 
 
 def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None = None,
-             actors: Sequence[Any] | None = None, limit_field: str = watchdog.TIMEOUT_FIELD) -> list[Any]:
+             actors: Sequence[Any] | None = None, limit_field: str = watchdog.TIMEOUT_FIELD,
+             ranks: Sequence[int] | None = None) -> list[Any]:
     """ray.get on every ref, failing as soon as one fails (with its error), not after all finish.
 
     ``timeout_s`` (None: no limit): given ``actors`` (the BaseWorker running each ref, in the same order), a
     timeout raises PhaseTimeoutError with the watchdog report (also printed to stderr; ``limit_field`` names
-    the setting to raise), else WorkerError naming the silent ranks."""
+    the setting to raise), else WorkerError naming the silent ranks. ``ranks``: the rank running each ref when
+    that is not its position (one call per item, ``ActorGroup.submit_routed``)."""
     pending = list(refs)
     index = {r: i for i, r in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
@@ -76,6 +78,11 @@ def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None =
         ready, pending = ray.wait(pending, num_returns=1, timeout=left)
         if not ready:
             silent = sorted(index[r] for r in pending)
+            if ranks is not None:  # several calls per rank: report each silent rank once
+                by_rank = {ranks[i]: (actors[i] if actors is not None else None) for i in range(len(refs))}
+                order = sorted(by_rank)
+                silent = sorted({order.index(ranks[i]) for i in silent})
+                actors = [by_rank[rk] for rk in order] if actors is not None else None
             if actors is not None:  # the stacks first: cancelling may change them
                 report = watchdog.watchdog_report(what, timeout_s or 0.0, actors, silent, limit_field)
                 cancel_calls(pending)
@@ -87,6 +94,6 @@ def wait_all(refs: Sequence[ray.ObjectRef], what: str, timeout_s: float | None =
             results[index[r]] = ray.get(r)
         except (RayTaskError, RayActorError) as e:
             cancel_calls(pending)
-            raise WorkerError(f"{what} failed on rank {index[r]}:\n{e}", what, index[r],
-                              isinstance(e, RayActorError)) from e
+            rank = ranks[index[r]] if ranks is not None else index[r]
+            raise WorkerError(f"{what} failed on rank {rank}:\n{e}", what, rank, isinstance(e, RayActorError)) from e
     return results

@@ -32,3 +32,12 @@ def maybe_die(group: str, method: str) -> None:
             continue
         print(f"[fault] {key} call {_calls[key]}: exiting the process ({ENV})", flush=True)
         os._exit(1)
+
+
+SKIP_ENV = "RAYLHF_FAULT_SYNC_SKIP"
+
+
+def sync_skipped() -> set[str]:
+    """``RAYLHF_FAULT_SYNC_SKIP="name[,name]"``: tensors a weight sync's sender leaves off the wire while still
+    listing them in its manifest (a sync that silently drops a tensor, for the verification tests)."""
+    return {n.strip() for n in os.environ.get(SKIP_ENV, "").split(",") if n.strip()}

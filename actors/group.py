@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -179,11 +180,14 @@ class ActorGroup:
         sizing: str | None = None,
         call_timeout_s: float | None = None,
         env: dict[str, str] | None = None,
+        max_concurrency: int = 1,
     ) -> None:
         """``sizing``: the config fields that size this group, named when it cannot be placed.
         ``call_timeout_s``: the watchdog's limit on every call (``runtime.phase_timeout_s``); None or 0: none.
-        ``env``: environment variables of the run for its actors (e.g. ``actor_omp_env``)."""
+        ``env``: environment variables of the run for its actors (e.g. ``actor_omp_env``).
+        ``max_concurrency``: calls one actor runs at once, each on a thread of its own (rollout engines: many)."""
         self.name, self.num_ranks, self.env = name, num_ranks, dict(env or {})
+        self.max_concurrency = max_concurrency
         self.call_timeout_s = call_timeout_s or None
         bundles = [{"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})} for _ in range(num_ranks)]
         self.pg: Any = placement_group(bundles, strategy=strategy, name=f"raylhf-{name}")
@@ -202,7 +206,8 @@ class ActorGroup:
         self._init_kwargs = dict(init_kwargs or {})
         self._start_timeout_s = start_timeout_s
         self.restarts = 0
-        self._opts: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1)
+        self._opts: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus,
+                                           max_concurrency=self.max_concurrency)
 
         env = {**actor_env(), **self.env}  # the run's plugin files (loaded at the first registry lookup), ...
         if env:
@@ -255,14 +260,15 @@ class ActorGroup:
             self.restarts += len(dead)
         return dead
 
-    def _wait(self, refs: list[ray.ObjectRef], method: str, timeout_s: float | None, actors: list[Any]) -> list[Any]:
+    def _wait(self, refs: list[ray.ObjectRef], method: str, timeout_s: float | None, actors: list[Any],
+              ranks: list[int] | None = None) -> list[Any]:
         """wait_all under the watchdog: the limit is ``timeout_s`` when given (0: none), else the group's
         ``call_timeout_s``; on expiry PhaseTimeoutError with the silent ranks' stacks."""
         if timeout_s is None:
             limit, field = self.call_timeout_s, watchdog.TIMEOUT_FIELD
         else:
             limit, field = timeout_s or None, "this call's timeout_s"
-        return wait_all(refs, f"{self.name}.{method}", limit, actors, field)
+        return wait_all(refs, f"{self.name}.{method}", limit, actors, field, ranks)
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> list[Any]:
         """The same call on every rank; results in rank order. ``timeout_s``: see ``_wait``."""
@@ -295,7 +301,48 @@ class ActorGroup:
         actors = list(self.actors)
         return Pending(lambda: self._wait(refs, method, timeout_s, actors))
 
+    def submit_routed(self, method: str, items: list[Any], *args: Any, cost: Callable[[Any], float] | None = None,
+                      timeout_s: float | None = None, **kwargs: Any) -> Pending:
+        """One call per item, each sent to the rank with the least outstanding work at that moment (``cost(item)``
+        summed over its calls not finished yet, this group's earlier calls included; default 1 per call).
+        ``.result()`` is the calls' results in item order (fail-fast, under the watchdog limit like ``call``)."""
+        outstanding = self._outstanding()
+        refs, actors, ranks = [], [], []
+        for item in items:
+            rank = min(range(self.num_ranks), key=lambda r: (outstanding[r], r))
+            c = float(cost(item)) if cost is not None else 1.0
+            outstanding[rank] += c
+            ref = getattr(self.actors[rank], method).remote([item], *args, **kwargs)
+            self._inflight.append((ref, rank, c))
+            refs.append(ref)
+            actors.append(self.actors[rank])
+            ranks.append(rank)
+        return Pending(lambda: self._wait(refs, method, timeout_s, actors, ranks))
+
+    def _outstanding(self) -> list[float]:
+        """Work per rank of the routed calls not finished yet."""
+        inflight = getattr(self, "_inflight", [])
+        if inflight:
+            refs = [r for r, _, _ in inflight]
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            finished = set(done)
+            inflight = [x for x in inflight if x[0] not in finished]
+        self._inflight = inflight
+        load = [0.0] * self.num_ranks
+        for _, rank, c in inflight:
+            if rank < self.num_ranks:
+                load[rank] += c
+        return load
+
     def shutdown(self) -> None:
+        """Kill the ranks (after their ``close()``, when the worker has one: e.g. an engine's subprocesses)."""
+        if self.actors and hasattr(getattr(self, "_remote_cls", None), "close"):
+            refs = []
+            for a in self.actors:
+                with contextlib.suppress(Exception):
+                    refs.append(a.close.remote())
+            with contextlib.suppress(Exception):
+                ray.wait(refs, num_returns=len(refs), timeout=20)
         for a in self.actors:
             with contextlib.suppress(Exception):  # already dead
                 ray.kill(a, no_restart=True)

@@ -40,6 +40,7 @@ from actors.optimizers import (
     lr_lambda,  # noqa: F401  (the default schedule; tests import it from here)
 )
 from actors.tuners import TUNERS, FullTuner, TunerArgs, is_peft, prepare, trainable_counts
+from actors.weights_out import WeightExport
 from raylhf.core.batch import Objective, TrainBatch
 from raylhf.core.checkpoint import load_rng, save_rng
 from raylhf.core.guard import SKIPPED, guard_metrics, local_flags
@@ -47,7 +48,7 @@ from raylhf.core.metrics import SUM_METRICS, reduce_metrics
 from raylhf.core.objective import objective_loss
 
 
-class PolicyWorker(BaseWorker):
+class PolicyWorker(WeightExport, BaseWorker):
     fault_group = "policy"  # the group name fault injection matches (actors/faults.py)
     tuner: Any = None  # the policy.tuner class (actors/tuners.py); set by build_model, the full tuner otherwise
 
@@ -315,28 +316,8 @@ class PolicyWorker(BaseWorker):
         zero3 = int(self.cfg.get("zero_stage", 0)) == 3
         yield from adapters.export_params(self.engine.module, adapters.gatherer(zero3), self.tuner)
 
-    def export_weights(self, bucket_mb: int = 64) -> list[Any]:
-        """Rank 0 puts the full weights in the Ray object store as buckets and returns their refs.
-
-        Every rank must call it (ZeRO-3 gathers are collective); ranks > 0 return ``[]``.
-        """
-        import ray
-
-        refs: list[Any] = []
-        bucket: list[tuple[str, torch.Tensor]] = []
-        size = 0
-        limit = bucket_mb * 2**20
-        for name, t in self._full_params():
-            if self.rank != 0:
-                continue
-            bucket.append((name, t))
-            size += t.numel() * t.element_size()
-            if size >= limit:
-                refs.append(ray.put(bucket))
-                bucket, size = [], 0
-        if self.rank == 0 and bucket:
-            refs.append(ray.put(bucket))
-        return refs
+    def vocab_size(self) -> int:
+        return int(self.engine.module.config.vocab_size)
 
     def save(self, path: str) -> str | None:
         """Save an HF checkpoint (rank 0 writes; every rank must call it) through the tuner's ``save_pretrained``.

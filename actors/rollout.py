@@ -1,24 +1,35 @@
-"""RolloutWorker: one vLLM engine (in the actor's own process) that samples completions.
+"""RolloutWorker: one vLLM ``AsyncLLM`` engine serving requests, many in flight at once.
 
-Weights arrive through ``load_weights``: buckets of ``(name, tensor)`` from the Ray object store are
-streamed into ``collective_rpc("reload_weights", weights_iterator=...)``, which reloads in place
-(CPU weight repacking included), then the prefix cache is reset.
+The engine core runs in vLLM's own subprocess; the actor drives it from an asyncio loop in a thread of its own
+(``rewards.aio.LoopThread``), so several Ray calls (threads) share the engine at once and every request of a call
+is submitted concurrently. A request is one sample: ``SamplingParams(seed=...)`` with a seed derived from the
+phase's seed, the prompt's index and the sample's index (:func:`sample_seed`), so its tokens depend only on the
+weights, the prompt and that seed, not on the engine count or on what else the engine batches (pinned by
+tests/actor_suite/test_rollout_engine.py, bit for bit on CPU).
+
+Weights arrive through vLLM's weight-transfer API with raylhf's transfer engine (``actors/vllm_transfer.py``):
+``receive_weights`` (the collective path: a gloo group with the policy's sending rank) or ``load_weights`` (the
+object-store fallback: buckets written to /dev/shm as safetensors and read by the engine). Either waits for the
+requests in flight to finish first, reloads through vLLM's layerwise reload (CPU repacking included), resets the
+prefix cache, and returns what the engine received per tensor (dtype, shape, checksum) for the driver to verify.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import os
-import time
-from collections.abc import Iterator
+import shutil
+import tempfile
 from typing import Any
 
 import torch
 
-from actors.common import set_threads
 from actors.faults import maybe_die
 from actors.group import BaseWorker
 from raylhf.core.batch import Rollout
+from rewards.aio import LoopThread
 
 VLLM_MISSING = (
     "vLLM is not installed in the Python environment of the rollout workers. Install the extra that fits "
@@ -68,6 +79,72 @@ def quiet_harmless_reload_warnings() -> None:
         log.addFilter(HarmlessReloadWarnings())
 
 
+def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The seed of one request: sample ``sample_index`` of prompt ``prompt_index`` in a phase seeded ``seed``."""
+    return (seed * 1_000_003 + prompt_index * 8_191 + sample_index) % (2**63 - 1)
+
+
+Received = dict[str, tuple[str, tuple[int, ...], int]]
+
+
+class EngineHandle:
+    """The async side of a RolloutWorker, on its loop thread: the ``AsyncLLM`` and the gate between requests and
+    weight updates (kept out of the worker class: a Ray actor class with ``async def`` methods becomes an asyncio
+    actor whose plain methods block its one event loop, so concurrent calls would run one at a time)."""
+
+    def __init__(self, llm: Any, tag: str) -> None:
+        self.llm, self.tag = llm, tag
+        self.ids = itertools.count()
+        self.inflight = 0
+        self.idle = asyncio.Condition()
+        self.weights_ready = asyncio.Event()
+        self.weights_ready.set()
+
+    @classmethod
+    async def start(cls, make: Any, tag: str) -> EngineHandle:
+        return cls(make(), tag)
+
+    async def request(self, prompt_ids: list[int], params: Any) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params,
+                                           request_id=f"{self.tag}-{next(self.ids)}"):
+            final = out
+        return final
+
+    async def gated(self, coros: list[Any]) -> list[Any]:
+        """Run requests once no weight update is in progress; a weight update waits for them to finish."""
+        await self.weights_ready.wait()
+        self.inflight += 1
+        try:
+            return await asyncio.gather(*coros)
+        finally:
+            self.inflight -= 1
+            async with self.idle:
+                self.idle.notify_all()
+
+    async def update(self, update_info: dict[str, Any]) -> Received:
+        """One weight update through the transfer engine, between the requests in flight and the next ones."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        self.weights_ready.clear()
+        try:
+            async with self.idle:  # the requests in flight finish with the weights that started them
+                await self.idle.wait_for(lambda: self.inflight == 0)
+            await self.llm.start_weight_update()
+            await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+            await self.llm.finish_weight_update()
+            await self.llm.reset_prefix_cache()
+            received = await self.llm.collective_rpc("raylhf_received")
+        finally:
+            self.weights_ready.set()
+        merged: Received = {}
+        for part in received:
+            merged.update(part)
+        return merged
+
+
 class RolloutWorker(BaseWorker):
     def __init__(
         self,
@@ -87,16 +164,19 @@ class RolloutWorker(BaseWorker):
         self.max_model_len, self.trust_remote_code = max_model_len, trust_remote_code
 
     def setup(self) -> None:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        threads = str(max(1, int(self.cfg.get("num_cpus_per_engine", 1))))
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.cfg.get("cpu_kvcache_gib", 1)))))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        vllm = import_vllm()
+        os.environ["OMP_NUM_THREADS"] = threads  # the engine's worker process inherits both: Ray's CPU reservation
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # decides, not vLLM's core pinning
+        import_vllm()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
 
-        set_threads(self.cfg.get("num_cpus_per_engine", 1))
         dtype = self.dtype
         if dtype == "auto" and not torch.cuda.is_available():
             dtype = "float32"
-        self.llm = vllm.LLM(
+        args = AsyncEngineArgs(
             model=self.model_path,
             tensor_parallel_size=int(self.cfg.get("tensor_parallel_size", 1)),
             dtype=dtype,
@@ -107,9 +187,15 @@ class RolloutWorker(BaseWorker):
             logprobs_mode="processed_logprobs",
             trust_remote_code=self.trust_remote_code,
             enable_prefix_caching=True,
-            use_tqdm_on_load=False,  # a checkpoint-loading bar inside an actor is noise in every log file
+            worker_extension_cls="actors.vllm_transfer.RaylhfWorkerExtension",
+            weight_transfer_config={"backend": "raylhf"},
+            enable_log_requests=False,
         )
+        self.loop = LoopThread(f"raylhf-rollout-{self.rank}")
+        self.version = 0
+        self.engine = self.loop.run(EngineHandle.start(lambda: AsyncLLM.from_engine_args(args), f"r{self.rank}"))
 
+    # ---- requests ---------------------------------------------------------------------------------------------
     def generate(
         self,
         prompts: list[tuple[int, list[int]]] | list[tuple[int, list[int], int]],
@@ -123,75 +209,51 @@ class RolloutWorker(BaseWorker):
 
         A prompt given as ``(prompt_index, prompt_ids, max_new_tokens)`` has its own token limit (a multi-turn
         episode's budget left). ``stop``: strings that end a completion and stay at its end (the end of an
-        agent's tool call, raylhf/agent/multiturn.py).
-
-        ``seed``: reseed the sampler's RNG for this call (offset by rank), so a call's samples depend only on
-        the weights, the prompts and the seed: a resumed run or a retried step draws what the original drew.
-        (vLLM's CPU sampler rejects per-request seeded generators; the engine core runs in this process, so
-        its sampler draws from this process's global torch RNG.)
-        """
+        agent's tool call, raylhf/agent/multiturn.py). ``seed``: the phase's seed; sample ``j`` of prompt ``i``
+        is one request seeded ``sample_seed(seed, i, j)`` (a resumed run or a retried phase draws what the
+        original drew). All of the call's requests are in flight at once."""
         vllm = import_vllm()
-        from vllm.inputs import TokensPrompt
-
 
         maybe_die("rollout", "generate")
         if not prompts:
             return []
-        if seed is not None:
-            torch.manual_seed((seed * 1_000_003 + self.rank) % 2**63)
         temp = self.cfg.get("temperature", 1.0) if temperature is None else temperature
         default_max = int(max_new_tokens or self.cfg.get("max_new_tokens", 128))
-        by_limit: dict[int, Any] = {}
 
-        def params_for(limit: int) -> Any:
-            if limit not in by_limit:
-                by_limit[limit] = vllm.SamplingParams(
-                    n=n,
-                    temperature=temp,
-                    top_p=float(self.cfg.get("top_p", 1.0)) if temp > 0 else 1.0,
-                    top_k=int(self.cfg.get("top_k", -1)) if temp > 0 else -1,
-                    max_tokens=limit,
-                    logprobs=0,
-                    **({"stop": list(stop), "include_stop_str_in_output": True} if stop else {}),
-                )
-            return by_limit[limit]
+        def params(limit: int, s: int | None) -> Any:
+            return vllm.SamplingParams(
+                n=1, temperature=temp, seed=s,
+                top_p=float(self.cfg.get("top_p", 1.0)) if temp > 0 else 1.0,
+                top_k=int(self.cfg.get("top_k", -1)) if temp > 0 else -1,
+                max_tokens=limit, logprobs=0,
+                **({"stop": list(stop), "include_stop_str_in_output": True} if stop else {}),
+            )
 
-        params = params_for(default_max)
-        if any(len(p) > 2 for p in prompts):  # per-prompt limits (multi-turn episodes)
-            params = [params_for(int(p[2])) if len(p) > 2 else params for p in prompts]  # type: ignore[misc]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p[1]) for p in prompts], params, use_tqdm=False)
+        coros, keys = [], []
+        for pidx, ids, *limit in prompts:
+            for j in range(n):
+                s = None if seed is None else sample_seed(seed, pidx, j)
+                coros.append(self.engine.request(list(ids), params(int(limit[0]) if limit else default_max, s)))
+                keys.append((pidx, ids))
+        outs = self.loop.run(self.engine.gated(coros))
         rollouts = []
-        for (pidx, ids, *_), out in zip(prompts, outs, strict=True):
-            for c in out.outputs:
-                lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
-                if len(lps) != len(c.token_ids):
-                    lps = (lps + [0.0] * len(c.token_ids))[: len(c.token_ids)]
-                rollouts.append(Rollout(pidx, list(ids), list(c.token_ids), lps, c.finish_reason or "stop", c.text))
+        for (pidx, ids), out in zip(keys, outs, strict=True):
+            c = out.outputs[0]
+            lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
+            if len(lps) != len(c.token_ids):
+                lps = (lps + [0.0] * len(c.token_ids))[: len(c.token_ids)]
+            rollouts.append(Rollout(pidx, list(ids), list(c.token_ids), lps, c.finish_reason or "stop", c.text,
+                                    version=self.version))
         return rollouts
 
-    def load_weights(self, bucket_refs: list[Any]) -> float:
-        """Stream weight buckets from the object store into the engine; returns seconds taken."""
-        import ray
-
-        t0 = time.perf_counter()
-
-        def weights() -> Iterator[tuple[str, torch.Tensor]]:
-            for ref in bucket_refs:
-                yield from ray.get(ref)
-
-        quiet_harmless_reload_warnings()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights()})
-        self.llm.reset_prefix_cache()
-        return time.perf_counter() - t0
-
     @torch.no_grad()
-    def score_logprobs(self, input_ids: list[list[int]], prompt_len: list[int]) -> list[list[float]]:
-        """Engine log-probs of given tokens (teacher forcing via prompt_logprobs); used by the parity test."""
+    def score_logprobs(self, input_ids: list[list[int]], prompt_len: list[int] | None = None) -> list[list[float]]:
+        """Engine log-probs of given tokens (teacher forcing via prompt_logprobs; 0.0 for the first token): the
+        post-sync probe and the parity tests."""
         vllm = import_vllm()
-        from vllm.inputs import TokensPrompt
 
         params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in input_ids], params, use_tqdm=False)
+        outs = self.loop.run(self.engine.gated([self.engine.request(list(x), params) for x in input_ids]))
         result = []
         for ids, out in zip(input_ids, outs, strict=True):
             lp = [0.0]
@@ -199,3 +261,56 @@ class RolloutWorker(BaseWorker):
                 lp.append(d[tok].logprob)
             result.append(lp)
         return result
+
+    # ---- weights in -------------------------------------------------------------------------------------------
+    def init_transfer(self, host: str, port: int, rank_offset: int, world_size: int, timeout_s: float) -> None:
+        """Join the policy's weight group at ``rank_offset`` (the engine's TP workers take the ranks after it)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        info = dict(host=host, port=port, rank_offset=rank_offset, world_size=world_size, timeout_s=timeout_s)
+        self.loop.run(self.engine.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=info)))
+
+    def receive_weights(self, version: int, skip: list[str] | None = None) -> Received:
+        """The collective path: receive one sync from the group (the policy sends at the same time)."""
+        maybe_die("rollout", "receive_weights")
+        quiet_harmless_reload_warnings()
+        received = self.loop.run(self.engine.update({"transport": "gloo", "skip": list(skip or [])}))
+        self.version = version
+        return received
+
+    def load_weights(self, bucket_refs: list[Any], version: int | None = None, skip: list[str] | None = None
+                     ) -> Received:
+        """The object-store path: buckets of ``(name, tensor)`` from the object store, written as safetensors files
+        to /dev/shm (memory) and read by the engine's workers; returns what they received."""
+        import ray
+        from safetensors.torch import save_file
+
+        maybe_die("rollout", "load_weights")
+        quiet_harmless_reload_warnings()
+        root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        folder = tempfile.mkdtemp(prefix="raylhf-sync-", dir=root)
+        try:
+            files = []
+            for i, ref in enumerate(bucket_refs):
+                path = os.path.join(folder, f"bucket-{i:05d}.safetensors")
+                save_file({name: t.contiguous() for name, t in ray.get(ref)}, path)
+                files.append(path)
+            received = self.loop.run(self.engine.update({"transport": "files", "files": files,
+                                                           "skip": list(skip or [])}))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        if version is not None:
+            self.version = version
+        return received
+
+    def weight_version(self) -> int:
+        return self.version
+
+    def close(self) -> None:
+        """Shut the engine (and its subprocesses) down; the actor is killed after."""
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            self.engine = None
+            engine.llm.shutdown()
+        if getattr(self, "loop", None) is not None:
+            self.loop.close()

@@ -246,11 +246,15 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory fraction")
     cpu_kvcache_gib: float = Field(1.0, gt=0, description="vLLM KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
     enforce_eager: bool = Field(True, description="disable CUDA graphs / compilation (required on CPU)")
-    weight_sync: Literal["auto", "object_store"] = Field(
+    weight_sync: Literal["auto", "collective", "object_store"] = Field(
         "auto",
-        description="object_store (what auto picks): bucketed Ray objects + in-place reload, any device and "
-        "across nodes; a GPU-direct NCCL path is not built yet",
+        description="collective (what auto picks): the policy's rank 0 broadcasts the weights to every engine over a "
+        "gloo group through vLLM's weight-transfer API; object_store: bucketed Ray objects, loaded from /dev/shm",
     )
+    verify_sync: bool = Field(True, description="after every weight sync, compare each tensor's checksum and a probe "
+                              "sequence's log-probs (engine vs policy); a mismatch is an error naming it")
+    verify_tol: float | None = Field(None, gt=0, description="largest probe log-prob gap accepted (default: 1e-3 "
+                                     "for fp32 on CPU, 0.1 otherwise)")
     sync_bucket_mb: int = Field(64, gt=0, description="weight-sync bucket size")
     num_cpus_per_engine: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine")
     seed: int = Field(0, description="sampling seed")

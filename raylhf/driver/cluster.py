@@ -37,10 +37,10 @@ def init_ray(cfg: RayConfig, required_cpus: float) -> None:
 
     if ray.is_initialized():
         return
-    env = {"env_vars": {"PYTHONPATH": _pythonpath(), "TOKENIZERS_PARALLELISM": "false",
-                        "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
-    if os.environ.get("RAYLHF_FAULT_INJECT"):  # the recovery tests' fault injection (actors/faults.py)
-        env["env_vars"]["RAYLHF_FAULT_INJECT"] = os.environ["RAYLHF_FAULT_INJECT"]
+    env = {"env_vars": {"PYTHONPATH": _pythonpath(), "TOKENIZERS_PARALLELISM": "false"}}
+    for fault in ("RAYLHF_FAULT_INJECT", "RAYLHF_FAULT_SYNC_SKIP"):  # the tests' fault injection (actors/faults.py)
+        if os.environ.get(fault):
+            env["env_vars"][fault] = os.environ[fault]
     if not sys.stdout.isatty():  # a log file: no carriage-return bars from HF loaders, no colour codes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

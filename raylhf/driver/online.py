@@ -36,6 +36,7 @@ from raylhf.driver.profiling import PhaseProfile
 from raylhf.driver.recovery import Recovery
 from raylhf.driver.startup import Workers, start_workers
 from raylhf.driver.stream import PromptStream, phase_seed
+from raylhf.driver.weight_sync import SyncOptions, sync_weights
 
 
 @dataclass
@@ -63,7 +64,8 @@ class OnlineRun:
                  stream: PromptStream, async_steps: int, episodes: Callable[..., list[Rollout]] | None) -> None:
         self.life, self.cfg, self.algo, self.name = life, cfg, algo, life.name
         self.tokenizer, self.heldout, self.workers = tokenizer, heldout, workers
-        self.recovery = Recovery(workers, cfg.runtime.max_actor_restarts, cfg.rollout.sync_bucket_mb, life.name)
+        self.sync_options = SyncOptions.of(cfg)
+        self.recovery = Recovery(workers, cfg.runtime.max_actor_restarts, self.sync_options, life.name)
         self.stream, self.episodes = stream, episodes
         self.sampler = Sampler(workers, cfg.seed, episodes)
         self.producer = RolloutProducer(
@@ -75,6 +77,7 @@ class OnlineRun:
         self.extra_state: dict[str, Any] = {}  # the trainer's own resumable state (PPO's KL controller)
         self.profile = PhaseProfile(life.run_dir, cfg.runtime.profile_step) if cfg.runtime.profile else None
         self.timer = phases.PhaseTimer()
+        self.sync_metrics: dict[str, float] = {}  # the last weight sync's (sync/*)
         life.policy, life.evaluate, life.trainer_state = workers.policy, self.evaluate, self.trainer_state
         if workers.critic is not None:
             life.trained = {"critic": workers.critic}
@@ -120,8 +123,8 @@ class OnlineRun:
 
     def sync(self) -> None:
         with self.timer("sync"):
-            self.recovery.run("sync", phases.sync_weights, self.policy, self.workers.rollout,
-                              self.cfg.rollout.sync_bucket_mb)
+            self.sync_metrics = self.recovery.run("sync", sync_weights, self.policy, self.workers.rollout,
+                                                  **self.sync_options.kwargs())
         self.weight_version += 1
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -140,6 +143,7 @@ class OnlineRun:
             m.update(self.timer.metrics())
             m.update(self.recovery.metrics())
             m.update(self.producer.last_metrics)
+            m.update(self.sync_metrics)
             m["perf/samples_per_s"] = num_samples / m["time/step"]
             if self.profile is not None:
                 self.profile.add(step, m)
@@ -157,7 +161,7 @@ class OnlineRun:
         self.weight_version = self.life.start_step
         self.extra_state = dict(state.get("extra", {}))
         # the engines started from model.path: give them the restored weights
-        phases.sync_weights(self.policy, self.workers.rollout, self.cfg.rollout.sync_bucket_mb)
+        sync_weights(self.policy, self.workers.rollout, **self.sync_options.kwargs())
 
     def result(self) -> RunResult:
         return self.life.result()

@@ -24,15 +24,16 @@ T = TypeVar("T")
 
 
 def generate(rollout: ActorGroup, prompt_ids: list[list[int]], n: int, **kw: Any) -> list[Rollout]:
-    """``n`` samples per prompt, prompts spread over the engines; ordered prompt by prompt."""
-    indexed = list(enumerate(prompt_ids))
-    parts = rollout.call_split("generate", indexed, n, **kw)
-    return [r for part in parts for r in part]
+    """``n`` samples per prompt, each prompt sent to the engine with the least outstanding work; ordered prompt by
+    prompt."""
+    return [r for part in submit_generate(rollout, prompt_ids, n, **kw).result() for r in part]
 
 
 def submit_generate(rollout: ActorGroup, prompt_ids: list[list[int]], n: int, **kw: Any) -> Any:
-    """``generate`` without waiting: a Pending whose ``result()`` is the engines' parts (flatten them)."""
-    return rollout.submit_split("generate", list(enumerate(prompt_ids)), n, **kw)
+    """``generate`` without waiting: a Pending whose ``result()`` is one list of rollouts per prompt (flatten
+    them). Each prompt is one call (its ``n`` requests run concurrently in the engine with the others'); its
+    cost for the routing is its ``n`` samples."""
+    return rollout.submit_routed("generate", list(enumerate(prompt_ids)), n, cost=lambda _: n, **kw)
 
 
 @dataclass
@@ -130,14 +131,6 @@ def to_train_batch(rollouts: list[Rollout], advantages: torch.Tensor, mask_trunc
             adv.append(m.ne(0).float() * a)
         rlp.append(torch.tensor([0.0] * p + list(r.logprobs)))
     return TrainBatch(input_ids=ids, loss_mask=mask, advantages=adv, rollout_logprobs=rlp)
-
-
-def sync_weights(policy: ActorGroup, rollout: ActorGroup, bucket_mb: int) -> float:
-    """Policy -> every engine through the object store (bucketed; ZeRO-3 gathered); seconds."""
-    t0 = time.perf_counter()
-    refs = policy.call("export_weights", bucket_mb)[0]
-    rollout.call("load_weights", refs)
-    return time.perf_counter() - t0
 
 
 def evaluate(rollout: ActorGroup, reward: ActorGroup, examples: list[PromptExample], prompt_ids: list[list[int]],

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from actors.calls import WorkerError
 from raylhf.core.errors import RunError
-from raylhf.driver.phases import sync_weights
 from raylhf.driver.startup import Workers
+from raylhf.driver.weight_sync import SyncOptions, sync_weights
 
 T = TypeVar("T")
 
@@ -35,8 +35,8 @@ class Recovery:
     rank into ``PolicyRankDied``).
     """
 
-    def __init__(self, workers: Workers, max_restarts: int, bucket_mb: int, name: str = "raylhf") -> None:
-        self.workers, self.max_restarts, self.bucket_mb, self.name = workers, max_restarts, bucket_mb, name
+    def __init__(self, workers: Workers, max_restarts: int, sync: SyncOptions, name: str = "raylhf") -> None:
+        self.workers, self.max_restarts, self.sync, self.name = workers, max_restarts, sync, name
         self.restarts = 0
         self.retried = 0
 
@@ -56,7 +56,7 @@ class Recovery:
                 self.restarts += max(1, len(restarted))
                 if group is self.workers.rollout and phase != "sync":
                     assert self.workers.policy is not None
-                    sync_weights(self.workers.policy, group, self.bucket_mb)  # the engines lag no update
+                    sync_weights(self.workers.policy, group, **self.sync.kwargs())  # the engines lag no update
                 self.retried += 1
 
     def metrics(self) -> dict[str, float]:

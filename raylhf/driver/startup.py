@@ -141,8 +141,11 @@ def start_policy(cfg: PolicyConfig, model_path: str, dtype: str, total_steps: in
         init_kwargs=dict(model_path=model_path, policy=cfg.model_dump(), dtype=dtype, total_steps=total_steps,
                          seed=seed, trust_remote_code=trust_remote_code, **(extra or {})),
         sizing=f"{group_name}.num_workers, {group_name}.num_cpus_per_worker or {group_name}.num_gpus_per_worker",
-        call_timeout_s=call_timeout_s, env=env,
+        call_timeout_s=call_timeout_s, env=env, max_concurrency=ENGINE_CALLS,
     )
+
+
+ENGINE_CALLS = 64  # Ray calls one engine serves at once (each a thread waiting on its requests)
 
 
 def start_rollout(cfg: RolloutConfig, model_path: str, dtype: str, max_model_len: int, strategy: str,
@@ -157,5 +160,5 @@ def start_rollout(cfg: RolloutConfig, model_path: str, dtype: str, max_model_len
         init_kwargs=dict(model_path=model_path, rollout=cfg.model_dump(), dtype=dtype, max_model_len=max_model_len,
                          trust_remote_code=trust_remote_code),
         sizing="rollout.num_engines, rollout.num_cpus_per_engine or rollout.tensor_parallel_size",
-        call_timeout_s=call_timeout_s, env=env,
+        call_timeout_s=call_timeout_s, env=env, max_concurrency=ENGINE_CALLS,
     )

@@ -33,6 +33,7 @@ from raylhf.driver.lifecycle import RunResult
 from raylhf.driver.offline import OfflineSpec, RowOrder, run_offline
 from raylhf.driver.startup import gpus_per_rank, required_cpus, start_rollout
 from raylhf.driver.stream import phase_seed
+from raylhf.driver.weight_sync import SyncOptions, sync_weights
 
 if TYPE_CHECKING:
     from actors.distill import DistillBatch
@@ -201,7 +202,7 @@ class GKDSteps:
         return batch
 
     def sync(self, policy: ActorGroup) -> None:
-        phases.sync_weights(policy, self.rollout, self.cfg.rollout.sync_bucket_mb)
+        sync_weights(policy, self.rollout, **SyncOptions.of(self.cfg).kwargs())
         self.synced = True
 
     def prepare(self, policy: ActorGroup, batch: DistillBatch) -> DistillBatch:

@@ -21,6 +21,7 @@ import yaml
 from raylhf.config.run import RayConfig
 from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
 from raylhf.driver.cluster import init_ray
+from raylhf.driver.weight_sync import sync_weights
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,6 @@ def test_weight_sync_parity_across_raylets(tiny_model_dir: Path) -> None:
 
     from raylhf.config.sections import PolicyConfig, RolloutConfig
     from raylhf.core.batch import Objective
-    from raylhf.driver import phases
     from raylhf.driver.startup import start_policy, start_rollout
 
     from .helpers import engine_policy_logprob_diff, tiny_batch
@@ -86,7 +86,7 @@ def test_weight_sync_parity_across_raylets(tiny_model_dir: Path) -> None:
             policy.call_split("train_step", batch, Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch))
             seqs = [x.tolist() for x in tiny_batch(4, seed=1).input_ids]
             stale = engine_policy_logprob_diff(policy, rollout, seqs)
-            phases.sync_weights(policy, rollout, bucket_mb=1)
+            sync_weights(policy, rollout, bucket_mb=1)
             fresh = engine_policy_logprob_diff(policy, rollout, seqs)
             assert stale > 1e-2 and fresh < 2e-4, (stale, fresh)
         finally:

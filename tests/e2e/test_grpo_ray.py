@@ -19,6 +19,7 @@ from raylhf.core.batch import Objective, TrainBatch
 from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
 from raylhf.driver import phases
 from raylhf.driver.startup import start_policy, start_rollout
+from raylhf.driver.weight_sync import sync_weights
 
 from .helpers import engine_policy_logprob_diff, tiny_batch
 
@@ -62,7 +63,7 @@ def test_grpo_two_steps_with_kl_and_minibatches(tmp_path: Path, tiny_model_dir: 
     assert train_rows[-1]["reward/frac_zero_std_groups"] < 1.0
     for key in ("reward/mean", "reward/digits", "reward/frac_zero_std_groups", "loss/kl", "time/generate", "time/sync",
                 "time/reference", "time/old_logprobs", "grad_norm", "lr", "entropy", "pg/clip_frac",
-                "perf/gen_tokens_per_s", "response/len_mean"):
+                "perf/gen_tokens_per_s", "response/len_mean", "sync/verified", "sync/probe_gap"):
         assert key in train_rows[-1], key
     assert all(torch.isfinite(torch.tensor(r["grad_norm"])) for r in train_rows)
     # updates_per_batch=2 over two minibatches: the second pass sees ratios != 1 (the policy moved)
@@ -84,26 +85,31 @@ def _weights(group: ActorGroup) -> dict[str, torch.Tensor]:
     return {k: v for ref in refs for k, v in ray.get(ref)}
 
 
-def test_weight_sync_logprob_parity(tiny_model_dir: Path) -> None:
-    """After a sync the engine's log-probs of fixed sequences match the policy's (fp32, tol 2e-4)."""
+@pytest.mark.parametrize("mode", ["collective", "object_store"])
+def test_weight_sync_logprob_parity(tiny_model_dir: Path, mode: str) -> None:
+    """After a sync (either path) the engine's log-probs of fixed sequences match the policy's (fp32, tol 2e-4),
+    and more than 1e-2 away before it; the sync verified itself (checksums + probe)."""
     policy = start_policy(PolicyConfig(lr=5e-3, micro_batch_size=4), str(tiny_model_dir), "float32", 10, 0,
                              "PACK")
     rollout = start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK")
     try:
-        batch = _batch(8)
-        obj = Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch)
-        policy.call_split("train_step", batch, obj)
         seqs = [x.tolist() for x in _batch(4, seed=1).input_ids]
 
         def max_diff() -> float:
             return engine_policy_logprob_diff(policy, rollout, seqs)
 
-        stale = max_diff()
-        sync_s = phases.sync_weights(policy, rollout, bucket_mb=1)
-        fresh = max_diff()
-        print(f"logprob diff before sync {stale:.3g}, after {fresh:.3g}; sync {sync_s * 1e3:.0f} ms")
-        assert stale > 1e-2, "the update should have moved the policy away from the engine"
-        assert fresh < 2e-4
+        for step in range(2):  # the second sync reuses the group the first one formed
+            batch = _batch(8, seed=10 + step)
+            obj = Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch)
+            policy.call_split("train_step", batch, obj)
+            stale = max_diff()
+            m = sync_weights(policy, rollout, bucket_mb=1, mode=mode)
+            fresh = max_diff()
+            print(f"{mode}: logprob diff before sync {stale:.3g}, after {fresh:.3g}; {m}")
+            assert stale > 1e-2, "the update should have moved the policy away from the engine"
+            assert fresh < 2e-4
+            assert m["sync/verified"] == 1.0 and m["sync/probe_gap"] < 2e-4
+        assert rollout.call("weight_version") == [2]
     finally:
         policy.shutdown()
         rollout.shutdown()

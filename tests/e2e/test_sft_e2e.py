@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from raylhf.config import SFTConfig, build_config
+from raylhf.driver.weight_sync import sync_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -64,7 +65,6 @@ def test_lora_policy_syncs_merged_weights_into_vllm(tiny_model_dir: Path) -> Non
     the engine's log-probs match the LoRA policy's (fp32, the full-tuning parity tolerance 2e-4)."""
     from raylhf.config.sections import PolicyConfig, RolloutConfig, TunerConfig
     from raylhf.core.batch import Objective
-    from raylhf.driver import phases
     from raylhf.driver.startup import start_policy, start_rollout
 
     from .helpers import engine_policy_logprob_diff, tiny_batch
@@ -78,7 +78,7 @@ def test_lora_policy_syncs_merged_weights_into_vllm(tiny_model_dir: Path) -> Non
         policy.call_split("train_step", batch, Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch))
         seqs = [x.tolist() for x in tiny_batch(4, seed=1).input_ids]
         stale = engine_policy_logprob_diff(policy, rollout, seqs)
-        phases.sync_weights(policy, rollout, bucket_mb=1)
+        sync_weights(policy, rollout, bucket_mb=1)
         fresh = engine_policy_logprob_diff(policy, rollout, seqs)
         print(f"LoRA policy: logprob diff before sync {stale:.3g}, after {fresh:.3g}")
         assert stale > 1e-2, "the update should have moved the policy away from the engine"

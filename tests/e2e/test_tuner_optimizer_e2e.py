@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from raylhf.config import SFTConfig, build_config
+from raylhf.driver.weight_sync import sync_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -53,7 +54,6 @@ def test_full_lora_ia3_policies_sync_into_vllm(tmp_path: Path, tiny_model_dir: P
     from actors.common import forward_logprobs
     from raylhf.config.sections import PolicyConfig, RolloutConfig, TunerConfig
     from raylhf.core.batch import Objective
-    from raylhf.driver import phases
     from raylhf.driver.startup import start_policy, start_rollout
 
     from .helpers import engine_policy_logprob_diff, tiny_batch
@@ -73,7 +73,7 @@ def test_full_lora_ia3_policies_sync_into_vllm(tmp_path: Path, tiny_model_dir: P
             policy = start_policy(PolicyConfig(lr=lrs[name], micro_batch_size=4, tuner=tuner),
                                      str(tiny_model_dir), "float32", 10, 0, "PACK")
             try:
-                phases.sync_weights(policy, rollout, bucket_mb=64)  # the engine starts from this policy's weights
+                sync_weights(policy, rollout, bucket_mb=64)  # the engine starts from this policy's weights
                 before = engine_lp()
                 batch = tiny_batch(8)
                 policy.call_split("train_step", batch, Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch))

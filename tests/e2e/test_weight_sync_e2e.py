@@ -1,0 +1,73 @@
+"""The rollout engines as a request-level service: per-request seeds, and weight syncs that verify themselves and
+fail with a named error instead of hanging or silently doing nothing (raylhf/driver/weight_sync.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from actors.calls import WorkerError
+from raylhf.config.sections import PolicyConfig, RolloutConfig
+from raylhf.driver import phases
+from raylhf.driver.startup import start_policy, start_rollout
+from raylhf.driver.weight_sync import WeightSyncError, sync_weights
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+def _prompts(n: int) -> list[list[int]]:
+    # longer than a KV block (16 tokens), so the prefix cache has whole blocks to hit
+    return [[3 + (7 * i + 5 * j) % 400 for j in range(20 + i)] for i in range(n)]
+
+
+def test_a_request_depends_only_on_its_prompt_and_seed(tiny_model_dir: Path) -> None:
+    """Prompt 5 sampled alone, in a batch of 12 prompts x 4 samples, and again (prefix cache warm): the same
+    tokens and bit-identical log-probs; another phase seed draws differently."""
+    rollout = start_rollout(RolloutConfig(max_new_tokens=24), str(tiny_model_dir), "float32", 256, "PACK")
+    try:
+        prompts = _prompts(12)
+        alone = rollout.call_rank0("generate", [(5, prompts[5])], 4, temperature=1.0, seed=77)
+        batched = phases.generate(rollout, prompts, 4, temperature=1.0, seed=77)
+        again = phases.generate(rollout, prompts, 4, temperature=1.0, seed=77)
+        other = phases.generate(rollout, prompts, 4, temperature=1.0, seed=78)
+        mine = [r for r in batched if r.prompt_index == 5]
+        assert [(r.response_ids, r.logprobs) for r in mine] == [(r.response_ids, r.logprobs) for r in alone]
+        assert [(r.response_ids, r.logprobs) for r in batched] == [(r.response_ids, r.logprobs) for r in again]
+        assert [r.prompt_index for r in batched] == [i for i in range(12) for _ in range(4)]
+        assert [r.response_ids for r in other] != [r.response_ids for r in batched]
+        assert len({tuple(r.response_ids) for r in mine}) > 1, "the 4 samples of a prompt have their own seeds"
+    finally:
+        rollout.shutdown()
+
+
+def test_a_sync_that_drops_a_tensor_is_caught_naming_it(tiny_model_dir: Path) -> None:
+    skipped = "model.layers.0.mlp.up_proj.weight"
+    policy = start_policy(PolicyConfig(micro_batch_size=4), str(tiny_model_dir), "float32", 10, 0, "PACK",
+                          env={"RAYLHF_FAULT_SYNC_SKIP": skipped})
+    rollout = start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK")
+    try:
+        for mode in ("collective", "object_store"):
+            with pytest.raises(WeightSyncError, match=f"{skipped}: sent but never received by engine 0"):
+                sync_weights(policy, rollout, bucket_mb=1, mode=mode)
+    finally:
+        policy.shutdown()
+        rollout.shutdown()
+
+
+def test_an_engine_killed_mid_sync_ends_it_with_a_named_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    policy = start_policy(PolicyConfig(micro_batch_size=4), str(tiny_model_dir), "float32", 10, 0, "PACK")
+    rollout = start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK",
+                            call_timeout_s=60,
+                            env={"RAYLHF_FAULT_INJECT": f"rollout.receive_weights@2:{tmp_path / 'fired'}"})
+    try:
+        sync_weights(policy, rollout, bucket_mb=1)  # the first sync forms the group and delivers
+        t0 = time.monotonic()
+        with pytest.raises(WorkerError, match=r"rollout\.receive_weights failed on rollout rank 0") as e:
+            sync_weights(policy, rollout, bucket_mb=1)
+        assert e.value.died and e.value.group == "rollout"
+        assert time.monotonic() - t0 < 60
+    finally:
+        policy.shutdown()
+        rollout.shutdown()
