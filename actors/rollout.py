@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from actors.faults import maybe_die
 from actors.group import BaseWorker
+from actors.quiet import quiet_engine_start
 from raylhf.core.batch import Rollout
 from rewards.aio import LoopThread
 
@@ -46,37 +47,24 @@ def import_vllm() -> Any:
     return vllm
 
 
-# vLLM logs "<Layer>: Failed to load weights" from here at every in-place reload for layers whose only
-# tensors are computed, not loaded: the rotary embeddings' cos/sin cache (a non-persistent buffer built
-# from the config). vLLM puts the existing tensor back, so nothing is lost. Listed by name (not a suffix
-# match): FourierRotaryEmbedding has learned coefficients, and a layer vLLM adds later should stay loud
-# until someone checks it. docs/logging.md lists the warnings that remain.
-RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
-COMPUTED_ONLY_LAYERS = frozenset({
-    "RotaryEmbedding", "Llama3RotaryEmbedding", "LinearScalingRotaryEmbedding", "MRotaryEmbedding",
-    "MRotaryEmbeddingInterleaved", "YaRNScalingRotaryEmbedding", "NTKScalingRotaryEmbedding",
-    "DynamicNTKScalingRotaryEmbedding", "DynamicNTKAlphaRotaryEmbedding", "DeepseekScalingRotaryEmbedding",
-    "Phi3LongRoPEScaledRotaryEmbedding", "DualChunkRotaryEmbedding", "Llama4VisionRotaryEmbedding",
-    "DeepseekV4ScalingRotaryEmbedding", "Gemma4RotaryEmbedding", "Ernie4_5_VLRotaryEmbedding",
-    "BailingMRotaryEmbedding",
-})
+@dataclass
+class Sampled:
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    text: str
+    versions: list[int] | None  # per token, when a partial-rollout sync split it; else None
+    version: int  # the version of its first token
 
 
-class HarmlessReloadWarnings(logging.Filter):
-    """Drops vLLM's "<Layer>: Failed to load weights" for layers that hold no loadable weights."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if record.msg != "%s: Failed to load weights" or not isinstance(args, tuple) or len(args) != 1:
-            return True
-        return str(args[0]) not in COMPUTED_ONLY_LAYERS
-
-
-def quiet_harmless_reload_warnings() -> None:
-    """Install the filter on vLLM's reload logger once per process (global log levels untouched)."""
-    log = logging.getLogger(RELOAD_LOGGER)
-    if not any(isinstance(f, HarmlessReloadWarnings) for f in log.filters):
-        log.addFilter(HarmlessReloadWarnings())
+def continued(params: Any, max_tokens: int, part: int) -> Any:
+    """The sampling parameters of part ``part`` of a request split by partial-rollout syncs: the tokens left, and
+    a seed of its own derived from the request's (None stays None)."""
+    p = params.clone()
+    p.max_tokens = max_tokens
+    if params.seed is not None:
+        p.seed = (params.seed + 104_729 * part) % (2**63 - 1)
+    return p
 
 
 def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -95,6 +83,7 @@ class EngineHandle:
     def __init__(self, llm: Any, tag: str) -> None:
         self.llm, self.tag = llm, tag
         self.ids = itertools.count()
+        self.version = 0  # weight syncs loaded
         self.inflight = 0
         self.idle = asyncio.Condition()
         self.weights_ready = asyncio.Event()
@@ -104,7 +93,8 @@ class EngineHandle:
     async def start(cls, make: Any, tag: str) -> EngineHandle:
         return cls(make(), tag)
 
-    async def request(self, prompt_ids: list[int], params: Any) -> Any:
+    async def raw(self, prompt_ids: list[int], params: Any) -> Any:
+        """One request's final ``RequestOutput``."""
         from vllm.inputs import TokensPrompt
 
         final = None
@@ -112,6 +102,33 @@ class EngineHandle:
                                            request_id=f"{self.tag}-{next(self.ids)}"):
             final = out
         return final
+
+    async def sample(self, prompt_ids: list[int], params: Any) -> Sampled:
+        """One sample. A request aborted by a partial-rollout sync (``update(partial=True)``) is continued after
+        it as a new request on the prompt plus the tokens it had (prefilled under the new weights), for the tokens
+        left, with a seed of its own; its tokens keep the log-probs and the weight version they were sampled with."""
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        versions: list[int] = []
+        limit, text, part = int(params.max_tokens), "", 0
+        while True:
+            await self.weights_ready.wait()
+            version = self.version
+            out = await self.raw(prompt_ids + tokens, params if not part else continued(params, limit - len(tokens),
+                                                                                        part))
+            c = out.outputs[0]
+            lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
+            tokens += list(c.token_ids)
+            logprobs += (lps + [0.0] * len(c.token_ids))[: len(c.token_ids)]
+            versions += [version] * len(c.token_ids)
+            finish, text = c.finish_reason or "stop", c.text if not part else ""
+            if finish != "abort" or len(tokens) >= limit:
+                break
+            part += 1  # aborted by a partial-rollout sync: go on from here
+        if finish == "abort":
+            finish = "length"
+        return Sampled(tokens, logprobs, finish, text, versions if len(set(versions)) > 1 else None,
+                       versions[0] if versions else version)
 
     async def gated(self, coros: list[Any]) -> list[Any]:
         """Run requests once no weight update is in progress; a weight update waits for them to finish."""
@@ -124,18 +141,28 @@ class EngineHandle:
             async with self.idle:
                 self.idle.notify_all()
 
-    async def update(self, update_info: dict[str, Any]) -> Received:
-        """One weight update through the transfer engine, between the requests in flight and the next ones."""
+    async def update(self, update_info: dict[str, Any], version: int, partial: bool = False) -> Received:
+        """One weight update through the transfer engine. New requests wait for it. The requests in flight finish
+        with the weights that started them first; with ``partial`` they are aborted at once and continue after it
+        from the tokens they have (``sample``)."""
         from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
 
         self.weights_ready.clear()
         try:
-            async with self.idle:  # the requests in flight finish with the weights that started them
-                await self.idle.wait_for(lambda: self.inflight == 0)
-            await self.llm.start_weight_update()
-            await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
-            await self.llm.finish_weight_update()
-            await self.llm.reset_prefix_cache()
+            if partial:
+                await self.llm.pause_generation(mode="abort", clear_cache=True)
+            else:
+                async with self.idle:
+                    await self.idle.wait_for(lambda: self.inflight == 0)
+            try:
+                await self.llm.start_weight_update()
+                await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+                await self.llm.finish_weight_update()
+                await self.llm.reset_prefix_cache()
+            finally:
+                if partial:
+                    await self.llm.resume_generation()
+            self.version = version
             received = await self.llm.collective_rpc("raylhf_received")
         finally:
             self.weights_ready.set()
@@ -166,7 +193,7 @@ class RolloutWorker(BaseWorker):
     def setup(self) -> None:
         threads = str(max(1, int(self.cfg.get("num_cpus_per_engine", 1))))
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.cfg.get("cpu_kvcache_gib", 1)))))
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        quiet_engine_start()  # before vLLM's import: its processes log through the filtered config
         os.environ["OMP_NUM_THREADS"] = threads  # the engine's worker process inherits both: Ray's CPU reservation
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # decides, not vLLM's core pinning
         import_vllm()
@@ -187,12 +214,17 @@ class RolloutWorker(BaseWorker):
             logprobs_mode="processed_logprobs",
             trust_remote_code=self.trust_remote_code,
             enable_prefix_caching=True,
+            # a prompt prefilled in chunks discards the token sampled after a partial chunk by rewinding the
+            # request's generator, which a seeded request's CPU generator cannot do (vLLM-cpu 0.32 then kills the
+            # engine: "CPU Generator does not use offset"): whole prompts only
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(self.max_model_len, 2048),
             worker_extension_cls="actors.vllm_transfer.RaylhfWorkerExtension",
             weight_transfer_config={"backend": "raylhf"},
             enable_log_requests=False,
         )
         self.loop = LoopThread(f"raylhf-rollout-{self.rank}")
-        self.version = 0
+        self.partial = bool(self.cfg.get("partial", False))
         self.engine = self.loop.run(EngineHandle.start(lambda: AsyncLLM.from_engine_args(args), f"r{self.rank}"))
 
     # ---- requests ---------------------------------------------------------------------------------------------
@@ -233,17 +265,13 @@ class RolloutWorker(BaseWorker):
         for pidx, ids, *limit in prompts:
             for j in range(n):
                 s = None if seed is None else sample_seed(seed, pidx, j)
-                coros.append(self.engine.request(list(ids), params(int(limit[0]) if limit else default_max, s)))
+                coros.append(self.engine.sample(list(ids), params(int(limit[0]) if limit else default_max, s)))
                 keys.append((pidx, ids))
         outs = self.loop.run(self.engine.gated(coros))
         rollouts = []
-        for (pidx, ids), out in zip(keys, outs, strict=True):
-            c = out.outputs[0]
-            lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
-            if len(lps) != len(c.token_ids):
-                lps = (lps + [0.0] * len(c.token_ids))[: len(c.token_ids)]
-            rollouts.append(Rollout(pidx, list(ids), list(c.token_ids), lps, c.finish_reason or "stop", c.text,
-                                    version=self.version))
+        for (pidx, ids), got in zip(keys, outs, strict=True):
+            rollouts.append(Rollout(pidx, list(ids), got.tokens, got.logprobs, got.finish_reason, got.text,
+                                    version=got.version, versions=got.versions))
         return rollouts
 
     @torch.no_grad()
@@ -253,7 +281,7 @@ class RolloutWorker(BaseWorker):
         vllm = import_vllm()
 
         params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
-        outs = self.loop.run(self.engine.gated([self.engine.request(list(x), params) for x in input_ids]))
+        outs = self.loop.run(self.engine.gated([self.engine.raw(list(x), params) for x in input_ids]))
         result = []
         for ids, out in zip(input_ids, outs, strict=True):
             lp = [0.0]
@@ -273,10 +301,8 @@ class RolloutWorker(BaseWorker):
     def receive_weights(self, version: int, skip: list[str] | None = None) -> Received:
         """The collective path: receive one sync from the group (the policy sends at the same time)."""
         maybe_die("rollout", "receive_weights")
-        quiet_harmless_reload_warnings()
-        received = self.loop.run(self.engine.update({"transport": "gloo", "skip": list(skip or [])}))
-        self.version = version
-        return received
+        return self.loop.run(self.engine.update({"transport": "gloo", "skip": list(skip or [])}, version,
+                                                self.partial))
 
     def load_weights(self, bucket_refs: list[Any], version: int | None = None, skip: list[str] | None = None
                      ) -> Received:
@@ -286,7 +312,6 @@ class RolloutWorker(BaseWorker):
         from safetensors.torch import save_file
 
         maybe_die("rollout", "load_weights")
-        quiet_harmless_reload_warnings()
         root = "/dev/shm" if os.path.isdir("/dev/shm") else None
         folder = tempfile.mkdtemp(prefix="raylhf-sync-", dir=root)
         try:
@@ -295,16 +320,14 @@ class RolloutWorker(BaseWorker):
                 path = os.path.join(folder, f"bucket-{i:05d}.safetensors")
                 save_file({name: t.contiguous() for name, t in ray.get(ref)}, path)
                 files.append(path)
-            received = self.loop.run(self.engine.update({"transport": "files", "files": files,
-                                                           "skip": list(skip or [])}))
+            update = {"transport": "files", "files": files, "skip": list(skip or [])}
+            return self.loop.run(self.engine.update(update, self.engine.version + 1 if version is None else version,
+                                                    self.partial))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        if version is not None:
-            self.version = version
-        return received
 
     def weight_version(self) -> int:
-        return self.version
+        return self.engine.version
 
     def close(self) -> None:
         """Shut the engine (and its subprocesses) down; the actor is killed after."""

@@ -256,6 +256,13 @@ class RolloutConfig(Section):
     verify_tol: float | None = Field(None, gt=0, description="largest probe log-prob gap accepted (default: 1e-3 "
                                      "for fp32 on CPU, 0.1 otherwise)")
     sync_bucket_mb: int = Field(64, gt=0, description="weight-sync bucket size")
+    partial: bool = Field(False, description="partial rollouts (with grpo.async_steps >= 1): a weight sync pauses "
+                          "the engines, loads the weights and continues the requests in flight from the tokens they "
+                          "have (re-prefilled under the new weights; each token keeps the version that sampled it); "
+                          "false: a sync waits for them to finish")
+    max_staleness: int | None = Field(None, ge=0, description="most weight versions a trained token may lag the "
+                                      "policy that trains on it; samples beyond are generated again (default: "
+                                      "grpo.async_steps)")
     num_cpus_per_engine: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine")
     seed: int = Field(0, description="sampling seed")
 

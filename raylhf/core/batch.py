@@ -32,6 +32,9 @@ class Rollout:
     response_mask: list[float] | None = None
     episode: dict[str, int] | None = None  # turns, tool_calls, tool_errors of an agent episode
     version: int = 0  # the policy weight version (weight syncs done) that sampled it (raylhf/driver/producer.py)
+    # partial rollouts (rollout.partial): the weight version that sampled each response token, when a weight sync
+    # landed while the request was in flight; None: every token has ``version``
+    versions: list[int] | None = None
 
     @property
     def truncated(self) -> bool:

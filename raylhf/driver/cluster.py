@@ -38,7 +38,8 @@ def init_ray(cfg: RayConfig, required_cpus: float) -> None:
     if ray.is_initialized():
         return
     env = {"env_vars": {"PYTHONPATH": _pythonpath(), "TOKENIZERS_PARALLELISM": "false"}}
-    for fault in ("RAYLHF_FAULT_INJECT", "RAYLHF_FAULT_SYNC_SKIP"):  # the tests' fault injection (actors/faults.py)
+    # the tests' fault injection (actors/faults.py) and logging.library_warnings (actors/quiet.py)
+    for fault in ("RAYLHF_FAULT_INJECT", "RAYLHF_FAULT_SYNC_SKIP", "RAYLHF_LIBRARY_WARNINGS"):
         if os.environ.get(fault):
             env["env_vars"][fault] = os.environ[fault]
     if not sys.stdout.isatty():  # a log file: no carriage-return bars from HF loaders, no colour codes

@@ -14,12 +14,14 @@ dataset). See docs/architecture.md.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors import quiet
 from actors.calls import WorkerError
 from raylhf.config import to_yaml
 from raylhf.config.run import LoggingConfig
@@ -61,6 +63,7 @@ def open_run(cfg: Any, name: str, total_steps: int, describe: str) -> tuple[Path
     (``config.resumed.yaml`` on resume) and prints the start line ``[name] run dir ...; <describe>``.
     Returns (run dir, checkpoint resumed from or None, its trainer state, logger)."""
     registry.activate(registry.config_plugins(cfg), replace=True)  # here and in every actor started after this
+    os.environ[quiet.ENV] = cfg.logging.library_warnings  # the actors started after this inherit it (init_ray)
     resume_from = ckpts.resolve_resume(cfg.checkpoint.resume, Path(cfg.logging.run_dir), cfg.logging.run_name, name)
     state = ckpts.read_state(resume_from) if resume_from else {}
     start_step = int(state.get("step", 0))

@@ -71,7 +71,8 @@ class OnlineRun:
         self.producer = RolloutProducer(
             stream, async_steps, algo.num_steps, render=lambda prompts: [render_prompt(tokenizer, ex.messages)
                                                                          for ex in prompts],
-            submit=self.sampler.submit, generate=self.sampler.generate, version=lambda: self.weight_version)
+            submit=self.sampler.submit, generate=self.sampler.generate, version=lambda: self.weight_version,
+            max_staleness=cfg.rollout.max_staleness)
         self.heldout_ids = [render_prompt(tokenizer, ex.messages) for ex in heldout]
         self.weight_version = 0  # weight syncs sent to the engines (the version that stamps rollouts)
         self.extra_state: dict[str, Any] = {}  # the trainer's own resumable state (PPO's KL controller)

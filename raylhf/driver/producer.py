@@ -13,6 +13,12 @@ of a step) and ``OnlineRun.generate()`` (its rollouts):
   The off-policy gap is corrected in the loss by truncated importance sampling (``grpo.tis_cap``,
   ``raylhf/algos/policy_loss.py``), whose ``rollout_mismatch_kl`` / ``tis_frac_capped`` metrics show its size.
 
+With ``rollout.partial`` a sync no longer waits for the generation in flight: the engines pause it, load the new
+weights and continue each request from its tokens (``actors/rollout.py``), so a sample may mix versions; each
+token carries its own (``Rollout.versions``). Staleness is then measured per token, and a sample with a token more
+than ``max_staleness`` versions behind the policy that trains on it (default ``async_steps``) is generated again
+with the current weights before the step trains on it (``async/requeued``).
+
 Checkpoints stay exact: ``state_dict`` holds the data stream's position before the prefetched steps and the
 prefetched rollouts themselves (waited for), so a resumed run trains on what the original would have.
 """
@@ -49,8 +55,10 @@ class RolloutProducer:
 
     def __init__(self, stream: Any, async_steps: int, last_step: int, render: Callable[[list[Any]], list[list[int]]],
                  submit: Callable[[list[list[int]], int, int], Any],
-                 generate: Callable[[list[list[int]], int, int], list[Rollout]], version: Callable[[], int]) -> None:
+                 generate: Callable[[list[list[int]], int, int], list[Rollout]], version: Callable[[], int],
+                 max_staleness: int | None = None) -> None:
         self.stream, self.async_steps, self.last_step = stream, async_steps, last_step
+        self.max_staleness = async_steps if max_staleness is None else max_staleness
         self.render, self._submit, self._generate, self.version = render, submit, generate, version
         self.queue: deque[_Step] = deque()
         self.last_metrics: dict[str, float] = {}  # staleness of the last step's rollouts (async only)
@@ -79,11 +87,31 @@ class RolloutProducer:
                 item.rollouts = self._generate(item.prompt_ids, n, step)
             for r in item.rollouts:
                 r.version = item.version
+            requeued = self._requeue(item, step, n)
+        else:
+            requeued = 0
         while self.queue and self.queue[0].step <= step:
             self.queue.popleft()
         if self.async_steps:
-            self.last_metrics = self.metrics(step, item.rollouts)
+            self.last_metrics = {**self.metrics(step, item.rollouts), "async/requeued": float(requeued)}
         return item.rollouts
+
+    def _requeue(self, item: _Step, step: int, n: int) -> int:
+        """Generate again, with the current weights, the prompts with a sample too stale for step ``step``; returns
+        how many samples were replaced."""
+        rollouts = item.rollouts or []
+        stale = sorted({r.prompt_index for r in rollouts if max(token_lags(step, r)) > self.max_staleness})
+        if not stale:
+            return 0
+        fresh = self._generate([item.prompt_ids[i] for i in stale], n, step)
+        version = self.version()
+        by_prompt: dict[int, list[Rollout]] = {}
+        for r in fresh:
+            r.prompt_index, r.version = stale[r.prompt_index], version
+            by_prompt.setdefault(r.prompt_index, []).append(r)
+        item.rollouts = [x for i in sorted({r.prompt_index for r in rollouts})
+                         for x in (by_prompt[i] if i in by_prompt else [r for r in rollouts if r.prompt_index == i])]
+        return len(fresh)
 
     def _item(self, step: int) -> _Step:
         """The queued step ``step``, drawing it (and any before it) from the stream when not queued yet."""
@@ -99,9 +127,14 @@ class RolloutProducer:
 
     @staticmethod
     def metrics(step: int, rollouts: list[Rollout]) -> dict[str, float]:
-        """How many versions behind the policy that trains step ``step`` (``step - 1`` syncs) the samples were."""
+        """How many versions behind the policy that trains step ``step`` (``step - 1`` syncs) the samples were (a
+        sample's oldest token), and the same per token (the mean over every response token)."""
         lag = [step - 1 - r.version for r in rollouts] or [0]
-        return {"async/staleness_max": float(max(lag)), "async/staleness_mean": sum(lag) / len(lag)}
+        tokens = [x for r in rollouts for x in token_lags(step, r)] or [0]
+        return {"async/staleness_max": float(max(lag)), "async/staleness_mean": sum(lag) / len(lag),
+                "async/token_staleness_max": float(max(tokens)),
+                "async/token_staleness_mean": sum(tokens) / len(tokens),
+                "async/partial_frac": sum(r.versions is not None for r in rollouts) / max(1, len(rollouts))}
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     def data_state(self) -> dict[str, Any]:
@@ -130,3 +163,10 @@ class RolloutProducer:
             item = self._item(int(saved["step"]))
             item.version = int(saved["version"])
             item.rollouts = [Rollout(**r) for r in saved["rollouts"]]
+
+
+def token_lags(step: int, r: Rollout) -> list[int]:
+    """Versions each response token of ``r`` lags the policy that trains step ``step`` (``step - 1`` syncs)."""
+    if r.versions is None:
+        return [step - 1 - r.version] * max(1, len(r.response_ids))
+    return [step - 1 - v for v in r.versions] or [step - 1 - r.version]

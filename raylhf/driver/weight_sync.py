@@ -15,7 +15,7 @@ Then, unless ``rollout.verify_sync: false``, the sync is verified: every engine'
 received against the sender's manifest (naming a tensor skipped, reshaped or corrupted on the way), and the
 engines' log-probs of a fixed probe sequence against the policy's (a load that did not take shows as a gap above
 ``rollout.verify_tol``). Either mismatch is a :class:`WeightSyncError`. Metrics: ``sync/verified``,
-``sync/probe_gap``, ``sync/seconds``, ``sync/verify_s``, ``sync/gbytes``.
+``sync/probe_gap``, ``sync/gbytes``, ``time/sync_transfer``, ``time/sync_verify``.
 """
 
 from __future__ import annotations
@@ -165,11 +165,11 @@ def sync_weights(policy: ActorGroup, rollout: ActorGroup, bucket_mb: int = 64, *
     ch.version += 1
     seconds = time.perf_counter() - t0
     gbytes = sum(_nbytes(dtype, shape) for dtype, shape, _ in sent.values()) / 1e9
-    out = {"sync/seconds": seconds, "sync/gbytes": gbytes}
+    out = {"time/sync_transfer": seconds, "sync/gbytes": gbytes}
     if verify_sync:
         t1 = time.perf_counter()
         out["sync/probe_gap"] = verify(policy, rollout, ch.probe, sent, received, tol)
-        out["sync/verify_s"] = time.perf_counter() - t1
+        out["time/sync_verify"] = time.perf_counter() - t1
         out["sync/verified"] = 1.0
     return out
 

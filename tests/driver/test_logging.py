@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import os
 import struct
 import sys
 from pathlib import Path
@@ -297,26 +298,43 @@ def test_short_contiguous_series_has_markers_and_nan_values_are_not_measurements
     assert not (tmp_path / "d.png").exists()
 
 
-# ---- vLLM's harmless reload warnings -------------------------------------------------------------
+# ---- a quiet start: library notices filtered at vLLM's loggers (actors/quiet.py) ---------------------------
 
-def test_reload_filter_drops_only_the_rotary_cache_warning(caplog: pytest.LogCaptureFixture) -> None:
-    from actors.rollout import RELOAD_LOGGER, HarmlessReloadWarnings, quiet_harmless_reload_warnings
+def test_notice_filter_drops_only_listed_notices(caplog: pytest.LogCaptureFixture) -> None:
+    from actors.quiet import LibraryNotices
 
-    log = logging.getLogger(RELOAD_LOGGER)
-    before = list(log.filters)
+    log = logging.getLogger("vllm.test_quiet")
+    log.addFilter(LibraryNotices())
     try:
-        quiet_harmless_reload_warnings()
-        quiet_harmless_reload_warnings()
-        assert sum(isinstance(f, HarmlessReloadWarnings) for f in log.filters) == 1
-        with caplog.at_level(logging.WARNING, logger=RELOAD_LOGGER):
+        with caplog.at_level(logging.WARNING, logger="vllm.test_quiet"):
             log.warning("%s: Failed to load weights", "RotaryEmbedding")
             log.warning("%s: Failed to load weights", "Llama3RotaryEmbedding")
             log.warning("%s: Failed to load weights", "FourierRotaryEmbedding")  # learned coefficients
             log.warning("%s: Failed to load weights", "QKVParallelLinear")
+            log.warning("%s is not found in LD_PRELOAD. For best performance ...", "libtcmalloc")
+            log.warning("Enforce eager set, disabling torch.compile")
             log.warning("Allocating %.1f MB of device memory", 1.0)
         assert [r.getMessage() for r in caplog.records] == [
             "FourierRotaryEmbedding: Failed to load weights", "QKVParallelLinear: Failed to load weights",
             "Allocating 1.0 MB of device memory"]
-        assert logging.getLogger("vllm").level == logging.NOTSET  # no global level touched
     finally:
-        log.filters[:] = before
+        log.filters.clear()
+
+
+def test_vllm_logging_config_carries_the_filter_and_all_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging.config
+
+    from actors import quiet
+
+    cfg = quiet.vllm_logging_config("WARNING")
+    assert cfg["handlers"]["vllm"]["filters"] == ["raylhf_notices"]
+    assert cfg["filters"]["raylhf_notices"]["()"] == "actors.quiet.LibraryNotices"
+    cfg["formatters"]["vllm"] = {"format": "%(message)s"}  # vLLM's formatter class is not needed to check this
+    logging.config.dictConfig({**cfg, "loggers": {"vllm.test_cfg": cfg["loggers"]["vllm"]}})
+    log = logging.getLogger("vllm.test_cfg")
+    assert any(isinstance(f, quiet.LibraryNotices) for h in log.handlers for f in h.filters)
+    log.handlers.clear()
+    monkeypatch.setenv(quiet.ENV, "all")
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    quiet.quiet_engine_start()
+    assert "VLLM_LOGGING_CONFIG_PATH" not in os.environ

@@ -82,3 +82,51 @@ def test_a_checkpoint_keeps_the_prefetched_rollouts_and_the_data_position() -> N
     resumed = _run(prod2, engine2, range(4, 9))
     assert [[(r.prompt_ids, r.version, r.text) for r in rs] for rs in resumed] == \
         [[(r.prompt_ids, r.version, r.text) for r in rs] for rs in rest]
+
+
+# ---- partial rollouts: per-token versions and the staleness bound ----------------------------------------------
+
+def test_a_continued_request_asks_for_the_tokens_left_with_a_seed_of_its_own() -> None:
+    from vllm import SamplingParams
+
+    from actors.rollout import continued
+
+    p = SamplingParams(max_tokens=100, seed=7, temperature=1.0)
+    c1, c2 = continued(p, 60, 1), continued(p, 20, 2)
+    assert (c1.max_tokens, c2.max_tokens, p.max_tokens) == (60, 20, 100)
+    assert len({p.seed, c1.seed, c2.seed}) == 3 and c1.seed == continued(p, 5, 1).seed
+    assert continued(SamplingParams(max_tokens=9), 3, 1).seed is None
+
+
+def test_per_token_staleness_and_samples_beyond_the_bound_generated_again() -> None:
+    from raylhf.driver.producer import token_lags
+
+    mixed = Rollout(0, [1], [7, 8, 9, 10], [-0.1] * 4, "stop", version=1, versions=[1, 1, 2, 2])
+    assert token_lags(4, mixed) == [2, 2, 1, 1]  # step 4 is trained by version 3
+    assert RolloutProducer.metrics(4, [mixed]) == {
+        "async/staleness_max": 2.0, "async/staleness_mean": 2.0, "async/token_staleness_max": 2.0,
+        "async/token_staleness_mean": 1.5, "async/partial_frac": 1.0}
+
+    engine = FakeEngine()
+    stream = PromptStream([f"p{i}" for i in range(40)], 2, shuffle=False, seed=3)  # type: ignore[list-item]
+    calls: list[tuple[list[list[int]], int]] = []
+
+    def generate(prompt_ids: list[list[int]], n: int, step: int) -> list[Rollout]:
+        calls.append((prompt_ids, step))
+        return [Rollout(i, ids, [100 + step], [-0.5], "stop") for i, ids in enumerate(prompt_ids) for _ in range(n)]
+
+    def submit(prompt_ids: list[list[int]], n: int, step: int) -> Any:
+        # prompt 1's samples: the first token from version 0, the rest after a sync landed (partial)
+        rollouts = [Rollout(i, ids, [step, step], [-0.5, -0.5], "stop", versions=[0, 1] if i == 1 else None)
+                    for i, ids in enumerate(prompt_ids) for _ in range(n)]
+        return type("P", (), {"result": lambda self: [rollouts]})()
+
+    prod = RolloutProducer(stream, 1, 6, render=lambda ps: [[ord(p[-1])] for p in ps], submit=submit,
+                           generate=generate, version=lambda: engine.synced, max_staleness=0)
+    prod.prompts(1)
+    prod.rollouts(1, 2)  # steps 1 and 2 submitted at version 0
+    engine.synced = 1
+    got = prod.rollouts(2, 2)  # trained by version 1: prompt 0 lags 1 everywhere, prompt 1's first token too
+    assert [c[1] for c in calls] == [2] and len(calls[0][0]) == 2  # both prompts of step 2 generated again
+    assert [r.prompt_index for r in got] == [0, 0, 1, 1] and all(r.response_ids == [102] for r in got)
+    assert prod.last_metrics["async/requeued"] == 4.0 and prod.last_metrics["async/staleness_max"] == 0.0

