@@ -181,11 +181,14 @@ class ActorGroup:
         call_timeout_s: float | None = None,
         env: dict[str, str] | None = None,
         max_concurrency: int = 1,
+        wait: bool = True,
     ) -> None:
         """``sizing``: the config fields that size this group, named when it cannot be placed.
         ``call_timeout_s``: the watchdog's limit on every call (``runtime.phase_timeout_s``); None or 0: none.
         ``env``: environment variables of the run for its actors (e.g. ``actor_omp_env``).
-        ``max_concurrency``: calls one actor runs at once, each on a thread of its own (rollout engines: many)."""
+        ``max_concurrency``: calls one actor runs at once, each on a thread of its own (rollout engines: many).
+        ``wait``: wait for the ranks' ``setup``; False: return once they are placed, and ``ready()`` waits (so a
+        slow start, a vLLM engine's, overlaps with the other groups')."""
         self.name, self.num_ranks, self.env = name, num_ranks, dict(env or {})
         self.max_concurrency = max_concurrency
         self.call_timeout_s = call_timeout_s or None
@@ -195,6 +198,8 @@ class ActorGroup:
         try:
             _wait_ready(self.pg, name, bundles, strategy, start_timeout_s, sizing)
             self._start(worker_cls, num_ranks, num_cpus, num_gpus, init_kwargs, runtime_env, start_timeout_s)
+            if wait:
+                self.ready()
         except BaseException:
             self.shutdown()
             raise
@@ -223,7 +228,13 @@ class ActorGroup:
                 wait_all([actor.set_master.remote(*master)], f"{name} start-up")
             self.actors.append(actor)
         self.master = master
-        self.call("setup", timeout_s=start_timeout_s)
+        refs, actors = [a.setup.remote() for a in self.actors], list(self.actors)
+        self._setup = Pending(lambda: self._wait(refs, "setup", start_timeout_s, actors))
+
+    def ready(self) -> ActorGroup:
+        """Wait for the ranks' ``setup`` (started by the constructor; at once unless ``wait=False``)."""
+        self._setup.result()
+        return self
 
     def _new_actor(self, rank: int, master: tuple[str, int]) -> Any:
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank)
@@ -335,14 +346,6 @@ class ActorGroup:
         return load
 
     def shutdown(self) -> None:
-        """Kill the ranks (after their ``close()``, when the worker has one: e.g. an engine's subprocesses)."""
-        if self.actors and hasattr(getattr(self, "_remote_cls", None), "close"):
-            refs = []
-            for a in self.actors:
-                with contextlib.suppress(Exception):
-                    refs.append(a.close.remote())
-            with contextlib.suppress(Exception):
-                ray.wait(refs, num_returns=len(refs), timeout=20)
         for a in self.actors:
             with contextlib.suppress(Exception):  # already dead
                 ray.kill(a, no_restart=True)

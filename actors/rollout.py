@@ -196,6 +196,9 @@ class RolloutWorker(BaseWorker):
         quiet_engine_start()  # before vLLM's import: its processes log through the filtered config
         os.environ["OMP_NUM_THREADS"] = threads  # the engine's worker process inherits both: Ray's CPU reservation
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # decides, not vLLM's core pinning
+        tp = int(self.cfg.get("tensor_parallel_size", 1))
+        if tp == 1:  # the model runs in the engine-core process itself (vLLM-cpu's "uni" executor needs this), not
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in a third process polling a queue beside it
         import_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -205,7 +208,8 @@ class RolloutWorker(BaseWorker):
             dtype = "float32"
         args = AsyncEngineArgs(
             model=self.model_path,
-            tensor_parallel_size=int(self.cfg.get("tensor_parallel_size", 1)),
+            tensor_parallel_size=tp,
+            distributed_executor_backend="uni" if tp == 1 else "mp",
             dtype=dtype,
             enforce_eager=bool(self.cfg.get("enforce_eager", True)),
             gpu_memory_utilization=float(self.cfg.get("gpu_memory_utilization", 0.5)),

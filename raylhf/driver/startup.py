@@ -51,10 +51,11 @@ def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len
     strategy, trust = cfg.ray.placement_strategy, cfg.model.trust_remote_code
     limit = cfg.runtime.phase_timeout_s or None  # the watchdog's limit on every phase
     try:
+        # the engines start first and come up while the other groups start (a vLLM engine takes the longest)
+        w.rollout = start_rollout(cfg.rollout, model_path, cfg.model.dtype, max_model_len, strategy, trust,
+                                  call_timeout_s=limit, env=env, wait=False)
         w.policy = start_policy(cfg.policy, model_path, cfg.model.dtype, optimizer_steps, cfg.seed, strategy, trust,
                                 call_timeout_s=limit, worker_cls=policy_cls, extra=policy_extra, env=env)
-        w.rollout = start_rollout(cfg.rollout, model_path, cfg.model.dtype, max_model_len, strategy, trust,
-                                  call_timeout_s=limit, env=env)
         if (algo if algo is not None else cfg.grpo).kl_coef > 0:
             w.reference = ActorGroup(
                 ReferenceWorker, 1, name="reference", num_cpus=cfg.reference.num_cpus, num_gpus=gpus_per_rank(None),
@@ -63,6 +64,7 @@ def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len
                 sizing="reference.num_cpus", call_timeout_s=limit, env=env,
             )
         w.reward = start_reward(cfg.reward, reward_context(cfg), extra_functions(cfg), call_timeout_s=limit, env=env)
+        w.rollout.ready()
     except BaseException:
         w.shutdown()
         raise
@@ -141,7 +143,7 @@ def start_policy(cfg: PolicyConfig, model_path: str, dtype: str, total_steps: in
         init_kwargs=dict(model_path=model_path, policy=cfg.model_dump(), dtype=dtype, total_steps=total_steps,
                          seed=seed, trust_remote_code=trust_remote_code, **(extra or {})),
         sizing=f"{group_name}.num_workers, {group_name}.num_cpus_per_worker or {group_name}.num_gpus_per_worker",
-        call_timeout_s=call_timeout_s, env=env, max_concurrency=ENGINE_CALLS,
+        call_timeout_s=call_timeout_s, env=env,
     )
 
 
@@ -150,8 +152,9 @@ ENGINE_CALLS = 64  # Ray calls one engine serves at once (each a thread waiting 
 
 def start_rollout(cfg: RolloutConfig, model_path: str, dtype: str, max_model_len: int, strategy: str,
                   trust_remote_code: bool = False, call_timeout_s: float | None = None,
-                  env: dict[str, str] | None = None) -> ActorGroup:
-    """The rollout engines; ``call_timeout_s``: the watchdog's limit on each call (runtime.phase_timeout_s)."""
+                  env: dict[str, str] | None = None, wait: bool = True) -> ActorGroup:
+    """The rollout engines; ``call_timeout_s``: the watchdog's limit on each call (runtime.phase_timeout_s);
+    ``wait=False``: return before the engines are up (``group.ready()`` waits)."""
 
     import_vllm()  # fail on the driver with the install hint, before reserving anything
     return ActorGroup(
@@ -160,5 +163,5 @@ def start_rollout(cfg: RolloutConfig, model_path: str, dtype: str, max_model_len
         init_kwargs=dict(model_path=model_path, rollout=cfg.model_dump(), dtype=dtype, max_model_len=max_model_len,
                          trust_remote_code=trust_remote_code),
         sizing="rollout.num_engines, rollout.num_cpus_per_engine or rollout.tensor_parallel_size",
-        call_timeout_s=call_timeout_s, env=env, max_concurrency=ENGINE_CALLS,
+        call_timeout_s=call_timeout_s, env=env, max_concurrency=ENGINE_CALLS, wait=wait,
     )

@@ -73,11 +73,11 @@ class Channel:
 
 def _channel(policy: ActorGroup, rollout: ActorGroup, mode: str) -> Channel:
     members = (*policy.actors, *rollout.actors)
+    path = "object_store" if mode == "object_store" else "collective"
     ch: Channel | None = getattr(rollout, "weight_channel", None)
-    if ch is None or ch.members != members:
+    if ch is None or ch.members != members or ch.mode != path:
         vocab = int(policy.call_rank0("vocab_size"))
-        ch = Channel(members, "object_store" if mode == "object_store" else "collective", probe_ids(vocab),
-                     version=ch.version if ch is not None else 0)
+        ch = Channel(members, path, probe_ids(vocab), version=ch.version if ch is not None else 0)
         rollout.weight_channel = ch  # type: ignore[attr-defined]
     return ch
 
