@@ -30,6 +30,9 @@ NOTICES: tuple[tuple[str, str], ...] = (
     ("Passing raw prompts to InputProcessor is deprecated", "token-id prompts, as raylhf sends them"),
     ("The global random seed is set to", "each request carries its own seed"),
     ("CPU backend doesn't allow to use `torch.set_num_threads`", "threads are set before the engine starts"),
+    ("This model does not officially support disabling chunked prefill",
+     "raylhf turns chunked prefill off on purpose (seeded requests, docs/rollout.md); a wrong prefill would fail "
+     "the probe of every sync's verification"),
 )
 # layers whose only tensors are computed, not loaded (a rotary embedding's cos/sin cache): vLLM logs "<Layer>: Failed
 # to load weights" for them at every reload and puts the existing tensor back. Listed by name: a layer vLLM adds

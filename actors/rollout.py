@@ -224,6 +224,7 @@ class RolloutWorker(BaseWorker):
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(self.max_model_len, 2048),
             worker_extension_cls="actors.vllm_transfer.RaylhfWorkerExtension",
+            use_tqdm_on_load=False,  # a checkpoint-loading bar inside an actor is noise in every log file
             weight_transfer_config={"backend": "raylhf"},
             enable_log_requests=False,
         )

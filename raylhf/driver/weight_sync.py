@@ -139,8 +139,11 @@ def verify(policy: ActorGroup, rollout: ActorGroup, probe: list[int], sent: dict
             more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
             raise WeightSyncError(f"weight sync did not deliver the policy's weights to rollout engine {i}: "
                                   + "; ".join(problems[:8]) + more)
-    mine = [float(x) for x in policy.call("logprobs", [torch.tensor(probe)], 1.0)[0][0]]
-    gaps = [probe_gap(mine, lp[0]) for lp in rollout.call("score_logprobs", [probe])]
+    ours, theirs = _wait([(policy, "logprobs", [a.logprobs.remote([torch.tensor(probe)], 1.0) for a in policy.actors]),
+                          (rollout, "score_logprobs", [a.score_logprobs.remote([probe]) for a in rollout.actors])],
+                         rollout.call_timeout_s or DEFAULT_TIMEOUT_S)  # both sides at once
+    mine = [float(x) for x in ours[0][0]]
+    gaps = [probe_gap(mine, lp[0]) for lp in theirs]
     worst = max(gaps)
     if not worst <= tol:
         engine = gaps.index(worst)
