@@ -30,6 +30,7 @@ NOTICES: tuple[tuple[str, str], ...] = (
     ("Passing raw prompts to InputProcessor is deprecated", "token-id prompts, as raylhf sends them"),
     ("The global random seed is set to", "each request carries its own seed"),
     ("CPU backend doesn't allow to use `torch.set_num_threads`", "threads are set before the engine starts"),
+    ("OMP_NUM_THREADS=%s is set; leaving Torch threads", "rollout.num_cpus_per_engine sets it on purpose"),
     ("This model does not officially support disabling chunked prefill",
      "raylhf turns chunked prefill off on purpose (seeded requests, docs/rollout.md); a wrong prefill would fail "
      "the probe of every sync's verification"),
@@ -89,3 +90,6 @@ def quiet_engine_start() -> None:
         os.environ["VLLM_LOGGING_CONFIG_PATH"] = path
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # the engine's "NUMA binding: Using MEMBIND" notice
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated")
+    # the same for the engine's spawned processes, which read their warning filters from the environment
+    reduce_op = "ignore:`torch.distributed.reduce_op` is deprecated:FutureWarning"
+    os.environ["PYTHONWARNINGS"] = ",".join(x for x in (os.environ.get("PYTHONWARNINGS"), reduce_op) if x)
