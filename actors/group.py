@@ -191,6 +191,7 @@ class ActorGroup:
         slow start, a vLLM engine's, overlaps with the other groups')."""
         self.name, self.num_ranks, self.env = name, num_ranks, dict(env or {})
         self.max_concurrency = max_concurrency
+        self._inflight: list[tuple[ray.ObjectRef, int, float]] = []  # routed calls (submit_routed)
         self.call_timeout_s = call_timeout_s or None
         bundles = [{"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})} for _ in range(num_ranks)]
         self.pg: Any = placement_group(bundles, strategy=strategy, name=f"raylhf-{name}")
@@ -332,7 +333,7 @@ class ActorGroup:
 
     def _outstanding(self) -> list[float]:
         """Work per rank of the routed calls not finished yet."""
-        inflight = getattr(self, "_inflight", [])
+        inflight = self._inflight
         if inflight:
             refs = [r for r, _, _ in inflight]
             done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)

@@ -303,14 +303,13 @@ class RolloutWorker(BaseWorker):
         info = dict(host=host, port=port, rank_offset=rank_offset, world_size=world_size, timeout_s=timeout_s)
         self.loop.run(self.engine.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=info)))
 
-    def receive_weights(self, version: int, skip: list[str] | None = None) -> Received:
+    def receive_weights(self, version: int) -> Received:
         """The collective path: receive one sync from the group (the policy sends at the same time)."""
         maybe_die("rollout", "receive_weights")
-        return self.loop.run(self.engine.update({"transport": "gloo", "skip": list(skip or [])}, version,
+        return self.loop.run(self.engine.update({"transport": "gloo"}, version,
                                                 self.partial))
 
-    def load_weights(self, bucket_refs: list[Any], version: int | None = None, skip: list[str] | None = None
-                     ) -> Received:
+    def load_weights(self, bucket_refs: list[Any], version: int | None = None) -> Received:
         """The object-store path: buckets of ``(name, tensor)`` from the object store, written as safetensors files
         to /dev/shm (memory) and read by the engine's workers; returns what they received."""
         import ray
@@ -325,7 +324,7 @@ class RolloutWorker(BaseWorker):
                 path = os.path.join(folder, f"bucket-{i:05d}.safetensors")
                 save_file({name: t.contiguous() for name, t in ray.get(ref)}, path)
                 files.append(path)
-            update = {"transport": "files", "files": files, "skip": list(skip or [])}
+            update = {"transport": "files", "files": files}
             return self.loop.run(self.engine.update(update, self.engine.version + 1 if version is None else version,
                                                     self.partial))
         finally:
@@ -333,12 +332,3 @@ class RolloutWorker(BaseWorker):
 
     def weight_version(self) -> int:
         return self.engine.version
-
-    def close(self) -> None:
-        """Shut the engine (and its subprocesses) down; the actor is killed after."""
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            self.engine = None
-            engine.llm.shutdown()
-        if getattr(self, "loop", None) is not None:
-            self.loop.close()

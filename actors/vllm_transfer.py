@@ -50,7 +50,6 @@ class RaylhfInitInfo(WeightTransferInitInfo):
 class RaylhfUpdateInfo(WeightTransferUpdateInfo):
     transport: str = "gloo"  # gloo | files
     files: list[str] = field(default_factory=list)
-    skip: list[str] = field(default_factory=list)  # fault injection (tests): names dropped on arrival
 
 
 class RaylhfTransferEngine(WeightTransferEngine[RaylhfInitInfo, RaylhfUpdateInfo]):
@@ -91,12 +90,10 @@ class RaylhfTransferEngine(WeightTransferEngine[RaylhfInitInfo, RaylhfUpdateInfo
             buckets = (list(load_file(path).items()) for path in update_info.files)
         else:
             raise ValueError(f"unknown raylhf weight transport {update_info.transport!r} (gloo or files)")
-        skip = set(update_info.skip)
         received = getattr(self, "received", None)
         if received is None:
             received = self.received = {}
         for items in buckets:
-            items = [(n, t) for n, t in items if n not in skip]
             for name, t in items:
                 received[name] = tensor_entry(t)
             self.model.load_weights(items)
