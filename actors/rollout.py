@@ -249,22 +249,11 @@ class RolloutWorker(BaseWorker):
         agent's tool call, raylhf/agent/multiturn.py). ``seed``: the phase's seed; sample ``j`` of prompt ``i``
         is one request seeded ``sample_seed(seed, i, j)`` (a resumed run or a retried phase draws what the
         original drew). All of the call's requests are in flight at once."""
-        vllm = import_vllm()
-
         maybe_die("rollout", "generate")
         if not prompts:
             return []
-        temp = self.cfg.get("temperature", 1.0) if temperature is None else temperature
         default_max = int(max_new_tokens or self.cfg.get("max_new_tokens", 128))
-
-        def params(limit: int, s: int | None) -> Any:
-            return vllm.SamplingParams(
-                n=1, temperature=temp, seed=s,
-                top_p=float(self.cfg.get("top_p", 1.0)) if temp > 0 else 1.0,
-                top_k=int(self.cfg.get("top_k", -1)) if temp > 0 else -1,
-                max_tokens=limit, logprobs=0,
-                **({"stop": list(stop), "include_stop_str_in_output": True} if stop else {}),
-            )
+        params = self._params(temperature, stop)
 
         coros, keys = [], []
         for pidx, ids, *limit in prompts:
@@ -278,6 +267,43 @@ class RolloutWorker(BaseWorker):
             rollouts.append(Rollout(pidx, list(ids), got.tokens, got.logprobs, got.finish_reason, got.text,
                                     version=got.version, versions=got.versions))
         return rollouts
+
+    def _params(self, temperature: float | None, stop: list[str] | None) -> Any:
+        """``params(max_tokens, seed) -> SamplingParams`` of a call (one sample per request)."""
+        vllm = import_vllm()
+        temp = self.cfg.get("temperature", 1.0) if temperature is None else temperature
+
+        def params(limit: int, s: int | None) -> Any:
+            return vllm.SamplingParams(
+                n=1, temperature=temp, seed=s,
+                top_p=float(self.cfg.get("top_p", 1.0)) if temp > 0 else 1.0,
+                top_k=int(self.cfg.get("top_k", -1)) if temp > 0 else -1,
+                max_tokens=limit, logprobs=0,
+                **({"stop": list(stop), "include_stop_str_in_output": True} if stop else {}),
+            )
+
+        return params
+
+    def episodes(self, items: list[tuple[int, list[int], dict[str, Any]]], n: int, program: Any,
+                 temperature: float | None = None, max_new_tokens: int | None = None,
+                 seed: int | None = None) -> list[Rollout]:
+        """``n`` multi-turn episodes for each ``(prompt_index, prompt_ids, data row)``, every one a coroutine of its
+        own on the engine's loop (``program``: a ``raylhf.agent.episode.EpisodeProgram``, which brings the turn
+        loop, the environment and its limits; this worker brings the turn sampler: one request per model turn).
+        The episodes of a call hold off weight updates until they all finished (on-policy)."""
+        maybe_die("rollout", "generate")
+        if not items:
+            return []
+        bound = program.bind()
+        params = self._params(temperature, bound.stop or None)
+        engine = self.engine
+
+        async def sample(ids: list[int], limit: int, s: int | None) -> Sampled:
+            return await engine.sample(ids, params(limit, s))
+
+        budget = int(max_new_tokens or self.cfg.get("max_new_tokens", 128))
+        coros = bound.coroutines(sample, items, n, seed=seed, budget=budget, max_model_len=self.max_model_len)
+        return self.loop.run(self.engine.gated(coros))
 
     @torch.no_grad()
     def score_logprobs(self, input_ids: list[list[int]], prompt_len: list[int] | None = None) -> list[list[float]]:

@@ -150,8 +150,8 @@ def test_every_documented_import_line_works() -> None:
     code = (
         "import json, sys\n"
         "from raylhf.plugins import swift\n"
-        "from raylhf.plugins.registry import REWARDS\n"
-        "swift.install_shim(REWARDS.load_home())  # what loading a plugin file does first\n"
+        "from raylhf.plugins.registry import ENVS, REWARDS, SCHEDULERS\n"
+        "swift.install_shim(REWARDS.load_home(), ENVS.load_home(), SCHEDULERS.load_home())  # as a plugin load does\n"
         f"lines = {found!r}\n"
         "bad = []\n"
         "for where, line in lines:\n"

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from raylhf.algos.is_correction import is_weights
 from raylhf.algos.utils import masked_mean, to_float, upcast
 
 __all__ = ["entropy_from_logits", "policy_loss"]
@@ -42,6 +43,9 @@ def policy_loss(
     level: RatioLevel = "token",
     rollout_logp: Tensor | None = None,
     tis_cap: float | None = None,
+    is_mode: str | None = None,
+    is_low: float | None = None,
+    is_high: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Per-token clipped surrogate loss of PPO (Schulman et al., 2017) and its LLM variants.
 
@@ -58,10 +62,13 @@ def policy_loss(
       ``level="sequence"``: one ratio per sequence, the geometric mean of its token ratios over the
       mask, ``rho_i = exp(mean_t(logp_t - old_logp_t))``, broadcast to its tokens (GSPO, Zheng et al.,
       2025; GSPO uses much smaller clip ranges, e.g. 3e-4 / 4e-4);
-    * truncated importance sampling for the rollout-engine/trainer mismatch (Yao et al., 2025, "Your
-      efficient RL framework secretly brings you off-policy RL training"): when both ``rollout_logp``
-      (log-probs reported by the inference engine) and ``tis_cap`` are given, each token loss is
-      multiplied by the detached weight ``w_t = min(exp(old_logp_t - rollout_logp_t), tis_cap)``.
+    * importance-sampling correction for the rollout-engine/trainer mismatch: when ``rollout_logp``
+      (log-probs reported by the inference engine) and an upper threshold (``is_high``, else
+      ``tis_cap``) are given, each token loss is multiplied by the detached weight of
+      :func:`raylhf.algos.is_correction.is_weights` with mode ``is_mode`` (default ``token_tis``, the
+      truncated IS of Yao et al., 2025, "Your efficient RL framework secretly brings you off-policy RL
+      training": ``w_t = min(exp(old_logp_t - rollout_logp_t), tis_cap)``) and thresholds ``is_low`` /
+      ``is_high``. Without a threshold, or with ``is_mode="none"``, no correction is applied.
 
     With ``rho = 1`` and no clipping active this is the plain policy gradient: ``L_t = -A * rho_t`` with
     gradient ``-A * grad(logp_t)``.
@@ -69,8 +76,9 @@ def policy_loss(
     Metrics (masked means over tokens): ``clip_frac_low`` (``A < 0`` and ``rho < 1 - clip_low``),
     ``clip_frac_high`` (``A > 0`` and ``rho > 1 + clip_high``), ``clip_frac`` (their sum),
     ``dual_clip_frac``, ``approx_kl`` (k3 estimate of ``KL(old || new)``, ``rho - 1 - log rho`` on the
-    token ratios), ``ratio_mean`` / ``ratio_max`` / ``ratio_min``; with TIS also ``tis_weight_mean``,
-    ``tis_frac_capped`` and ``rollout_mismatch_kl`` (k3 of ``KL(rollout || old)``).
+    token ratios), ``ratio_mean`` / ``ratio_max`` / ``ratio_min``; with an IS correction also its metrics
+    (``is_weight_mean``, ``is_masked_frac``, ``is_capped_frac``, ``rollout_mismatch_kl``: k3 of
+    ``KL(rollout || old)``; with ``token_tis`` also ``tis_weight_mean`` and ``tis_frac_capped``).
     """
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip ranges must be >= 0, got clip_low={clip_low}, clip_high={clip_high}")
@@ -99,14 +107,11 @@ def policy_loss(
         loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
 
     metrics: dict[str, float] = {}
-    if rollout_logp is not None and tis_cap is not None:
-        with torch.no_grad():
-            mismatch = torch.where(m, old - rollout_logp.detach(), torch.zeros_like(old))
-            raw = torch.exp(mismatch.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
-            weight = raw.clamp(max=tis_cap)
-            metrics["tis_weight_mean"] = to_float(masked_mean(weight, m))
-            metrics["tis_frac_capped"] = to_float(masked_mean((raw > tis_cap).float(), m))
-            metrics["rollout_mismatch_kl"] = to_float(masked_mean(raw - 1.0 - mismatch, m))
+    mode = "token_tis" if is_mode is None else is_mode
+    high = tis_cap if is_high is None else is_high
+    if rollout_logp is not None and high is not None and mode != "none":
+        weight, is_metrics = is_weights(old, rollout_logp, m, mode, low=is_low, high=high)
+        metrics.update(is_metrics)
         loss = loss * weight
 
     loss = torch.where(m, loss, torch.zeros_like(loss))

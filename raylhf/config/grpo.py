@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -44,7 +44,21 @@ class GRPOAlgoConfig(Section):
         "token", description="token ratios (GRPO) or one sequence-level ratio (GSPO)"
     )
     tis_cap: float | None = Field(
-        2.0, gt=0, description="truncated IS weight cap for the rollout/trainer logprob mismatch; null disables"
+        2.0, gt=0, description="truncated IS weight cap for the rollout/trainer logprob mismatch (the upper threshold "
+        "of every is_correction mode unless is_high is set); null disables the correction, whatever is_correction"
+    )
+    is_correction: Literal["none", "token_tis", "seq_tis", "token_mis", "seq_mis", "icepop", "geo_seq"] = Field(
+        "token_tis", description="off-policy IS correction on the ratio r = exp(old_logp - rollout_logp): token_tis "
+        "min(r_t, high); seq_tis min(prod r_t, high) per sequence; token_mis r_t, or 0 above high; seq_mis the "
+        "sequence ratio, or 0 for the sequence above high; icepop r_t, or 0 outside [is_low, high]; geo_seq 1, or 0 "
+        "for the sequence when the geometric mean of r_t is outside [is_low, high]; none: no correction"
+    )
+    is_low: float = Field(
+        0.5, gt=0, description="lower ratio threshold of the two-sided modes (icepop, geo_seq); must be < is_high"
+    )
+    is_high: float | None = Field(
+        None, gt=0, description="upper ratio threshold (cap of the *_tis modes, rejection bound of the others); "
+        "null: tis_cap's value"
     )
     kl_coef: float = Field(0.0, ge=0, description="KL(policy || reference) loss coefficient; 0 skips the reference")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator")
@@ -66,6 +80,30 @@ class GRPOAlgoConfig(Section):
         1.0, ge=0, description="sampling temperature of the held-out accuracy (greedy accuracy is logged too)"
     )
 
+    @property
+    def effective_is_high(self) -> float | None:
+        """The upper IS threshold in force: ``is_high``, else ``tis_cap``."""
+        return self.tis_cap if self.is_high is None else self.is_high
+
+    def objective_is_fields(self) -> dict[str, Any]:
+        """The IS-correction fields of :class:`raylhf.core.batch.Objective` (``tis_cap`` null: no correction)."""
+        return dict(tis_cap=self.tis_cap, is_correction=self.is_correction if self.tis_cap is not None else "none",
+                    is_low=self.is_low, is_high=self.is_high)
+
+    @model_validator(mode="after")
+    def _is_thresholds(self) -> GRPOAlgoConfig:
+        high = self.effective_is_high
+        # an explicit is_high must exceed is_low in every mode; the tis_cap fallback only where is_low is used
+        two_sided = self.is_correction in ("icepop", "geo_seq") and self.tis_cap is not None
+        if high is not None and (self.is_high is not None or two_sided) and self.is_low >= high:
+            source = "grpo.is_high" if self.is_high is not None else "grpo.is_high (null: grpo.tis_cap's value)"
+            hint = 1 / high if high > 1 else high / 2
+            raise ValueError(
+                f"grpo.is_low ({self.is_low}) must be smaller than {source} ({high}): the kept ratio band "
+                f"[is_low, is_high] would be empty; lower grpo.is_low (e.g. {hint:g}) or raise grpo.is_high"
+            )
+        return self
+
 
 class GRPOConfig(TrainerSections):
     model: ModelConfig = Field(
@@ -85,10 +123,10 @@ class GRPOConfig(TrainerSections):
     @model_validator(mode="after")
     def _batches(self) -> GRPOConfig:
         g = self.grpo
-        if g.async_steps and self.agent.template:
-            raise ValueError(f"grpo.async_steps={g.async_steps} pipelines single-turn generation, but "
-                             f"agent.template={self.agent.template!r} runs multi-turn episodes on-policy: set "
-                             "grpo.async_steps=0 or drop agent.template")
+        if g.async_steps and self.agent.enabled:
+            raise ValueError(f"grpo.async_steps={g.async_steps} pipelines single-turn generation, but the agent "
+                             "section (agent.template / agent.env / agent.scheduler) runs multi-turn episodes "
+                             "on-policy: set grpo.async_steps=0 or turn the agent off")
         rollout_batch = g.prompt_batch_size * g.samples_per_prompt
         train = g.train_batch_size or rollout_batch
         if rollout_batch % train:

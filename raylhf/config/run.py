@@ -51,6 +51,9 @@ class LoggingConfig(Section):
     wandb_tags: list[str] = Field(default_factory=list, description="W&B run tags")
     progress: bool = Field(True, description="show a progress bar when stdout is a terminal")
     log_every: int = Field(1, gt=0, description="print metrics every N steps")
+    log_completions: int = Field(
+        4, ge=0, description="every training step write N sampled episodes (prompt, completion, rewards, "
+        "advantage) to <run_dir>/rollouts/step-<N>.jsonl and the trackers (W&B table, TensorBoard text); 0: none")
     library_warnings: Literal["quiet", "all"] = Field(
         "quiet", description="quiet: library notices that need no action (docs/logging.md lists them) are filtered "
         "at their loggers; all: show them")

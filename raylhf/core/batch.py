@@ -30,7 +30,7 @@ class Rollout:
     # multi-turn episodes (raylhf/agent): per response token 1.0 sampled by the model, 0.0 written by the
     # environment (tool answers: no loss); None: every response token was sampled
     response_mask: list[float] | None = None
-    episode: dict[str, int] | None = None  # turns, tool_calls, tool_errors of an agent episode
+    episode: dict[str, Any] | None = None  # turns, tool_calls, tool_errors (and env_reward) of an agent episode
     version: int = 0  # the policy weight version (weight syncs done) that sampled it (raylhf/driver/producer.py)
     # partial rollouts (rollout.partial): the weight version that sampled each response token, when a weight sync
     # landed while the request was in flight; None: every token has ``version``
@@ -90,6 +90,11 @@ class Objective:
     dual_clip: float | None = None
     is_level: str = "token"  # "token" | "sequence" (GSPO)
     tis_cap: float | None = None
+    # off-policy IS correction on the rollout log-probs (raylhf.algos.is_correction): its mode and its ratio
+    # thresholds; is_high None means tis_cap, and no threshold at all means no correction (the default)
+    is_correction: str = "token_tis"
+    is_low: float | None = None
+    is_high: float | None = None
     loss_agg: str = "token-mean"
     norm_const: float | None = None  # Dr.GRPO constant (max response length)
     temperature: float = 1.0  # logits are divided by it (matches the sampler)

@@ -39,6 +39,7 @@ def objective_loss(
             logp, old, advantages, mask, clip_low=obj.clip_low, clip_high=obj.clip_high,
             dual_clip=obj.dual_clip, level=obj.is_level,  # type: ignore[arg-type]
             rollout_logp=rollout_logp, tis_cap=obj.tis_cap,
+            is_mode=obj.is_correction, is_low=obj.is_low, is_high=obj.is_high,
         )
         pg = aggregate(per_tok, mask, obj.loss_agg, **agg)
         loss = loss + obj.pg_coef * pg

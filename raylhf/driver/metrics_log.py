@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from raylhf.config.run import LoggingConfig
 from raylhf.core.errors import RunError
+from raylhf.driver.completions import table, to_markdown
 
 WANDB_MISSING = (
     "logging.report_to includes 'wandb' but the wandb package is not installed: "
@@ -98,6 +99,17 @@ class MetricsLogger:
                 self.bar.update(1)
         if step % self.cfg.log_every == 0:
             self._print(format_metrics(row))
+
+    def log_completions(self, step: int, records: list[dict[str, Any]]) -> None:
+        """Sampled episodes (``raylhf.driver.completions`` records) to the trackers: a W&B table under
+        ``completions``, TensorBoard text under ``completions``; nothing without a tracker (or records)."""
+        if not records or self._closed:
+            return
+        if self.tb is not None:
+            self.tb.add_text("completions", to_markdown(records), step)
+        if self.wandb_run is not None:
+            columns, rows = table(records)
+            self.wandb_run.log({"completions": self._wandb.Table(columns=columns, data=rows)}, step=step)
 
     def _print(self, msg: str) -> None:
         if self.bar is not None:

@@ -28,7 +28,7 @@ from actors.group import actor_omp_env
 from raylhf.assets import load_tokenizer
 from raylhf.core.batch import Rollout, TrainBatch
 from raylhf.data import drop_long_prompts, render_prompt
-from raylhf.driver import phases
+from raylhf.driver import completions, phases
 from raylhf.driver.cluster import init_ray
 from raylhf.driver.lifecycle import Lifecycle, RunResult, run_lifecycle
 from raylhf.driver.producer import RolloutProducer
@@ -113,9 +113,13 @@ class OnlineRun:
             return self.recovery.run("generate", self.producer.rollouts, step, n)
 
     def score(self, rollouts: list[Rollout], prompts: list[Any], step: int) -> phases.Scores:
+        """The reward workers' scores, plus multi-turn episodes' environment rewards (``reward/env``)."""
         with self.timer("reward"):
-            return self.recovery.run("reward", phases.score, self.workers.reward, rollouts, prompts, self.tokenizer,
-                                     step)
+            scores = self.recovery.run("reward", phases.score, self.workers.reward, rollouts, prompts,
+                                       self.tokenizer, step)
+        agent = getattr(self.cfg, "agent", None)
+        scores.add_env(rollouts, agent.env_reward_weight if agent is not None else 1.0)
+        return scores
 
     def logprobs(self, group_name: str, batch: TrainBatch, temperature: float) -> list[Any]:
         group = getattr(self.workers, group_name)
@@ -150,6 +154,17 @@ class OnlineRun:
                 self.profile.add(step, m)
 
         self.life.end_step(step, m, batch, timings)
+
+    def log_completions(self, step: int, rollouts: list[Rollout], scores: phases.Scores | None,
+                        advantages: Any) -> None:
+        """``logging.log_completions`` of the step's rollouts (aligned ``scores`` / ``advantages``, either may be
+        None) to ``<run_dir>/rollouts/step-<step>.jsonl`` and the trackers (``completions.py``); 0: nothing."""
+        n = self.cfg.logging.log_completions
+        if n <= 0:
+            return
+        records = completions.completion_records(step, rollouts, scores, advantages, self.tokenizer, n)
+        completions.write_completions(self.run_dir, step, records)
+        self.logger.log_completions(step, records)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:

@@ -50,6 +50,19 @@ class Scores:
     def scored(self) -> torch.Tensor:
         return ~torch.isnan(self.total)
 
+    def add_env(self, rollouts: list[Rollout], weight: float) -> None:
+        """Add multi-turn episodes' environment rewards (``episode["env_reward"]``, raylhf/agent) to the totals,
+        weighted by ``weight``, as the reward ``env`` (logged as ``reward/env``); nothing when no episode has one.
+        A total no reward function scored (NaN) becomes the env reward alone."""
+        values = [None if r.episode is None else r.episode.get("env_reward") for r in rollouts]
+        if all(v is None for v in values):
+            return
+        self.per_function["env"] = [None if v is None else float(v) for v in values]
+        self.weights["env"] = weight
+        add = torch.tensor([0.0 if v is None else weight * float(v) for v in values], dtype=self.total.dtype)
+        has = torch.tensor([v is not None for v in values])
+        self.total = torch.where(torch.isnan(self.total) & has, torch.zeros_like(self.total), self.total) + add
+
     def function_means(self) -> dict[str, float]:
         """Each reward's mean over the completions it scored (NaN when it scored none)."""
         out = {}

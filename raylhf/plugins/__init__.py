@@ -17,6 +17,8 @@ optimizer             ``optimizers_map = {"n": factory}``                    ``p
 tuner                 ``extra_tuners = {"n": TunerCls}``, ``@register_tuner``  ``policy.tuner.type: n``
 agent template        ``agent_templates = {"n": TemplateCls}``               ``agent.template: n``
 tool                  ``tools = {"n": fn}``, ``@register_tool("n")``          ``agent.tools: [n]``
+env                   ``envs = {"n": EnvCls}``, ``@register_env("n")``        ``agent.env: n``
+multi-turn scheduler  ``multi_turns = {"n": Cls}``, ``@register_multi_turn``  ``agent.scheduler: n``
 ====================  =====================================================  ==================================
 
 The registries are those of the one table of plugin kinds (``raylhf/plugins/registry.py``); each kind's
@@ -38,12 +40,14 @@ from raylhf.plugins.callbacks import (
     register_callback,
 )
 from raylhf.plugins.registry import (
+    ENVS,
     KINDS,
     LOSS_FUNCS,
     LOSS_SCALES,
     METRICS,
     OPTIMIZERS,
     REWARDS,
+    SCHEDULERS,
     TEMPLATES,
     TOOLS,
     TUNERS,
@@ -61,6 +65,8 @@ optimizers_map = OPTIMIZERS
 extra_tuners = TUNERS
 agent_templates = TEMPLATES
 tools = TOOLS
+envs = ENVS
+multi_turns = SCHEDULERS
 
 # interfaces and decorators, each from its kind's home module (ms-swift's older alias on the right)
 _FROM_HOME: dict[str, tuple[str, str]] = {
@@ -68,9 +74,9 @@ _FROM_HOME: dict[str, tuple[str, str]] = {
 _FROM_HOME["BaseAgentTemplate"] = ("agent template", "AgentTemplate")
 
 __all__ = ["METRIC_MAPPING", "EarlyStoppingCallback", "PluginCheckError", "Registry", "TrainerCallback",
-           "TrainerControl", "TrainerState", "TrainingArguments", "agent_templates", "extra_callbacks", "extra_tuners",
-           "load_plugin", "loss_mapping", "loss_scale_map", "optimizers_map", "orms", "prms", "register_callback",
-           "tools"]
+           "TrainerControl", "TrainerState", "TrainingArguments", "agent_templates", "envs", "extra_callbacks",
+           "extra_tuners", "load_plugin", "loss_mapping", "loss_scale_map", "multi_turns", "optimizers_map", "orms",
+           "prms", "register_callback", "tools"]
 __all__ += sorted(_FROM_HOME)
 
 

@@ -174,6 +174,8 @@ OPTIMIZERS: Registry[Any] = Registry("optimizer", "policy.optimizer", home="acto
 TUNERS: Registry[Any] = Registry("tuner", "policy.tuner.type", home="actors.tuners")
 TEMPLATES: Registry[Any] = Registry("agent template", "agent.template", home="raylhf.agent.templates")
 TOOLS: Registry[Any] = Registry("tool", "agent.tools", home="raylhf.agent.tools")
+ENVS: Registry[Any] = Registry("env", "agent.env", home="raylhf.agent.env")
+SCHEDULERS: Registry[Any] = Registry("multi-turn scheduler", "agent.scheduler", home="raylhf.agent.scheduler")
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("agent template", TEMPLATES, ("agent_templates",),
          ("AgentTemplate", "ToolCall", "Function", "register_agent_template")),
     Kind("tool", TOOLS, ("tools",), ("register_tool",)),
+    Kind("env", ENVS, ("envs",), ("Env", "RolloutInferRequest", "register_env")),
+    Kind("multi-turn scheduler", SCHEDULERS, ("multi_turns",),
+         ("MultiTurnScheduler", "ChatCompletionResponseChoice", "ChatMessage", "register_multi_turn")),
 )}
 TABLES: dict[str, Kind] = {table: kind for kind in KINDS.values() for table in kind.tables}
 
@@ -234,7 +239,7 @@ def normalize(ref: str) -> str:
 
 def import_target(target: str) -> types.ModuleType:
     """Import ``path/to/file.py`` (once per path) or ``package.module``. A missing file names itself."""
-    swift.install_shim(REWARDS.load_home())
+    swift.install_shim(REWARDS.load_home(), ENVS.load_home(), SCHEDULERS.load_home())
     if target.endswith(".py"):
         path = Path(target).expanduser().resolve()
         if not path.is_file():
@@ -269,7 +274,7 @@ def load_plugin(ref: str) -> types.ModuleType:
         return _loaded[key]
     module = import_target(key)
     collect_tables(module, ref)
-    swift.collect_shim(ref, REWARDS)
+    swift.collect_shim(ref, {"orms": REWARDS, "prms": REWARDS, "envs": ENVS, "multi_turns": SCHEDULERS})
     _loaded[key] = module
     return module
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from raylhf.agent.multiturn import EpisodeRunner, episode_metrics
 from raylhf.algos.advantages import compute_advantages
-from raylhf.assets import load_tokenizer
 from raylhf.config import GRPOConfig
 from raylhf.core.batch import Objective
 from raylhf.data import DataError, load_from_config
@@ -44,13 +43,13 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
     objective = Objective(
         pg_coef=1.0, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator, entropy_coef=g.entropy_coef,
         clip_low=g.clip_low, clip_high=g.clip_high, dual_clip=g.dual_clip, is_level=g.importance_sampling,
-        tis_cap=g.tis_cap, loss_agg=g.loss_agg, norm_const=float(ro.max_new_tokens),
+        **g.objective_is_fields(), loss_agg=g.loss_agg, norm_const=float(ro.max_new_tokens),
         temperature=ro.temperature if ro.temperature > 0 else 1.0,
     )
     world = cfg.policy.num_workers
-    agent = _agent(cfg, model_path) if cfg.agent.template else None  # multi-turn episodes with tools
+    agent = _agent(cfg, model_path) if cfg.agent.enabled else None  # multi-turn episodes
     if agent is not None:
-        train, heldout = agent.add_tools(train), agent.add_tools(heldout)
+        train, heldout = agent.prepare(train), agent.prepare(heldout)
     curves = ["reward/mean", "reward/accuracy", "eval/accuracy", "eval/greedy_accuracy", "eval/any_form_accuracy"]
     with online_run(cfg, g, "grpo", model_path, train, heldout, optimizer_steps, required_cpus(cfg, actor_groups(cfg)), curves,
                     rollout_fn=agent, async_steps=g.async_steps) as run:
@@ -59,6 +58,7 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
             scores = run.score(rollouts, prompts, step)
             rewards = phases.fill_unscored(scores.total, g.samples_per_prompt)
             adv = compute_advantages(g.advantage, rewards, g.samples_per_prompt, scale=g.scale_rewards)
+            run.log_completions(step, rollouts, scores, adv.advantages)
             batch = phases.to_train_batch(rollouts, adv.advantages, mask_truncated=g.overlong == "mask")
             keep = phases.varied_groups(rewards, g.samples_per_prompt) if g.dynamic_sampling else range(len(batch))
             batch = batch.select([i for i in keep if scores.scored[i]])  # unscored samples never reach the loss
@@ -82,8 +82,7 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
 def _agent(cfg: GRPOConfig, model_path: str) -> Any:
     """The multi-turn episode runner of ``cfg.agent`` (raylhf/agent/multiturn.py)."""
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
-    runner = EpisodeRunner.from_config(cfg.agent, tokenizer, cfg.rollout.max_new_tokens)
+    runner = EpisodeRunner.from_config(cfg.agent, cfg.model.tokenizer or model_path, cfg.rollout.max_new_tokens)
     need = runner.tools_prompt_tokens()
     if need > cfg.data.max_prompt_length:
         raise DataError(f"the system message that offers agent.tools={cfg.agent.tools} in the "

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from actors.rollout import sample_seed
+from raylhf.agent.episode import EpisodeProgram
 from raylhf.agent.multiturn import EpisodeRunner, episode_metrics, turn_seed
 from raylhf.agent.templates import TEMPLATES, AgentTemplate, HermesAgentTemplate, ToolCall, get_template
 from raylhf.agent.templates import check_plugin_entry as check_template
 from raylhf.agent.tools import TOOLS, calculator, run_tool_calls, tool_spec
 from raylhf.agent.tools import check_plugin_entry as check_tool
-from raylhf.assets import load_tokenizer
+from raylhf.assets import TOKENIZER_DIR, load_tokenizer
 from raylhf.config import GRPOConfig, build_config
 from raylhf.config.loader import ConfigError
-from raylhf.core.batch import Rollout
 from raylhf.driver.phases import to_train_batch
 from raylhf.plugins.registry import PluginCheckError, load_plugin
 
@@ -184,9 +187,9 @@ def test_example_plugin_registers_tools_and_a_template(tok: Any) -> None:
     assert check_tool("units", TOOLS["units"]).startswith("called with {'value': 1.0, 'from_unit': '1'")
     assert "parsed its own call" in check_template("xml_call", TEMPLATES["xml_call"])
     # the effect: a scripted model calls the plugin's power tool in the plugin's format and reads its answer
-    runner = EpisodeRunner(get_template("xml_call", tok), {"power": TOOLS["power"]}, tok, max_turns=2,
-                           max_new_tokens=200)
-    gen = ScriptedModel(tok, ['Let me see. <call name="power">{"base": 3, "exponent": 4}</call>', "So 81."])
+    runner = _runner("xml_call", {"power": TOOLS["power"]}, max_turns=2, max_new_tokens=200)
+    gen = ScriptedModel(tok, ['Let me see. <call name="power">{"base": 3, "exponent": 4}</call>', "So 81."],
+                        runner.bound.stop)
     (ep,) = runner.run(gen, [tok.encode("What is 3^4?")], 1, seed=5)
     assert ep.text == 'Let me see. <call name="power">{"base": 3, "exponent": 4}</call><result>81</result>So 81.'
     assert ep.episode == {"turns": 2, "tool_calls": 1, "tool_errors": 0}
@@ -203,30 +206,41 @@ def _prompt(q: str) -> Any:
     return PromptExample([{"role": "user", "content": q}], {"solution": "42"})
 
 
+def _runner(template: str, tools: dict[str, Any], **kw: Any) -> EpisodeRunner:
+    """An episode runner on the shipped tokenizer; ``tools`` replace the registry's (tests' own functions)."""
+    max_new_tokens = kw.pop("max_new_tokens")
+    program = EpisodeProgram(tokenizer=str(TOKENIZER_DIR), template=template, tools=tuple(tools), **kw)
+    runner = EpisodeRunner(program, max_new_tokens)
+    runner.bound.tools = dict(tools)
+    return runner
+
+
+@dataclass
+class Turn:
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
 class ScriptedModel:
-    """A stand-in for the rollout engines: turn ``t`` of every episode writes ``script[t]`` (cut at the first stop
-    string, kept, as vLLM does; a turn that does not stop ends with the end-of-turn token); records each call."""
+    """A stand-in for the engine's turn sampler: turn ``t`` of every episode writes ``script[t]`` (cut at the first
+    stop string, kept, as vLLM does; a turn that does not stop ends with the end-of-turn token); records each call.
+    An episode's turn is read from its token ids: the earlier calls whose ids are a shorter prefix of them."""
 
-    def __init__(self, tok: Any, script: list[str]) -> None:
-        self.tok, self.script, self.calls = tok, script, []
+    def __init__(self, tok: Any, script: list[str], stop: list[str]) -> None:
+        self.tok, self.script, self.stop, self.calls = tok, script, stop, []
 
-    def __call__(self, items: list[tuple[int, list[int], int]], n: int, *, seed: int | None = None,
-                 stop: list[str] | None = None, **kw: Any) -> list[Rollout]:
-        turn = len(self.calls)
-        self.calls.append({"items": len(items), "n": n, "seed": seed, "stop": stop,
-                           "limits": [m for _, _, m in items]})
+    async def __call__(self, ids: list[int], limit: int, seed: int | None) -> Turn:
+        turn = len({len(c["ids"]) for c in self.calls if len(c["ids"]) < len(ids) and ids[: len(c["ids"])] ==
+                    c["ids"]})
+        self.calls.append({"ids": list(ids), "seed": seed, "limit": limit, "turn": turn + 1})
         text = self.script[turn]
-        hit = [text.index(s) + len(s) for s in stop or [] if s in text]
-        ids = self.tok.encode(text[: min(hit)] if hit else text, add_special_tokens=False)
+        hit = [text.index(s) + len(s) for s in self.stop if s in text]
+        out = self.tok.encode(text[: min(hit)] if hit else text, add_special_tokens=False)
         if not hit:
-            ids = [*ids, self.tok.eos_token_id]
-        out = []
-        for idx, prompt, limit in items:
-            for _ in range(n):
-                cut = ids[:limit]
-                out.append(Rollout(idx, list(prompt), cut, [-0.25] * len(cut), "length" if len(cut) < len(ids)
-                                   else "stop"))
-        return out
+            out = [*out, self.tok.eos_token_id]
+        cut = out[:limit]
+        return Turn(cut, [-0.25] * len(cut), "length" if len(cut) < len(out) else "stop")
 
 
 CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\n</tool_call>'
@@ -234,18 +248,21 @@ CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\
 
 def test_episode_tool_tokens_get_zero_loss_weight(tok: Any) -> None:
     template = get_template("hermes", tok)
-    runner = EpisodeRunner(template, {"calculator": calculator}, tok, max_turns=3, max_new_tokens=400)
-    gen = ScriptedModel(tok, [CALL + "<|im_end|>", "The answer is 42."])
+    runner = _runner("hermes", {"calculator": calculator}, max_turns=3, max_new_tokens=400)
+    gen = ScriptedModel(tok, [CALL + "<|im_end|>", "The answer is 42."], runner.bound.stop)
     prompts = [tok.encode("What is 6*7?"), tok.encode("What is 7*6?")]
     eps = runner.run(gen, prompts, 2, seed=11)
-    # one generate call per turn over every running episode: 2 prompts x 2 samples, then the 4 episodes
-    assert [(c["items"], c["n"]) for c in gen.calls] == [(2, 2), (4, 1)]
-    assert gen.calls[0]["seed"] == 11 and gen.calls[1]["seed"] == turn_seed(11, 2) != 11
-    assert gen.calls[0]["stop"] == ["</tool_call>"]
+    # every episode samples its own turns: 2 prompts x 2 samples x 2 turns, each with its own seed
+    assert len(gen.calls) == 8 and sorted(c["turn"] for c in gen.calls) == [1] * 4 + [2] * 4
+    firsts = [c["seed"] for c in gen.calls if c["turn"] == 1]
+    assert sorted(firsts) == sorted(sample_seed(11, i, j) for i in (0, 1) for j in (0, 1))
+    seconds = {c["seed"] for c in gen.calls if c["turn"] == 2}
+    assert seconds == {sample_seed(turn_seed(11, 2), i, j) for i in (0, 1) for j in (0, 1)}  # type: ignore[arg-type]
+    assert runner.bound.stop == ["</tool_call>"]
     model1 = tok.encode(CALL, add_special_tokens=False)  # stopped at </tool_call>: the <|im_end|> is not sampled
     env = tok.encode(template.format_tool_response(CALL, ["42"]), add_special_tokens=False)
     model2 = [*tok.encode("The answer is 42.", add_special_tokens=False), tok.eos_token_id]
-    assert gen.calls[1]["limits"] == [400 - len(model1) - len(env)] * 4  # the episode's budget left
+    assert {c["limit"] for c in gen.calls if c["turn"] == 2} == {400 - len(model1) - len(env)}  # the budget left
     assert [e.prompt_index for e in eps] == [0, 0, 1, 1]
     for e in eps:
         assert e.response_ids == model1 + env + model2
@@ -267,31 +284,38 @@ def test_episode_tool_tokens_get_zero_loss_weight(tok: Any) -> None:
 
 
 def test_episode_limits_turns_budget_and_errors(tok: Any) -> None:
-    template = get_template("hermes", tok)
     calls_forever = [CALL] * 5
+    stop = ["</tool_call>"]
     # max_turns: a call in the last turn is not run
-    runner = EpisodeRunner(template, {"calculator": calculator}, tok, max_turns=2, max_new_tokens=1000)
-    (e,) = runner.run(ScriptedModel(tok, calls_forever), [tok.encode("q")], 1)
+    runner = _runner("hermes", {"calculator": calculator}, max_turns=2, max_new_tokens=1000)
+    (e,) = runner.run(ScriptedModel(tok, calls_forever, stop), [tok.encode("q")], 1)
     assert e.episode == {"turns": 2, "tool_calls": 1, "tool_errors": 0} and e.finish_reason == "stop"
     # the budget covers the whole episode: the tool answer is cut where it runs out
     model1 = tok.encode(CALL, add_special_tokens=False)
-    runner = EpisodeRunner(template, {"calculator": calculator}, tok, max_turns=3, max_new_tokens=len(model1) + 5)
-    (e,) = runner.run(ScriptedModel(tok, calls_forever), [tok.encode("q")], 1)
+    runner = _runner("hermes", {"calculator": calculator}, max_turns=3, max_new_tokens=len(model1) + 5)
+    (e,) = runner.run(ScriptedModel(tok, calls_forever, stop), [tok.encode("q")], 1)
     assert len(e.response_ids) == len(model1) + 5 and e.finish_reason == "length" and e.episode["turns"] == 1
     assert e.response_mask == [1.0] * len(model1) + [0.0] * 5
     # an unknown tool and an unreadable call are answered with an error, counted, and the episode goes on
-    runner = EpisodeRunner(template, {"calculator": calculator}, tok, max_turns=3, max_new_tokens=1000)
+    runner = _runner("hermes", {"calculator": calculator}, max_turns=3, max_new_tokens=1000)
     script = ['<tool_call>{"name": "search", "arguments": {}}</tool_call>', "<tool_call>oops</tool_call>", "42"]
-    (e,) = runner.run(ScriptedModel(tok, script), [tok.encode("q")], 1)
+    (e,) = runner.run(ScriptedModel(tok, script, stop), [tok.encode("q")], 1)
     assert e.episode == {"turns": 3, "tool_calls": 2, "tool_errors": 2}
     assert "error: unknown tool 'search'; available: calculator" in e.text
     assert "a tool call must be a JSON object" in e.text
     # long tool answers are cut to max_tool_response_tokens
-    runner = EpisodeRunner(template, {"calculator": lambda expression: "9" * 500}, tok, max_turns=2,
-                           max_new_tokens=1000, max_tool_response_tokens=8)
-    (e,) = runner.run(ScriptedModel(tok, [CALL, "ok"]), [tok.encode("q")], 1)
+    runner = _runner("hermes", {"calculator": lambda expression: "9" * 500}, max_turns=2, max_new_tokens=1000,
+                     max_tool_response_tokens=8)
+    (e,) = runner.run(ScriptedModel(tok, [CALL, "ok"], stop), [tok.encode("q")], 1)
     answer = e.text.split("<tool_response>\n")[1].split("\n</tool_response>")[0]
     assert answer.endswith(" ...(cut)") and len(tok.encode(answer.removesuffix(" ...(cut)"))) <= 8
+    # a hung tool answers with a timeout error after agent.tool_timeout_s; the episode goes on
+    runner = _runner("hermes", {"calculator": lambda expression: time.sleep(5) or "1"}, max_turns=2,
+                     max_new_tokens=1000, timeout_s=0.2)
+    t0 = time.monotonic()
+    (e,) = runner.run(ScriptedModel(tok, [CALL, "ok"], stop), [tok.encode("q")], 1)
+    assert time.monotonic() - t0 < 3 and "error: tool calculator timed out after 0.2s" in e.text
+    assert e.episode == {"turns": 2, "tool_calls": 1, "tool_errors": 1}
 
 
 def test_agent_config_checks_names() -> None:
