@@ -88,22 +88,37 @@ class EngineHandle:
         self.idle = asyncio.Condition()
         self.weights_ready = asyncio.Event()
         self.weights_ready.set()
+        self.tagged: dict[str, set[str]] = {}  # a call's tag -> its requests in flight
+        self.cancelled: set[str] = set()  # tags the driver aborted (dynamic sampling's surplus groups)
 
     @classmethod
     async def start(cls, make: Any, tag: str) -> EngineHandle:
         return cls(make(), tag)
 
-    async def raw(self, prompt_ids: list[int], params: Any) -> Any:
-        """One request's final ``RequestOutput``."""
+    async def raw(self, prompt_ids: list[int], params: Any, tag: str | None = None) -> Any:
+        """One request's final ``RequestOutput``; ``tag``: the call it belongs to (:meth:`cancel` aborts it)."""
         from vllm.inputs import TokensPrompt
 
-        final = None
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params,
-                                           request_id=f"{self.tag}-{next(self.ids)}"):
-            final = out
+        final, rid = None, f"{self.tag}-{next(self.ids)}"
+        if tag is not None:
+            self.tagged.setdefault(tag, set()).add(rid)
+        try:
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=rid):
+                final = out
+        finally:
+            if tag is not None:
+                self.tagged[tag].discard(rid)
         return final
 
-    async def sample(self, prompt_ids: list[int], params: Any) -> Sampled:
+    async def cancel(self, tag: str) -> None:
+        """Abort the requests of the calls tagged ``tag``, in flight and to come: they return what they have with
+        finish reason "abort"."""
+        self.cancelled.add(tag)
+        ids = list(self.tagged.get(tag, ()))
+        if ids:
+            await self.llm.abort(ids)
+
+    async def sample(self, prompt_ids: list[int], params: Any, tag: str | None = None) -> Sampled:
         """One sample. A request aborted by a partial-rollout sync (``update(partial=True)``) is continued after
         it as a new request on the prompt plus the tokens it had (prefilled under the new weights), for the tokens
         left, with a seed of its own; its tokens keep the log-probs and the weight version they were sampled with."""
@@ -111,21 +126,25 @@ class EngineHandle:
         logprobs: list[float] = []
         versions: list[int] = []
         limit, text, part = int(params.max_tokens), "", 0
+        finish = "stop"
         while True:
             await self.weights_ready.wait()
             version = self.version
+            if tag in self.cancelled:
+                finish = "abort"
+                break
             out = await self.raw(prompt_ids + tokens, params if not part else continued(params, limit - len(tokens),
-                                                                                        part))
+                                                                                        part), tag)
             c = out.outputs[0]
             lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
             tokens += list(c.token_ids)
             logprobs += (lps + [0.0] * len(c.token_ids))[: len(c.token_ids)]
             versions += [version] * len(c.token_ids)
             finish, text = c.finish_reason or "stop", c.text if not part else ""
-            if finish != "abort" or len(tokens) >= limit:
+            if finish != "abort" or len(tokens) >= limit or tag in self.cancelled:
                 break
             part += 1  # aborted by a partial-rollout sync: go on from here
-        if finish == "abort":
+        if finish == "abort" and tag not in self.cancelled:
             finish = "length"
         return Sampled(tokens, logprobs, finish, text, versions if len(set(versions)) > 1 else None,
                        versions[0] if versions else version)
@@ -241,6 +260,7 @@ class RolloutWorker(BaseWorker):
         max_new_tokens: int | None = None,
         seed: int | None = None,
         stop: list[str] | None = None,
+        tag: str | None = None,
     ) -> list[Rollout]:
         """``n`` completions for each ``(prompt_index, prompt_ids)``; greedy when temperature is 0.
 
@@ -248,7 +268,8 @@ class RolloutWorker(BaseWorker):
         episode's budget left). ``stop``: strings that end a completion and stay at its end (the end of an
         agent's tool call, raylhf/agent/multiturn.py). ``seed``: the phase's seed; sample ``j`` of prompt ``i``
         is one request seeded ``sample_seed(seed, i, j)`` (a resumed run or a retried phase draws what the
-        original drew). All of the call's requests are in flight at once."""
+        original drew). All of the call's requests are in flight at once. ``tag``: ``abort(tag)`` stops them
+        (their finish reason is then "abort")."""
         maybe_die("rollout", "generate")
         if not prompts:
             return []
@@ -259,7 +280,7 @@ class RolloutWorker(BaseWorker):
         for pidx, ids, *limit in prompts:
             for j in range(n):
                 s = None if seed is None else sample_seed(seed, pidx, j)
-                coros.append(self.engine.sample(list(ids), params(int(limit[0]) if limit else default_max, s)))
+                coros.append(self.engine.sample(list(ids), params(int(limit[0]) if limit else default_max, s), tag))
                 keys.append((pidx, ids))
         outs = self.loop.run(self.engine.gated(coros))
         rollouts = []
@@ -267,6 +288,10 @@ class RolloutWorker(BaseWorker):
             rollouts.append(Rollout(pidx, list(ids), got.tokens, got.logprobs, got.finish_reason, got.text,
                                     version=got.version, versions=got.versions))
         return rollouts
+
+    def abort(self, tag: str) -> None:
+        """Abort the requests of the calls tagged ``tag`` (running, and those that start later)."""
+        self.loop.run(self.engine.cancel(tag))
 
     def _params(self, temperature: float | None, stop: list[str] | None) -> Any:
         """``params(max_tokens, seed) -> SamplingParams`` of a call (one sample per request)."""
@@ -286,7 +311,7 @@ class RolloutWorker(BaseWorker):
 
     def episodes(self, items: list[tuple[int, list[int], dict[str, Any]]], n: int, program: Any,
                  temperature: float | None = None, max_new_tokens: int | None = None,
-                 seed: int | None = None) -> list[Rollout]:
+                 seed: int | None = None, tag: str | None = None) -> list[Rollout]:
         """``n`` multi-turn episodes for each ``(prompt_index, prompt_ids, data row)``, every one a coroutine of its
         own on the engine's loop (``program``: a ``raylhf.agent.episode.EpisodeProgram``, which brings the turn
         loop, the environment and its limits; this worker brings the turn sampler: one request per model turn).
@@ -299,7 +324,7 @@ class RolloutWorker(BaseWorker):
         engine = self.engine
 
         async def sample(ids: list[int], limit: int, s: int | None) -> Sampled:
-            return await engine.sample(ids, params(limit, s))
+            return await engine.sample(ids, params(limit, s), tag)
 
         budget = int(max_new_tokens or self.cfg.get("max_new_tokens", 128))
         coros = bound.coroutines(sample, items, n, seed=seed, budget=budget, max_model_len=self.max_model_len)

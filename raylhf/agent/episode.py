@@ -3,12 +3,8 @@
 The rollout engines run the episodes (``RolloutWorker.episodes``): each episode is a coroutine on the engine's
 event loop, so no episode waits for another's generation or environment step. The engine passes a *turn
 sampler* ``await sample(token_ids, max_tokens, seed) -> Sampled`` (one vLLM request, stopped at the agent
-template's stop words); the environment is a *session* with the text-level ``step``:
-
-* :class:`ToolSession`: the agent's tools (``agent.tools``, the built-in ``tools`` env): calls read in the agent
-  template's format, run in threads, answered in the template's format;
-* :class:`EnvSession`: an environment class (``agent.env``, ms-swift's ``Env`` shape, :mod:`raylhf.agent.env`);
-* :class:`SchedulerSession`: a multi-turn scheduler (``agent.scheduler``, :mod:`raylhf.agent.scheduler`).
+template's stop words); the environment is a *session* with a text-level ``step`` (:mod:`raylhf.agent.sessions`:
+tools, an env class, or a multi-turn scheduler).
 
 Token-in/token-out: the episode's sequence is the prompt's token ids, then exactly the ids each model turn
 sampled, then the ids of the environment's text (tokenized alone), and so on; text is never re-tokenized, so the
@@ -28,18 +24,19 @@ environment's answers and these seeds.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors.rollout import sample_seed
-from raylhf.agent.env import ENVS, RolloutInferRequest, ToolEnv, call_method
-from raylhf.agent.scheduler import SCHEDULERS, ChatCompletionResponseChoice, ChatMessage, next_request
-from raylhf.agent.templates import AgentTemplate, ToolCall, chat_tool_turn, get_template
-from raylhf.agent.tools import TOOLS, ToolResult, call_tool
+from raylhf.agent.env import ENVS, ToolEnv
+from raylhf.agent.scheduler import SCHEDULERS
+from raylhf.agent.sessions import EnvSession, EpisodeError, SchedulerSession, Step, ToolSession
+from raylhf.agent.templates import AgentTemplate, chat_tool_turn, get_template
+from raylhf.agent.tools import TOOLS
 from raylhf.assets import load_tokenizer
 from raylhf.core.batch import Rollout
 from raylhf.data import render_prompt
@@ -50,26 +47,11 @@ TurnSampler = Callable[[list[int], int, int | None], Awaitable[Any]]
 ``finish_reason`` ("stop" | "length")."""
 
 
-class EpisodeError(ValueError):
-    """A plugin broke a rule of the episode loop (not an environment failure the model should see)."""
-
-
 def turn_seed(seed: int | None, turn: int) -> int | None:
     """The phase seed of model turn ``turn`` (1-based) of a generate phase seeded ``seed``."""
     if seed is None or turn == 1:
         return seed
     return phase_seed(seed, turn, "agent/turn")
-
-
-@dataclass
-class Step:
-    """What the environment did after one model turn. ``env_text``: its text, appended as tokens (None: the
-    episode ends)."""
-
-    env_text: str | None
-    reward: float | None = None
-    calls: int = 0
-    errors: int = 0
 
 
 @dataclass
@@ -135,133 +117,6 @@ class TurnBarrier:
                 self._release()
 
 
-# ------------------------------------------------------------------------------------------ sessions
-
-class ToolSession:
-    """The agent's tools: a turn's calls run side by side (threads), each under the step timeout."""
-
-    own_timeouts = True  # each call has its own (its answer says which tool timed out)
-
-    def __init__(self, bound: Bound) -> None:
-        self.b = bound
-
-    async def start(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        return None
-
-    async def step(self, text: str, tokens: list[int], turn: int, last: bool, finish: str) -> Step:
-        template = self.b.template
-        assert template is not None
-        calls = template.parse_tool_calls(text)
-        stop = self.b.stop
-        if not calls and any(text.rstrip().endswith(s) for s in stop):
-            calls = [ToolCall("?", error=f"the turn ended at {stop} but no tool call could be read from it; call a "
-                                         "tool as the system message shows")]
-        if not calls or last:  # the model answered; or a call in the last turn: no turn is left to read its answer
-            return Step(None)
-        results = await asyncio.gather(*(self._call(c) for c in calls))
-        answers = [self.b.cut(r.text) for r in results]
-        return Step(template.format_tool_response(text, answers), calls=len(calls),
-                    errors=sum(r.error for r in results))
-
-    async def _call(self, c: ToolCall) -> ToolResult:
-        if c.error is not None:
-            return ToolResult(f"error: {c.error}", True)
-        loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.wait_for(loop.run_in_executor(self.b.executor, call_tool, self.b.tools, c.name,
-                                                               c.arguments), self.b.timeout_s)
-        except TimeoutError:
-            return ToolResult(f"error: tool {c.name} timed out after {self.b.timeout_s:g}s (agent.tool_timeout_s)",
-                              True)
-
-    async def close(self) -> None:
-        return None
-
-
-class EnvSession:
-    """An environment instance for one episode (ms-swift's ``Env`` shape)."""
-
-    def __init__(self, bound: Bound, env: Any, row: Mapping[str, Any]) -> None:
-        self.b, self.env, self.row = bound, env, dict(row)
-        self.messages: list[dict[str, Any]] = []
-
-    async def start(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        self.messages = [dict(m) for m in messages]
-        out = await call_method(self.env.reset, RolloutInferRequest(copy.deepcopy(self.messages),
-                                                                    copy.deepcopy(self.row)), executor=self.b.executor)
-        obs, system = (out[0], out[2]) if isinstance(out, (tuple, list)) and len(out) == 3 else (None, None)
-        if not obs and not system:
-            return None
-        if system:
-            if self.messages and self.messages[0].get("role") == "system":
-                self.messages[0]["content"] = str(system)
-            else:
-                self.messages.insert(0, {"role": "system", "content": str(system)})
-        if obs:
-            users = [i for i, m in enumerate(self.messages) if m.get("role") == "user"]
-            if users:
-                self.messages[users[-1]]["content"] = str(obs)
-            else:
-                self.messages.append({"role": "user", "content": str(obs)})
-        return self.messages
-
-    async def step(self, text: str, tokens: list[int], turn: int, last: bool, finish: str) -> Step:
-        self.messages.append({"role": "assistant", "content": text})
-        out = await call_method(self.env.step, copy.deepcopy(self.messages), executor=self.b.executor)
-        if not (isinstance(out, (tuple, list)) and len(out) == 4):
-            raise EpisodeError(f"env {self.b.program.env!r}: step returned {out!r}; expected (observation, reward, "
-                               "done, info)")
-        obs, reward, done, _ = out
-        reward = None if reward is None else float(reward)
-        if done or last:
-            return Step(None, reward)
-        self.messages.append({"role": "user", "content": str(obs)})
-        return Step(self.b.user_turn(str(obs)), reward)
-
-    async def close(self) -> None:
-        close = getattr(self.env, "close", None)
-        if close is not None:
-            await call_method(close, executor=self.b.executor)
-
-
-class SchedulerSession:
-    """A multi-turn scheduler (ms-swift's ``MultiTurnScheduler`` shape): it may only append messages."""
-
-    def __init__(self, bound: Bound, row: Mapping[str, Any]) -> None:
-        self.b, self.row = bound, dict(row)
-        self.request = RolloutInferRequest([], self.row)
-
-    async def start(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        self.request = RolloutInferRequest([dict(m) for m in messages], copy.deepcopy(self.row))
-        return None
-
-    async def step(self, text: str, tokens: list[int], turn: int, last: bool, finish: str) -> Step:
-        sched, name = self.b.scheduler, self.b.program.scheduler
-        self.request.messages.append({"role": "assistant", "content": text})
-        choice = ChatCompletionResponseChoice(0, ChatMessage("assistant", text), finish, token_ids=list(tokens))
-        if last or await call_method(sched.check_finished, self.request, choice, turn, executor=self.b.executor):
-            return Step(None)
-        before = copy.deepcopy(self.request.messages)
-        out = await call_method(sched.step, self.request, choice, turn, executor=self.b.executor)
-        self.request = next_request(out)
-        now = [dict(m) for m in self.request.messages]
-        if now[: len(before)] != before:
-            k = next((i for i, (a, b) in enumerate(zip(before, now, strict=False)) if a != b), len(now))
-            raise EpisodeError(
-                f"multi-turn scheduler {name!r} changed message {k} ({before[k].get('role')}) in step(); raylhf "
-                "trains on the tokens the model sampled, so a scheduler may only append messages (the "
-                "environment's turn) after the model's: append the feedback as a new user message instead")
-        added = now[len(before):]
-        if not added:
-            raise EpisodeError(f"multi-turn scheduler {name!r}: step() appended no message after the model's turn "
-                               "and check_finished() said the episode goes on; append the environment's message, "
-                               "or return True from check_finished")
-        return Step(self.b.user_turn("\n".join(str(m.get("content", "")) for m in added)))
-
-    async def close(self) -> None:
-        return None
-
-
 # ------------------------------------------------------------------------------------------ the program
 
 @dataclass(frozen=True)
@@ -279,17 +134,22 @@ class EpisodeProgram:
     max_tool_response_tokens: int = 64
     timeout_s: float = 10.0
     max_concurrent_steps: int = 16
+    max_turn_tokens: int | None = None
     env_reward: str = "sum"
     barrier: bool = False
 
     def bind(self) -> Bound:
-        bound = _BOUND.get(self)
-        if bound is None:
-            bound = _BOUND[self] = Bound(self)
-        return bound
+        """The live program, built once per process (under a lock: an engine's concurrent calls arrive on several
+        threads, and building imports plugin files, which must happen once)."""
+        with _BIND_LOCK:
+            bound = _BOUND.get(self)
+            if bound is None:
+                bound = _BOUND[self] = Bound(self)
+            return bound
 
 
 _BOUND: dict[EpisodeProgram, Bound] = {}
+_BIND_LOCK = threading.Lock()
 
 
 class Bound:
@@ -354,15 +214,19 @@ class Bound:
                                    f"reset, the engines' context is {max_model_len}: raise data.max_prompt_length or "
                                    "shorten the env's observation")
             e = Episode(pidx, prompt_ids)
+            cap = self.program.max_turn_tokens
             for turn in range(1, self.program.max_turns + 1):
-                s = await sample(prompt_ids + e.ids, budget - len(e.ids),
+                left = budget - len(e.ids)
+                limit = min(left, cap) if cap else left
+                s = await sample(prompt_ids + e.ids, limit,
                                  None if seed is None else sample_seed(turn_seed(seed, turn), pidx, j))  # type: ignore[arg-type]
                 e.turns += 1
                 e.extend(s.tokens, s.logprobs, sampled=True)
                 if barrier is not None:
                     await barrier.wait()
-                if s.finish_reason == "length" or len(e.ids) >= budget:
-                    e.finish_reason = "length"
+                turn_cut = s.finish_reason == "length" and limit < left  # agent.max_turn_tokens, not the budget
+                if s.finish_reason == "abort" or len(e.ids) >= budget or (s.finish_reason == "length" and not turn_cut):
+                    e.finish_reason = "abort" if s.finish_reason == "abort" else "length"
                     break
                 step = await self.step(session, s, turn, sem)
                 e.record(step)
@@ -398,4 +262,6 @@ class Bound:
             msg = f"error: the environment step timed out after {self.timeout_s:g}s (agent.tool_timeout_s)"
         except Exception as e:  # an environment's failure is the model's observation, never the run's
             msg = f"error: {type(e).__name__}: {e}"
+        if not last and hasattr(session, "observed"):
+            session.observed(msg)
         return Step(None if last else self.user_turn(msg), calls=1, errors=1)

@@ -41,7 +41,8 @@ def program_of(agent: Any, tokenizer_path: str) -> EpisodeProgram:
         tokenizer=tokenizer_path, max_turns=agent.max_turns, template=agent.template, tools=tuple(agent.tools),
         env=agent.env, env_config=json.dumps(agent.env_config, sort_keys=True), scheduler=agent.scheduler,
         max_tool_response_tokens=agent.max_tool_response_tokens, timeout_s=agent.tool_timeout_s,
-        max_concurrent_steps=agent.max_concurrent_steps, env_reward=agent.env_reward, barrier=agent.barrier)
+        max_concurrent_steps=agent.max_concurrent_steps, max_turn_tokens=agent.max_turn_tokens,
+        env_reward=agent.env_reward, barrier=agent.barrier)
 
 
 class EpisodeRunner:
@@ -104,6 +105,14 @@ class EpisodeRunner:
         else:
             parts = rollout_group.submit_routed("episodes", items, n, self.program, cost=lambda _: n, **kw).result()
         return [r for part in parts for r in part]
+
+    def submit_group(self, rollout_group: Any, ids: list[int], index: int, n: int, *, seed: int | None,
+                     tag: str | None = None) -> Any:
+        """``n`` episodes of one prompt (prompt index ``index``) on the least-loaded engine, not waited for
+        (dynamic sampling); ``tag``: the engines' ``abort(tag)`` stops them."""
+        item = (index, list(ids), self.rows.get(tuple(ids), {}))
+        return rollout_group.submit_routed("episodes", [item], n, self.program, cost=lambda _: n, seed=seed,
+                                           max_new_tokens=self.max_new_tokens, tag=tag)
 
     def run(self, sample: Any, prompt_ids: list[list[int]], n: int, *, seed: int | None = None,
             max_new_tokens: int | None = None, max_model_len: int = 1 << 30) -> list[Rollout]:

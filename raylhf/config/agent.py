@@ -30,6 +30,8 @@ class AgentConfig(Section):
                                                        "episode's env reward (reward/env, added to the total)")
     env_reward_weight: float = Field(1.0, description="weight of the env reward in the total reward")
     max_turns: int = Field(3, gt=0, description="model turns per episode (environment turns in between)")
+    max_turn_tokens: int | None = Field(None, gt=0, description="tokens of one model turn at most (the turn is cut "
+                                        "and the environment answers); null: the episode's budget left")
     max_tool_response_tokens: int = Field(64, gt=0, description="tool answers are cut to this many tokens")
     tool_timeout_s: float = Field(10.0, gt=0, description="a tool call or env step running longer answers 'error: "
                                   "timed out' (the run goes on)")
@@ -79,7 +81,7 @@ class AgentConfig(Section):
                              "(e.g. [calculator]) or agent.template: null")
         if self.env == "tools" and not self.tools:
             raise ValueError("agent.env=tools is the agent's tools: set agent.template and agent.tools")
-        chosen = [f"agent.{k}" for k, on in (("tools", bool(self.tools) and self.env in (None, "tools")),
+        chosen = [f"agent.{k}" for k, on in (("tools", bool(self.tools)),
                                               ("env", self.env not in (None, "tools")),
                                               ("scheduler", self.scheduler is not None)) if on]
         if len(chosen) > 1:

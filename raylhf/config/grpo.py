@@ -63,7 +63,13 @@ class GRPOAlgoConfig(Section):
     kl_coef: float = Field(0.0, ge=0, description="KL(policy || reference) loss coefficient; 0 skips the reference")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator")
     entropy_coef: float = Field(0.0, description="entropy bonus coefficient")
-    dynamic_sampling: bool = Field(False, description="drop groups whose rewards all agree (zero std)")
+    dynamic_sampling: bool = Field(
+        False, description="train only on groups whose rewards vary (non-zero std); on-policy, the driver samples "
+        "more prompts until it has prompt_batch_size such groups (aborting the surplus); with async_steps the "
+        "prefetched batch is filtered")
+    max_sampling_rounds: int = Field(
+        3, gt=0, description="dynamic sampling: rounds of prompt_batch_size prompts at most per step; then the step "
+        "trains on the varied groups it has (with a warning)")
     overlong: Literal["none", "mask", "penalty"] = Field(
         "none", description="truncated responses: keep, mask from the loss, or penalty (adds the soft_overlong reward with "
         "overlong_buffer / overlong_penalty)"

@@ -28,7 +28,7 @@ from actors.group import actor_omp_env
 from raylhf.assets import load_tokenizer
 from raylhf.core.batch import Rollout, TrainBatch
 from raylhf.data import drop_long_prompts, render_prompt
-from raylhf.driver import completions, phases
+from raylhf.driver import completions, dynamic, phases
 from raylhf.driver.cluster import init_ray
 from raylhf.driver.lifecycle import Lifecycle, RunResult, run_lifecycle
 from raylhf.driver.producer import RolloutProducer
@@ -79,6 +79,7 @@ class OnlineRun:
         self.profile = PhaseProfile(life.run_dir, cfg.runtime.profile_step) if cfg.runtime.profile else None
         self.timer = phases.PhaseTimer()
         self.sync_metrics: dict[str, float] = {}  # the last weight sync's (sync/*)
+        self.sampling_metrics: dict[str, float] = {}  # the step's dynamic sampling (rollout/aborted_tokens, ...)
         life.policy, life.evaluate, life.trainer_state = workers.policy, self.evaluate, self.trainer_state
         if workers.critic is not None:
             life.trained = {"critic": workers.critic}
@@ -100,7 +101,7 @@ class OnlineRun:
     def steps(self) -> Iterator[tuple[int, list[Any]]]:
         """(step, its prompts) for the steps left; a fresh ``timer`` per step."""
         for step in self.life.steps():
-            self.timer = phases.PhaseTimer()
+            self.timer, self.sampling_metrics = phases.PhaseTimer(), {}
             if self.profile is not None:
                 self.profile.before_step(step, self.policy)
             prompts, _ = self.producer.prompts(step)
@@ -112,13 +113,57 @@ class OnlineRun:
         with self.timer("generate"):
             return self.recovery.run("generate", self.producer.rollouts, step, n)
 
+    def sample(self, step: int, prompts: list[Any], n: int, varied: bool = False, max_rounds: int = 1
+               ) -> tuple[list[Rollout], list[Any], phases.Scores]:
+        """The step's rollouts, the prompts they answer and their scores. ``varied`` (dynamic sampling, on-policy):
+        groups are sampled and scored until the step has ``len(prompts)`` groups with varied rewards, drawing
+        more prompts for at most ``max_rounds`` rounds (``dynamic.py``); its metrics go to the step's row."""
+        if not varied:
+            rollouts = self.generate(step, n)
+            return rollouts, prompts, self.score(rollouts, prompts, step)
+        before = self.stream.state_dict()
+
+        def attempt() -> dynamic.Varied:
+            self.stream.load_state_dict(before)  # a retry (an engine died) draws the same prompts again
+            return self._sample_varied(step, prompts, n, max_rounds)
+
+        with self.timer("generate"):  # generation and the groups' scoring interleave
+            v = self.recovery.run("generate", attempt)
+        self.sampling_metrics = v.metrics
+        return v.rollouts, v.prompts, v.scores
+
+    def _sample_varied(self, step: int, prompts: list[Any], n: int, max_rounds: int) -> dynamic.Varied:
+        seed = phase_seed(self.cfg.seed, step, "generate")
+        tag = f"step-{step}-v{self.weight_version}-{time.monotonic_ns()}"
+        rollout = self.workers.rollout
+        submit_group = getattr(self.episodes, "submit_group", None)
+
+        def render(batch: list[Any]) -> list[tuple[Any, list[int]]]:
+            return [(ex, render_prompt(self.tokenizer, ex.messages)) for ex in batch]
+
+        def submit(ids: list[int], index: int) -> Any:
+            if submit_group is not None:  # multi-turn episodes
+                return submit_group(rollout, ids, index, n, seed=seed, tag=tag)
+            return rollout.submit_routed("generate", [(index, ids)], n, cost=lambda _: n, seed=seed, tag=tag)
+
+        def score(rollouts: list[Rollout], group: list[Any]) -> phases.Scores:
+            s = phases.score(self.workers.reward, rollouts, group, self.tokenizer, step)
+            s.add_env(rollouts, self._env_reward_weight())
+            return s
+
+        return dynamic.sample_varied(render(prompts), lambda: render(next(self.stream)), submit, score,
+                                     lambda: rollout.call("abort", tag), len(prompts), n, max_rounds)
+
+    def _env_reward_weight(self) -> float:
+        agent = getattr(self.cfg, "agent", None)
+        return agent.env_reward_weight if agent is not None else 1.0
+
     def score(self, rollouts: list[Rollout], prompts: list[Any], step: int) -> phases.Scores:
         """The reward workers' scores, plus multi-turn episodes' environment rewards (``reward/env``)."""
         with self.timer("reward"):
             scores = self.recovery.run("reward", phases.score, self.workers.reward, rollouts, prompts,
                                        self.tokenizer, step)
-        agent = getattr(self.cfg, "agent", None)
-        scores.add_env(rollouts, agent.env_reward_weight if agent is not None else 1.0)
+        scores.add_env(rollouts, self._env_reward_weight())
         return scores
 
     def logprobs(self, group_name: str, batch: TrainBatch, temperature: float) -> list[Any]:
@@ -149,6 +194,7 @@ class OnlineRun:
             m.update(self.recovery.metrics())
             m.update(self.producer.last_metrics)
             m.update(self.sync_metrics)
+            m.update(self.sampling_metrics)
             m["perf/samples_per_s"] = num_samples / m["time/step"]
             if self.profile is not None:
                 self.profile.add(step, m)

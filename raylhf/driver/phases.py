@@ -104,6 +104,26 @@ def score(reward: ActorGroup, rollouts: list[Rollout], examples: list[PromptExam
     return Scores(t, per_fn, steps, metrics, dict(parts[0].get("weights", {})) if parts else {})
 
 
+def merge_scores(parts: list[Scores]) -> Scores:
+    """The scores of several batches (groups scored one by one) as one, in order; counters add up, latency
+    percentiles take the worst."""
+    if not parts:
+        return Scores(torch.zeros(0), {}, {}, {})
+    per_fn: dict[str, list[float | None]] = {}
+    steps: dict[str, list[list[float] | None]] = {}
+    done = 0
+    for p in parts:
+        k = len(p.total)
+        for name in set(per_fn) | set(p.per_function):
+            per_fn.setdefault(name, [None] * done).extend(p.per_function.get(name, [None] * k))
+        for name in set(steps) | set(p.steps):
+            steps.setdefault(name, [None] * done).extend(p.steps.get(name, [None] * k))
+        done += k
+    weights = {k: v for p in parts for k, v in p.weights.items()}
+    return Scores(torch.cat([p.total for p in parts]), per_fn, steps, reduce_reward_metrics([p.metrics for p in parts]),
+                  weights)
+
+
 def reduce_reward_metrics(per_worker: list[dict[str, float]]) -> dict[str, float]:
     """Counters add up over reward workers, latency percentiles take the worst worker."""
     out: dict[str, float] = {}

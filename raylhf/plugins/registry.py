@@ -111,7 +111,9 @@ class Registry(Mapping[str, T], Generic[T]):
         source = source or source_of(obj)
         self.load_home()
         prev = self._entries.get(name)
-        if prev is not None and prev is not obj:
+        if prev is obj:
+            return obj  # the same entry again (a stand-in table collected once more): its first source stays
+        if prev is not None:
             raise ValueError(f"{self.kind} {name!r} is registered twice: by {self._sources[name]} and by {source}; "
                              "rename one of them")
         if self._check is not None:

@@ -54,8 +54,9 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
     with online_run(cfg, g, "grpo", model_path, train, heldout, optimizer_steps, required_cpus(cfg, actor_groups(cfg)), curves,
                     rollout_fn=agent, async_steps=g.async_steps) as run:
         for step, prompts in run.steps():
-            rollouts = run.generate(step, g.samples_per_prompt)
-            scores = run.score(rollouts, prompts, step)
+            rollouts, prompts, scores = run.sample(step, prompts, g.samples_per_prompt,
+                                                   varied=g.dynamic_sampling and not g.async_steps,
+                                                   max_rounds=g.max_sampling_rounds)
             rewards = phases.fill_unscored(scores.total, g.samples_per_prompt)
             adv = compute_advantages(g.advantage, rewards, g.samples_per_prompt, scale=g.scale_rewards)
             run.log_completions(step, rollouts, scores, adv.advantages)
@@ -64,7 +65,7 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
             batch = batch.select([i for i in keep if scores.scored[i]])  # unscored samples never reach the loss
             batch = phases.split_for_ranks(batch, world)
             m = {**phases.rollout_metrics(rollouts, scores, run.timer), **phases.prefixed("reward/", adv.metrics),
-                 "batch/kept_frac": len(batch) / len(rollouts)}
+                 "batch/kept_frac": len(batch) / max(1, len(rollouts))}
             if agent is not None:
                 m.update(episode_metrics(rollouts))
             if len(batch):
