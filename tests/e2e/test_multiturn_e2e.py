@@ -116,3 +116,57 @@ def test_multiturn_grpo_step_with_calculator(tmp_path: Path, monkeypatch: pytest
     assert math.isfinite(row["loss/total"]) and math.isfinite(row["grad_norm"])
     # held-out evaluation runs episodes too: single-turn generation would never show a tool answer
     assert res.eval_before["eval/reward"] == 1.0 and res.eval_after["eval/reward"] == 1.0
+
+
+SWIFT_ENV = '''
+from swift.plugin import Env, envs
+
+
+class Parity(Env):
+    """An ms-swift-shaped env: reward 1 when the model's turn has an even number of characters; two steps."""
+
+    async def reset(self, config):
+        self.steps = 0
+        return "", {}, ""
+
+    async def step(self, messages):
+        self.steps += 1
+        reward = float(len(messages[-1]["content"]) % 2 == 0)
+        return f"step {self.steps} done", reward, self.steps >= 2, {}
+
+
+envs["parity"] = Parity
+'''
+
+
+def test_ms_swift_env_file_drives_grpo_with_dynamic_sampling(tmp_path: Path) -> None:
+    """`--plugins FILE --agent.env NAME` on the command line: episodes on the engines with the env's turns,
+    reward/env in metrics.jsonl, over-provisioned dynamic sampling on real engines, readable generations."""
+    from raylhf.assets import write_tiny_model
+    from raylhf.cli import run_command
+
+    model = write_tiny_model(tmp_path / "tiny")
+    env_file = tmp_path / "parity_env.py"
+    env_file.write_text(SWIFT_ENV)
+    cols = {"prompt": "question", "solution": "answer"}
+    train = write_jsonl(make_problems(16, seed=1, max_operand=9), tmp_path / "train.jsonl", cols)
+    argv = ["--plugins", str(env_file), "--agent.env", "parity", "--agent.max_turns", "3",
+            "--agent.max_turn_tokens", "6", "--model.path", str(model), "--data.train_files", str(train),
+            "--data.columns", json.dumps(cols), "--grpo.num_steps", "2", "--grpo.prompt_batch_size", "2",
+            "--grpo.samples_per_prompt", "4", "--grpo.dynamic_sampling", "true", "--grpo.max_sampling_rounds", "3",
+            "--rollout.max_new_tokens", "40", "--policy.micro_batch_size", "8", "--rollout.num_cpus_per_engine", "1",
+            "--policy.num_cpus_per_worker", "1", "--logging.log_completions", "2", "--logging.progress", "false",
+            "--logging.run_dir", str(tmp_path / "runs"), "--checkpoint.save_final", "false"]
+    assert run_command("grpo", argv) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "rollout/sampling_rounds" in r]
+    assert len(steps) == 2, rows
+    for r in steps:
+        assert 0.0 <= r["reward/env"] <= 2.0 and r["agent/turns_mean"] >= 1.0
+        assert r["rollout/sampling_rounds"] >= 1.0 and r["rollout/aborted_tokens"] >= 0.0
+        assert r["batch/kept_frac"] > 0 or r["rollout/sampling_rounds"] == 3.0
+    records = [json.loads(x) for x in (run_dir / "rollouts" / "step-1.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all("env" in rec["rewards"] for rec in records)
+    assert all("<env>" in rec["completion"] and "step 1 done" in rec["completion"] for rec in records
+               if rec["episode"]["turns"] > 1)

@@ -116,3 +116,24 @@ def test_partial_rollout_continues_in_flight_requests_under_the_new_weights(
         changed += r.response_ids[cut:] != b.response_ids[cut:]
     assert changed >= len(mixed) // 2, "the tokens after the sync should come from the new weights"
     assert rollout.call("weight_version") == [version + 1]
+
+
+def test_abort_by_tag_stops_a_calls_requests_and_leaves_the_others(pair: tuple[ActorGroup, ActorGroup]) -> None:
+    """Dynamic sampling's surplus groups: ``abort(tag)`` stops the tagged requests where they are (finish reason
+    "abort", not continued as a partial rollout would be), a later call with that tag does not start, and untagged
+    requests in flight are untouched."""
+    _, rollout = pair
+    prompts = _prompts(4)
+    tagged = rollout.submit_routed("generate", list(enumerate(prompts)), 2, seed=9, tag="surplus")
+    other = phases.submit_generate(rollout, prompts[:2], 1, seed=9)
+    time.sleep(0.3)
+    rollout.call("abort", "surplus")
+    got = [r for part in tagged.result() for r in part]
+    aborted = [r for r in got if r.finish_reason == "abort"]
+    assert len(aborted) >= 6, [(r.finish_reason, len(r.response_ids)) for r in got]
+    assert all(len(r.response_ids) < 240 for r in aborted)
+    assert all(r.finish_reason in ("stop", "length") for part in other.result() for r in part)
+    assert [r for part in other.result() for r in part][0].response_ids == \
+        phases.generate(rollout, prompts[:1], 1, seed=9)[0].response_ids  # untouched: as without the abort
+    (late,) = rollout.submit_routed("generate", [(0, prompts[0])], 1, seed=9, tag="surplus").result()
+    assert late[0].finish_reason == "abort" and late[0].response_ids == []
