@@ -296,11 +296,16 @@ class RolloutWorker(BaseWorker):
     def _params(self, temperature: float | None, stop: list[str] | None) -> Any:
         """``params(max_tokens, seed) -> SamplingParams`` of a call (one sample per request)."""
         vllm = import_vllm()
+        from vllm.sampling_params import RequestOutputKind
+
         temp = self.cfg.get("temperature", 1.0) if temperature is None else temperature
 
         def params(limit: int, s: int | None) -> Any:
             return vllm.SamplingParams(
                 n=1, temperature=temp, seed=s,
+                # one output per request, when it ends (or is aborted), with all its tokens: no per-token output
+                # objects built, copied and awaited in this process for every request in flight
+                output_kind=RequestOutputKind.FINAL_ONLY,
                 top_p=float(self.cfg.get("top_p", 1.0)) if temp > 0 else 1.0,
                 top_k=int(self.cfg.get("top_k", -1)) if temp > 0 else -1,
                 max_tokens=limit, logprobs=0,

@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT, ROOT / "benchmarks"):
@@ -87,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turn-tokens", type=int, default=48, help="tokens of one model turn at most")
     p.add_argument("--max-turns", type=int, default=6)
     p.add_argument("--env-latency-s", type=float, default=0.3, help="seconds one env step takes")
-    p.add_argument("--max-concurrent-steps", type=int, default=64, help="agent.max_concurrent_steps")
+    p.add_argument("--max-concurrent-steps", type=int, default=16,
+                   help="agent.max_concurrent_steps (its default; the old driver-side design ran 16 tool threads)")
     p.add_argument("--engine-cpus", type=int, default=2, help="CPUs (threads) of the one engine")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", default=None)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [[render_prompt(tok, ex.messages) for ex in examples[k * args.prompts:(k + 1) * args.prompts]]
                for k in range(1 + 2 * args.repeats)]
     results: dict[str, list[dict[str, float]]] = {d: [] for d in designs}
-    for name, r in designs.items():  # warm-up: the engine's first requests and the env plugin's import
+    for r in designs.values():  # warm-up: the engine's first requests and the env plugin's import
         r(rollout, batches[0], args.samples, seed=1)
     for rep in range(args.repeats):
         for k, (name, r) in enumerate(designs.items()):

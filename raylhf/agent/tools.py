@@ -21,16 +21,13 @@ import ast
 import inspect
 import math
 import operator
-import queue
-import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from raylhf.plugins.registry import TOOLS, PluginCheckError
 
 __all__ = ["TOOLS", "ToolResult", "calculator", "call_tool", "check_plugin_entry", "collect_tools", "register_tool",
-           "run_tool_calls", "tool_spec"]
+           "tool_spec"]
 
 
 def _check_tool(name: str, obj: Any) -> None:
@@ -117,42 +114,6 @@ def call_tool(tools: Mapping[str, Callable[..., Any]], name: str, arguments: Map
     except Exception as e:  # a tool's failure is its answer, never the run's
         return ToolResult(f"error: {type(e).__name__}: {e}", True)
     return ToolResult(out if isinstance(out, str) else str(out))
-
-
-def run_tool_calls(tools: Mapping[str, Callable[..., Any]], calls: list[tuple[str, Mapping[str, Any]]],
-                   timeout_s: float, max_threads: int = 16) -> list[ToolResult]:
-    """Run ``calls`` (name, arguments) side by side on up to ``max_threads`` daemon threads; a call not done
-    ``timeout_s`` after the batch started answers ``error: ... timed out`` (a hung tool's thread is left behind
-    as a daemon, so it never blocks the run or its exit)."""
-    if not calls:
-        return []
-    results: list[ToolResult | None] = [None] * len(calls)
-    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for i in range(len(calls)):
-        todo.put(i)
-
-    def worker() -> None:
-        while True:
-            try:
-                i = todo.get_nowait()
-            except queue.Empty:
-                return
-            results[i] = call_tool(tools, *calls[i])
-
-    threads = [threading.Thread(target=worker, name="raylhf-tool", daemon=True)
-               for _ in range(min(max_threads, len(calls)))]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout_s
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    while True:  # calls no thread started before the deadline are not started any more
-        try:
-            todo.get_nowait()
-        except queue.Empty:
-            break
-    return [r if r is not None else ToolResult(f"error: tool {calls[i][0]} timed out after {timeout_s:g}s "
-                                               "(agent.tool_timeout_s)", True) for i, r in enumerate(results)]
 
 
 # ------------------------------------------------------------------------------- the built-in calculator

@@ -32,6 +32,7 @@ from raylhf.algos.dpo import (
     orpo_loss,
     simpo_loss,
 )
+from raylhf.algos.is_correction import IS_MODES, is_weights
 from raylhf.algos.kl import KL_ESTIMATORS, kl_penalty, kl_reward_penalty
 from raylhf.algos.policy_loss import entropy_from_logits, policy_loss
 from raylhf.algos.token_losses import (
@@ -46,6 +47,7 @@ from raylhf.algos.utils import masked_mean, masked_sum, masked_var, masked_white
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "IS_MODES",
     "KL_ESTIMATORS",
     "LOSS_AGG_MODES",
     "AdvantageResult",
@@ -64,6 +66,7 @@ __all__ = [
     "generalized_jsd",
     "generalized_jsd_per_token",
     "grpo_advantages",
+    "is_weights",
     "kl_penalty",
     "kl_reward_penalty",
     "kto_loss",

@@ -10,8 +10,9 @@ of a step) and ``OnlineRun.generate()`` (its rollouts):
   step then come from weights at most ``k`` versions behind the policy that trains on them (bounded staleness).
   A weight sync queues on each engine behind the generation it is running, so an engine never stalls longer
   than the sync itself, and every rollout is stamped with the weight version (syncs done) that sampled it.
-  The off-policy gap is corrected in the loss by truncated importance sampling (``grpo.tis_cap``,
-  ``raylhf/algos/policy_loss.py``), whose ``rollout_mismatch_kl`` / ``tis_frac_capped`` metrics show its size.
+  The off-policy gap is corrected in the loss by importance sampling (``grpo.is_correction``, truncated token
+  weights by default, capped at ``grpo.tis_cap``; ``raylhf/algos/is_correction.py``), whose
+  ``rollout_mismatch_kl`` / ``is_*`` metrics show its size.
 
 With ``rollout.partial`` a sync no longer waits for the generation in flight: the engines pause it, load the new
 weights and continue each request from its tokens (``actors/rollout.py``), so a sample may mix versions; each

@@ -61,6 +61,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, model_path: str | None = None, train: l
         for step, prompts in run.steps():
             rollouts = run.generate(step, d.samples_per_prompt)
             scores = run.score(rollouts, prompts, step)
+            run.log_completions(step, rollouts, scores, None)
             pairs = best_worst_pairs(scores.total, d.samples_per_prompt, d.min_margin)
             pairs = pairs[: len(pairs) - len(pairs) % world]  # every rank takes whole pairs
             m = {**phases.rollout_metrics(rollouts, scores, run.timer), "dpo/pairs": float(len(pairs)),

@@ -114,6 +114,7 @@ def run_ppo(cfg: PPOConfig, model_path: str | None = None, train: list | None = 
         for step, prompts in run.steps():
             rollouts = run.generate(step, n)
             scores = run.score(rollouts, prompts, step)
+            run.log_completions(step, rollouts, scores, None)
             rewards = phases.fill_unscored(scores.total, n)
             batch = phases.to_train_batch(rollouts, torch.zeros(len(rollouts)))
             keep = [i for i in range(len(batch)) if scores.scored[i]]  # unscored samples never reach the loss

@@ -133,7 +133,7 @@ def test_abort_by_tag_stops_a_calls_requests_and_leaves_the_others(pair: tuple[A
     assert len(aborted) >= 6, [(r.finish_reason, len(r.response_ids)) for r in got]
     assert all(len(r.response_ids) < 240 for r in aborted)
     assert all(r.finish_reason in ("stop", "length") for part in other.result() for r in part)
-    assert [r for part in other.result() for r in part][0].response_ids == \
-        phases.generate(rollout, prompts[:1], 1, seed=9)[0].response_ids  # untouched: as without the abort
+    first = next(r for part in other.result() for r in part)
+    assert first.response_ids == phases.generate(rollout, prompts[:1], 1, seed=9)[0].response_ids  # as if no abort
     (late,) = rollout.submit_routed("generate", [(0, prompts[0])], 1, seed=9, tag="surplus").result()
     assert late[0].finish_reason == "abort" and late[0].response_ids == []
