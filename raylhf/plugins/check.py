@@ -108,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE + "\n\nLoads each plugin file and checks every entry it registers (callbacks, losses, loss "
-              "scales, metrics, optimizers, tuners, agent templates, tools, ORMs/PRMs) against its interface.")
+              "scales, metrics, optimizers, tuners, agent templates, tools, envs, multi-turn schedulers, ORMs/PRMs) against "
+              "its interface.")
         return 0 if args else 2
     return max(report(ref) for ref in args)
 
