@@ -129,6 +129,9 @@ class OnlineRun:
 
         with self.timer("generate"):  # generation and the groups' scoring interleave
             v = self.recovery.run("generate", attempt)
+        self.producer.consumed(step)
+        for r in v.rollouts:
+            r.version = self.weight_version
         self.sampling_metrics = v.metrics
         return v.rollouts, v.prompts, v.scores
 

@@ -97,6 +97,15 @@ class RolloutProducer:
             self.last_metrics = {**self.metrics(step, item.rollouts), "async/requeued": float(requeued)}
         return item.rollouts
 
+    def consumed(self, step: int) -> None:
+        """Step ``step``'s rollouts were made without the producer (dynamic sampling draws its own extra prompts,
+        ``dynamic.py``): forget the queued steps up to it, so the data position a checkpoint saves is the stream's
+        own (extra draws included)."""
+        if self.async_steps:
+            raise RuntimeError("consumed() is for on-policy runs: with async_steps the producer makes the rollouts")
+        while self.queue and self.queue[0].step <= step:
+            self.queue.popleft()
+
     def _requeue(self, item: _Step, step: int, n: int) -> int:
         """Generate again, with the current weights, the prompts with a sample too stale for step ``step``; returns
         how many samples were replaced."""

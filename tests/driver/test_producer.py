@@ -3,6 +3,7 @@ order with the weights it holds, so versions and staleness can be checked exactl
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import pytest
@@ -130,3 +131,23 @@ def test_per_token_staleness_and_samples_beyond_the_bound_generated_again() -> N
     assert [c[1] for c in calls] == [2] and len(calls[0][0]) == 2  # both prompts of step 2 generated again
     assert [r.prompt_index for r in got] == [0, 0, 1, 1] and all(r.response_ids == [102] for r in got)
     assert prod.last_metrics["async/requeued"] == 4.0 and prod.last_metrics["async/staleness_max"] == 0.0
+
+
+def test_steps_sampled_outside_the_producer_leave_the_data_position_to_the_stream() -> None:
+    """Dynamic sampling (driver/dynamic.py) draws extra prompts from the stream itself and tells the producer the
+    step is done: a checkpoint then saves the stream's position after the extra draws, and a resumed run draws the
+    batches the original would have drawn next."""
+    engine = FakeEngine()
+    prod, stream = _producer(0, engine)
+    for step in (1, 2):
+        prod.prompts(step)
+        next(stream)  # an extra round of prompts drawn by dynamic sampling
+        prod.consumed(step)
+    assert prod.queue == deque() and prod.data_state() == stream.state_dict()
+    saved = prod.data_state()
+    expected = [prod.prompts(3)[0], next(stream)]
+    resumed, stream2 = _producer(0, FakeEngine())
+    stream2.load_state_dict(saved)
+    assert [resumed.prompts(3)[0], next(stream2)] == expected
+    with pytest.raises(RuntimeError, match="on-policy"):
+        _producer(1, FakeEngine())[0].consumed(1)
