@@ -81,7 +81,6 @@ class EpisodeRunner:
             out.append(ex)
         return out
 
-    add_tools = prepare
 
     def tools_prompt_tokens(self) -> int:
         """Tokens of a prompt holding only the tools' system message and an empty user turn (the least any

@@ -91,32 +91,20 @@ def is_weights(
         old = old_logp.detach()
         d = torch.where(m, old - rollout_logp.detach(), torch.zeros_like(old))
         raw = _clamped_exp(d)  # per-token ratio exp(d_t)
-        zero = torch.zeros_like(raw)
+        if mode.startswith("token_") or mode == "icepop":
+            ratio = raw
+        else:  # sequence-level modes: one ratio per row, broadcast to its tokens
+            log_seq = masked_mean(d, m, dim=-1) if mode == "geo_seq" else masked_sum(d, m, dim=-1)
+            ratio = _clamped_exp(log_seq).unsqueeze(-1).expand_as(raw)
         capped: Tensor | None = None
         rejected: Tensor | None = None
-        if mode == "token_tis":
-            weight = raw.clamp(max=high)
-            capped = raw > high
-        elif mode == "token_mis":
-            rejected = raw > high
-            weight = torch.where(rejected, zero, raw)
-        elif mode == "icepop":
-            rejected = (raw < lo) | (raw > high)
-            weight = torch.where(rejected, zero, raw)
-        else:  # sequence-level modes: one ratio per row, broadcast to its tokens
-            if mode == "geo_seq":
-                seq = _clamped_exp(masked_mean(d, m, dim=-1)).unsqueeze(-1).expand_as(raw)
-            else:
-                seq = _clamped_exp(masked_sum(d, m, dim=-1)).unsqueeze(-1).expand_as(raw)
-            if mode == "seq_tis":
-                weight = seq.clamp(max=high)
-                capped = seq > high
-            elif mode == "seq_mis":
-                rejected = seq > high
-                weight = torch.where(rejected, zero, seq)
-            else:  # geo_seq
-                rejected = (seq < lo) | (seq > high)
-                weight = torch.where(rejected, zero, torch.ones_like(seq))
+        if mode.endswith("_tis"):  # truncated: capped at high
+            weight = ratio.clamp(max=high)
+            capped = ratio > high
+        else:  # masked: 0 outside the band ([lo, high] for the two-sided modes, <= high otherwise)
+            rejected = (ratio < lo) | (ratio > high) if mode in TWO_SIDED_MODES else ratio > high
+            kept = torch.ones_like(ratio) if mode == "geo_seq" else ratio
+            weight = torch.where(rejected, torch.zeros_like(ratio), kept)
         weight = weight.contiguous()
         metrics: dict[str, float] = {}
         mean_w = to_float(masked_mean(weight, m))

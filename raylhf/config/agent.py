@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from raylhf.config.sections import Section, check_registered
 from raylhf.plugins.registry import ENVS, SCHEDULERS, TEMPLATES, TOOLS
+
+_REGISTRIES = {"template": TEMPLATES, "tools": TOOLS, "env": ENVS, "scheduler": SCHEDULERS}
 
 
 class AgentConfig(Section):
@@ -44,31 +46,11 @@ class AgentConfig(Section):
     def enabled(self) -> bool:
         return bool(self.template or self.env or self.scheduler)
 
-    @field_validator("template")
+    @field_validator("template", "tools", "env", "scheduler")
     @classmethod
-    def _known_template(cls, v: str | None) -> str | None:
+    def _registered(cls, v: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
         if v is not None:
-            check_registered(TEMPLATES, v)
-        return v
-
-    @field_validator("tools")
-    @classmethod
-    def _known_tools(cls, v: list[str]) -> list[str]:
-        check_registered(TOOLS, v)
-        return v
-
-    @field_validator("env")
-    @classmethod
-    def _known_env(cls, v: str | None) -> str | None:
-        if v is not None:
-            check_registered(ENVS, v)
-        return v
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, v: str | None) -> str | None:
-        if v is not None:
-            check_registered(SCHEDULERS, v)
+            check_registered(_REGISTRIES[info.field_name], v)  # type: ignore[index]
         return v
 
     @model_validator(mode="after")

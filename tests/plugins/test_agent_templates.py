@@ -184,7 +184,7 @@ def test_example_plugin_registers_tools_and_a_template(tok: Any) -> None:
     (ep,) = runner.run(gen, [tok.encode("What is 3^4?")], 1, seed=5)
     assert ep.text == 'Let me see. <call name="power">{"base": 3, "exponent": 4}</call><result>81</result>So 81.'
     assert ep.episode == {"turns": 2, "tool_calls": 1, "tool_errors": 0}
-    ex = runner.add_tools([_prompt("What is 3^4?")])[0]
+    ex = runner.prepare([_prompt("What is 3^4?")])[0]
     assert ex.messages[0]["role"] == "system" and "- power: Raises base to a whole exponent." in \
         ex.messages[0]["content"]
 
