@@ -11,6 +11,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from actors.lockstep import filler, lockstep_count
+from actors.logprob_head import LOGPROB_CHUNK_DEFAULT, ChunkSpec, head_split, split_forward
+from actors.netif import configure_socket_ifname
 from actors.packing import (
     PackedRows,
     additive_mask,
@@ -24,6 +27,9 @@ from actors.packing import (
     sequence_ids,
     unpacked_rows,
 )
+
+FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3")
+MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
 def device() -> torch.device:
@@ -43,9 +49,11 @@ def init_distributed(on_gpu: bool) -> None:
     (``deepspeed.comm.torch.build_shm_op``). Only its inference all-reduce uses that op; training never calls
     it. The build takes ~35 s of both cores on a fresh virtualenv (first run, every CI machine), fails where
     there is no compiler, and makes concurrently starting ranks wait on its file lock. So the CPU path skips
-    it and gloo does every collective."""
+    it and gloo does every collective. Between nodes the sockets use the interface of the node's Ray address
+    (``actors/netif.py``) unless GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME are set."""
     import deepspeed
 
+    configure_socket_ifname("DeepSpeed process group")
     if not on_gpu:  # by module name: the attribute deepspeed.comm.torch is torch itself (a star import)
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
@@ -58,11 +66,32 @@ def set_threads(num_cpus: float) -> None:
     torch.set_num_threads(n)
 
 
-def load_causal_lm(path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> torch.nn.Module:
+def check_attn_implementation(impl: str | None, field: str = "policy.attn_implementation") -> None:
+    """A flash-attention implementation needs its package (and CUDA) in this worker's process: else a
+    ValueError naming ``field`` (checked here, not in the config: the config is built on the driver, which may
+    have no GPU)."""
+    if impl not in FLASH_IMPLEMENTATIONS:
+        return
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+    available = is_flash_attn_2_available() if impl == "flash_attention_2" else is_flash_attn_3_available()
+    if not available:
+        package = "flash-attn" if impl == "flash_attention_2" else "flash-attn-3 (flash_attn_interface)"
+        raise ValueError(f"{field}={impl!r} needs CUDA and the {package} package in the worker's environment "
+                         f"(CUDA here: {torch.cuda.is_available()}); install it, or set {field} to sdpa or null")
+
+
+def load_causal_lm(path: str, dtype: torch.dtype, trust_remote_code: bool = False,
+                   attn_implementation: str | None = None) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` in ``dtype``; ``attn_implementation`` (``policy.attn_implementation``:
+    sdpa, eager, flash_attention_2/3; None: transformers' default). Under a live ``HfDeepSpeedConfig`` with ZeRO-3
+    (``actors.policy``) transformers builds it inside ``deepspeed.zero.Init``: each rank keeps its partition."""
     from transformers import AutoModelForCausalLM
 
+    check_attn_implementation(attn_implementation)
+    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
     except OSError as e:
         raise FileNotFoundError(f"cannot load model from model.path={path!r}: {e}") from e
 
@@ -98,8 +127,10 @@ def packing_options(cfg: Mapping[str, Any]) -> tuple[bool, int | None]:
     return bool(cfg.get("packing", PACKING_DEFAULT)), None if max_tokens is None else int(max_tokens)
 
 
-FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3")
-MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+def logprob_chunk_size(cfg: Mapping[str, Any]) -> int:
+    """``policy.logprob_chunk_size`` from a worker's config dict: predicting positions per head chunk, 0 for the
+    unchunked path (``forward_logprobs``)."""
+    return int(cfg.get("logprob_chunk_size", LOGPROB_CHUNK_DEFAULT) or 0)
 
 
 def attn_implementation(model: torch.nn.Module) -> str:
@@ -114,9 +145,10 @@ def is_flash(impl: str) -> bool:
     return impl in FLASH_IMPLEMENTATIONS
 
 
-def _packed_forward(model: torch.nn.Module, input_ids: Sequence[torch.Tensor], row_capacity: int | None,
-                    ) -> tuple[torch.Tensor, PackedRows]:
-    """Logits ``[R, T, V]`` of the micro-batch packed in rows, with the plan that says where each sequence sits.
+def _packed_inputs(model: torch.nn.Module, input_ids: Sequence[torch.Tensor], row_capacity: int | None,
+                   ) -> tuple[dict[str, Any], PackedRows]:
+    """The forward's keyword arguments for the micro-batch packed in rows, with the plan that says where each
+    sequence sits.
 
     flash-attention (GPU): one row, the sequence boundaries passed as ``cu_seq_lens_q/k`` (varlen kernel, no
     mask, attention cost per sequence). sdpa / eager (CPU and GPU): rows of at most ``row_capacity`` tokens
@@ -129,10 +161,9 @@ def _packed_forward(model: torch.nn.Module, input_ids: Sequence[torch.Tensor], r
         plan = plan_rows([len(x) for x in input_ids], row_capacity=sum(len(x) for x in input_ids))
         cu = cu_seq_lens(plan).to(dev)
         longest = plan.max_len
-        logits = model(input_ids=pack_ids(input_ids, plan).to(dev), position_ids=position_ids(plan).to(dev),
-                       cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
-                       use_cache=False).logits
-        return logits, plan
+        return dict(input_ids=pack_ids(input_ids, plan).to(dev), position_ids=position_ids(plan).to(dev),
+                    cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
+                    use_cache=False), plan
     if impl not in MASK_IMPLEMENTATIONS:
         known = ", ".join(MASK_IMPLEMENTATIONS + FLASH_IMPLEMENTATIONS)
         raise ValueError(f"sequence packing supports the attention implementations {known}; the model uses "
@@ -141,9 +172,35 @@ def _packed_forward(model: torch.nn.Module, input_ids: Sequence[torch.Tensor], r
     mask = block_causal_mask(sequence_ids(plan)).to(dev)
     if impl == "eager":
         mask = additive_mask(mask, next(model.parameters()).dtype)
-    logits = model(input_ids=pack_ids(input_ids, plan).to(dev), position_ids=position_ids(plan).to(dev),
-                   attention_mask=mask, use_cache=False).logits
-    return logits, plan
+    return dict(input_ids=pack_ids(input_ids, plan).to(dev), position_ids=position_ids(plan).to(dev),
+                attention_mask=mask, use_cache=False), plan
+
+
+def _model_inputs(model: torch.nn.Module, input_ids: Sequence[torch.Tensor], packing: bool,
+                  row_capacity: int | None) -> tuple[dict[str, Any], PackedRows]:
+    """The forward's keyword arguments and the row plan: packed (``_packed_inputs``), or one right-padded row
+    per sequence with a 2-D padding mask."""
+    if packing:
+        return _packed_inputs(model, input_ids, row_capacity)
+    dev = next(model.parameters()).device
+    attn = pad([torch.ones_like(x) for x in input_ids], 0).to(dev)
+    return dict(input_ids=pad(input_ids, 0).to(dev), attention_mask=attn, use_cache=False), unpacked_rows(
+        [len(x) for x in input_ids])
+
+
+def _full_logits_logprobs(model: torch.nn.Module, inputs: Mapping[str, Any], spec: ChunkSpec,
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The unchunked path: the model's own logits ``[R, T, V]``, the predicting rows upcast to fp32 at once."""
+    logits = model(**inputs).logits
+    sel = logits.reshape(-1, logits.shape[-1]).index_select(0, spec.src.to(logits.device)).float()
+    if spec.temperature != 1.0:
+        sel = sel / spec.temperature
+    logp_all = F.log_softmax(sel, dim=-1)
+    tok_lp = torch.gather(logp_all, -1, spec.targets.to(logits.device).unsqueeze(-1)).squeeze(-1)
+    if not spec.with_entropy:
+        return tok_lp, None
+    with torch.set_grad_enabled(torch.is_grad_enabled() and spec.entropy_grad):
+        return tok_lp, -(logp_all.exp() * logp_all).sum(-1)
 
 
 def forward_logprobs(
@@ -153,49 +210,61 @@ def forward_logprobs(
     with_entropy: bool = False,
     packing: bool = False,
     row_capacity: int | None = None,
+    chunk_size: int | None = None,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Token log-probs of a micro-batch, right-padded per sequence whatever the layout inside.
 
     Returns ``(logprobs [B, L], attention_mask [B, L], entropy [B, L] | None)`` where position ``t``
     holds log p(token_t | tokens_<t) and position 0 (and the padding) is 0.
 
-    ``packing``: the sequences share rows (``_packed_forward``; ``row_capacity`` caps a row's tokens for the
+    ``packing``: the sequences share rows (``_packed_inputs``; ``row_capacity`` caps a row's tokens for the
     masked implementations); else one right-padded row per sequence with a 2-D padding mask. Either way the
     log-softmax runs only at the positions that predict a real token, so the result (and its gradient) is
     the same up to float rounding.
+
+    ``chunk_size`` (``policy.logprob_chunk_size``): when the micro-batch has more positions than that, the head and
+    the fp32 log-softmax run on that many predicting positions at a time, checkpointed (``actors.logprob_head``),
+    for the model types that allow it; None or 0: the model's full logits at once. ``entropy_grad=False``: the
+    entropy is computed without a graph (a metric).
     """
     dev = next(model.parameters()).device
     attn = pad([torch.ones_like(x) for x in input_ids], 0).to(dev)
-    if packing:
-        logits, plan = _packed_forward(model, input_ids, row_capacity)
-    else:
-        plan = unpacked_rows([len(x) for x in input_ids])
-        logits = model(input_ids=pad(input_ids, 0).to(dev), attention_mask=attn, use_cache=False).logits
+    inputs, plan = _model_inputs(model, input_ids, packing, row_capacity)
     src, dst = prediction_index(plan)
-    targets = torch.cat([x[1:] for x in input_ids]).to(dev)
-    sel = logits.reshape(-1, logits.shape[-1]).index_select(0, src.to(dev)).float()
-    if temperature != 1.0:
-        sel = sel / temperature
-    logp_all = F.log_softmax(sel, dim=-1)
-    tok_lp = torch.gather(logp_all, -1, targets.unsqueeze(-1)).squeeze(-1)
+    spec = ChunkSpec(src=src, targets=torch.cat([x[1:] for x in input_ids]), temperature=temperature,
+                     chunk_size=int(chunk_size or 0), with_entropy=with_entropy, entropy_grad=entropy_grad)
+    # a micro-batch within one chunk takes the model's own logits: chunking would save nothing and cost the
+    # recomputation (and the old path gives the old numbers, bit for bit)
+    positions = int(inputs["input_ids"].numel())
+    split = head_split(model) if 0 < spec.chunk_size < positions else None
+    if split is None:
+        tok_lp, ent_flat = _full_logits_logprobs(model, inputs, spec)
+    else:
+        tok_lp, ent_flat = split_forward(model, split, spec, inputs)
     dst = dst.to(dev)
     out = tok_lp.new_zeros(dst.shape).masked_scatter(dst, tok_lp)
-    ent = None
-    if with_entropy:
-        ent = tok_lp.new_zeros(dst.shape).masked_scatter(dst, -(logp_all.exp() * logp_all).sum(-1))
+    ent = None if ent_flat is None else tok_lp.new_zeros(dst.shape).masked_scatter(dst, ent_flat)
     return out, attn, ent
 
 
 @torch.no_grad()
 def batched_logprobs(
     model: torch.nn.Module, input_ids: Sequence[torch.Tensor], micro_batch_size: int, temperature: float = 1.0,
-    packing: bool = False, max_tokens: int | None = None,
+    packing: bool = False, max_tokens: int | None = None, chunk_size: int | None = None, lockstep: bool = False,
 ) -> list[torch.Tensor]:
     """Per-sequence log-prob tensors (aligned with input_ids) computed micro-batch by micro-batch
-    (``micro_batches``: length-sorted groups of ``micro_batch_size``, or a token budget), packed or not."""
+    (``micro_batches``: length-sorted groups of ``micro_batch_size``, or a token budget), packed or not, the
+    head chunked by ``chunk_size`` (``forward_logprobs``). ``lockstep`` (ZeRO-3 ranks): every rank runs as many
+    forwards as the rank with the most micro-batches (``actors/lockstep.py``)."""
     result: list[torch.Tensor] = [torch.empty(0)] * len(input_ids)
-    for idx in micro_batches([len(x) for x in input_ids], micro_batch_size, max_tokens, packing):
-        lp, _, _ = forward_logprobs(model, [input_ids[i] for i in idx], temperature, packing=packing)
+    groups = list(micro_batches([len(x) for x in input_ids], micro_batch_size, max_tokens, packing))
+    fillers = lockstep_count(len(groups)) - len(groups) if lockstep else 0  # agreed before any forward's gathers
+    for idx in groups:
+        lp, _, _ = forward_logprobs(model, [input_ids[i] for i in idx], temperature, packing=packing,
+                                    chunk_size=chunk_size)
         for row, i in enumerate(idx):
             result[i] = lp[row, : len(input_ids[i])].cpu()
+    for _ in range(fillers):
+        forward_logprobs(model, [filler()], temperature, packing=packing, chunk_size=chunk_size)
     return result

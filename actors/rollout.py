@@ -16,19 +16,21 @@ prefix cache, and returns what the engine received per tensor (dtype, shape, che
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from actors.faults import maybe_die
+from actors import vllm_compat
+from actors.engine import EngineHandle, Received, Sampled, sample_seed
+from actors.faults import maybe_die, weights_lost_in_sleep
 from actors.group import BaseWorker
+from actors.netif import configure_socket_ifname
 from actors.quiet import quiet_engine_start
+from raylhf.config.sections import gpu_memory_utilization
 from raylhf.core.batch import Rollout
 from rewards.aio import LoopThread
 
@@ -45,150 +47,6 @@ def import_vllm() -> Any:
     except ImportError as e:
         raise ImportError(f"{VLLM_MISSING} ({e})") from e
     return vllm
-
-
-@dataclass
-class Sampled:
-    tokens: list[int]
-    logprobs: list[float]
-    finish_reason: str
-    text: str
-    versions: list[int] | None  # per token, when a partial-rollout sync split it; else None
-    version: int  # the version of its first token
-
-
-def continued(params: Any, max_tokens: int, part: int) -> Any:
-    """The sampling parameters of part ``part`` of a request split by partial-rollout syncs: the tokens left, and
-    a seed of its own derived from the request's (None stays None)."""
-    p = params.clone()
-    p.max_tokens = max_tokens
-    if params.seed is not None:
-        p.seed = (params.seed + 104_729 * part) % (2**63 - 1)
-    return p
-
-
-def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
-    """The seed of one request: sample ``sample_index`` of prompt ``prompt_index`` in a phase seeded ``seed``."""
-    return (seed * 1_000_003 + prompt_index * 8_191 + sample_index) % (2**63 - 1)
-
-
-Received = dict[str, tuple[str, tuple[int, ...], int]]
-
-
-class EngineHandle:
-    """The async side of a RolloutWorker, on its loop thread: the ``AsyncLLM`` and the gate between requests and
-    weight updates (kept out of the worker class: a Ray actor class with ``async def`` methods becomes an asyncio
-    actor whose plain methods block its one event loop, so concurrent calls would run one at a time)."""
-
-    def __init__(self, llm: Any, tag: str) -> None:
-        self.llm, self.tag = llm, tag
-        self.ids = itertools.count()
-        self.version = 0  # weight syncs loaded
-        self.inflight = 0
-        self.idle = asyncio.Condition()
-        self.weights_ready = asyncio.Event()
-        self.weights_ready.set()
-        self.tagged: dict[str, set[str]] = {}  # a call's tag -> its requests in flight
-        self.cancelled: set[str] = set()  # tags the driver aborted (dynamic sampling's surplus groups)
-
-    @classmethod
-    async def start(cls, make: Any, tag: str) -> EngineHandle:
-        return cls(make(), tag)
-
-    async def raw(self, prompt_ids: list[int], params: Any, tag: str | None = None) -> Any:
-        """One request's final ``RequestOutput``; ``tag``: the call it belongs to (:meth:`cancel` aborts it)."""
-        from vllm.inputs import TokensPrompt
-
-        final, rid = None, f"{self.tag}-{next(self.ids)}"
-        if tag is not None:
-            self.tagged.setdefault(tag, set()).add(rid)
-        try:
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=rid):
-                final = out
-        finally:
-            if tag is not None:
-                self.tagged[tag].discard(rid)
-        return final
-
-    async def cancel(self, tag: str) -> None:
-        """Abort the requests of the calls tagged ``tag``, in flight and to come: they return what they have with
-        finish reason "abort"."""
-        self.cancelled.add(tag)
-        ids = list(self.tagged.get(tag, ()))
-        if ids:
-            await self.llm.abort(ids)
-
-    async def sample(self, prompt_ids: list[int], params: Any, tag: str | None = None) -> Sampled:
-        """One sample. A request aborted by a partial-rollout sync (``update(partial=True)``) is continued after
-        it as a new request on the prompt plus the tokens it had (prefilled under the new weights), for the tokens
-        left, with a seed of its own; its tokens keep the log-probs and the weight version they were sampled with."""
-        tokens: list[int] = []
-        logprobs: list[float] = []
-        versions: list[int] = []
-        limit, text, part = int(params.max_tokens), "", 0
-        finish = "stop"
-        while True:
-            await self.weights_ready.wait()
-            version = self.version
-            if tag in self.cancelled:
-                finish = "abort"
-                break
-            out = await self.raw(prompt_ids + tokens, params if not part else continued(params, limit - len(tokens),
-                                                                                        part), tag)
-            c = out.outputs[0]
-            lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
-            tokens += list(c.token_ids)
-            logprobs += (lps + [0.0] * len(c.token_ids))[: len(c.token_ids)]
-            versions += [version] * len(c.token_ids)
-            finish, text = c.finish_reason or "stop", c.text if not part else ""
-            if finish != "abort" or len(tokens) >= limit or tag in self.cancelled:
-                break
-            part += 1  # aborted by a partial-rollout sync: go on from here
-        if finish == "abort" and tag not in self.cancelled:
-            finish = "length"
-        return Sampled(tokens, logprobs, finish, text, versions if len(set(versions)) > 1 else None,
-                       versions[0] if versions else version)
-
-    async def gated(self, coros: list[Any]) -> list[Any]:
-        """Run requests once no weight update is in progress; a weight update waits for them to finish."""
-        await self.weights_ready.wait()
-        self.inflight += 1
-        try:
-            return await asyncio.gather(*coros)
-        finally:
-            self.inflight -= 1
-            async with self.idle:
-                self.idle.notify_all()
-
-    async def update(self, update_info: dict[str, Any], version: int, partial: bool = False) -> Received:
-        """One weight update through the transfer engine. New requests wait for it. The requests in flight finish
-        with the weights that started them first; with ``partial`` they are aborted at once and continue after it
-        from the tokens they have (``sample``)."""
-        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
-
-        self.weights_ready.clear()
-        try:
-            if partial:
-                await self.llm.pause_generation(mode="abort", clear_cache=True)
-            else:
-                async with self.idle:
-                    await self.idle.wait_for(lambda: self.inflight == 0)
-            try:
-                await self.llm.start_weight_update()
-                await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
-                await self.llm.finish_weight_update()
-                await self.llm.reset_prefix_cache()
-            finally:
-                if partial:
-                    await self.llm.resume_generation()
-            self.version = version
-            received = await self.llm.collective_rpc("raylhf_received")
-        finally:
-            self.weights_ready.set()
-        merged: Received = {}
-        for part in received:
-            merged.update(part)
-        return merged
 
 
 class RolloutWorker(BaseWorker):
@@ -210,9 +68,13 @@ class RolloutWorker(BaseWorker):
         self.max_model_len, self.trust_remote_code = max_model_len, trust_remote_code
 
     def setup(self) -> None:
+        visible = self.cfg.get("visible_gpus")  # colocated TP shards: the GPUs of the bundles this engine spans
+        if visible:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in visible[self.rank])
         threads = str(max(1, int(self.cfg.get("num_cpus_per_engine", 1))))
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.cfg.get("cpu_kvcache_gib", 1)))))
         quiet_engine_start()  # before vLLM's import: its processes log through the filtered config
+        configure_socket_ifname("rollout engine")  # its processes inherit the interface (actors/netif.py)
         os.environ["OMP_NUM_THREADS"] = threads  # the engine's worker process inherits both: Ray's CPU reservation
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # decides, not vLLM's core pinning
         tp = int(self.cfg.get("tensor_parallel_size", 1))
@@ -223,15 +85,20 @@ class RolloutWorker(BaseWorker):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         dtype = self.dtype
-        if dtype == "auto" and not torch.cuda.is_available():
+        cuda = torch.cuda.is_available()
+        if dtype == "auto" and not cuda:
             dtype = "float32"
-        args = AsyncEngineArgs(
+        eager = self.cfg.get("enforce_eager")
+        colocated = self.cfg.get("placement") == "colocate"
+        args = vllm_compat.engine_args(  # AsyncEngineArgs(...), minus what an older vLLM lacks (the GPU kit's 0.26)
+            AsyncEngineArgs,
             model=self.model_path,
             tensor_parallel_size=tp,
             distributed_executor_backend="uni" if tp == 1 else "mp",
             dtype=dtype,
-            enforce_eager=bool(self.cfg.get("enforce_eager", True)),
-            gpu_memory_utilization=float(self.cfg.get("gpu_memory_utilization", 0.5)),
+            enforce_eager=(not cuda) if eager is None else bool(eager),  # CUDA graphs on GPU unless asked not to
+            gpu_memory_utilization=gpu_memory_utilization(self.cfg),
+            enable_sleep_mode=colocated and cuda,  # vLLM-cpu refuses the flag (its sleep is a logged no-op)
             max_model_len=self.max_model_len,
             seed=int(self.cfg.get("seed", 0)) + self.rank,
             logprobs_mode="processed_logprobs",
@@ -273,6 +140,7 @@ class RolloutWorker(BaseWorker):
         maybe_die("rollout", "generate")
         if not prompts:
             return []
+        self.record("generate", prompts=len(prompts))
         default_max = int(max_new_tokens or self.cfg.get("max_new_tokens", 128))
         params = self._params(temperature, stop)
 
@@ -324,6 +192,7 @@ class RolloutWorker(BaseWorker):
         maybe_die("rollout", "generate")
         if not items:
             return []
+        self.record("generate", prompts=len(items))
         bound = program.bind()
         params = self._params(temperature, bound.stop or None)
         engine = self.engine
@@ -362,6 +231,7 @@ class RolloutWorker(BaseWorker):
     def receive_weights(self, version: int) -> Received:
         """The collective path: receive one sync from the group (the policy sends at the same time)."""
         maybe_die("rollout", "receive_weights")
+        self.record("receive_weights", version=version)
         return self.loop.run(self.engine.update({"transport": "gloo"}, version,
                                                 self.partial))
 
@@ -388,3 +258,28 @@ class RolloutWorker(BaseWorker):
 
     def weight_version(self) -> int:
         return self.engine.version
+
+    # ---- colocated placement: sleep while the policy trains ----------------------------------------------------
+    def sleep(self, level: int = 1) -> None:
+        """Free the device for the policy (vLLM sleep: level 1 moves the weights to host memory and drops the KV
+        cache, level 2 drops both; a logged no-op on vLLM-cpu). Requests wait until :meth:`wake_up` of the KV
+        cache."""
+        self.loop.run(self.engine.sleep(level))
+        self.record("sleep", level=level)
+        if weights_lost_in_sleep():  # what a level-2 sleep does on a GPU, caused on the CPU (the tests)
+            self.reset_weights()
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Wake the weights (``["weights"]``: before a sync writes them), the KV cache (``["kv_cache"]``: after it,
+        so the sync never shares the device with a full cache), or everything (None)."""
+        self.loop.run(self.engine.wake_up(tags))
+        self.record("wake:" + "+".join(tags or ["all"]))
+
+    def reset_weights(self) -> None:
+        """Load the start checkpoint's weights (``model_path``) into the engine in place of what it holds: the
+        weights are then not the policy's, and only a full sync brings them back (the colocated tests)."""
+        files = sorted(str(p) for p in Path(self.model_path).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"reset_weights: no *.safetensors files in model.path={self.model_path!r}")
+        self.loop.run(self.engine.update({"transport": "files", "files": files}, self.engine.version))
+        self.record("reset_weights")

@@ -10,12 +10,18 @@ from typing import Any
 
 import torch
 
+from actors.netif import configure_socket_ifname
+
 STORE_PREFIX = "raylhf-weights"
 
 
 def join_group(host: str, port: int, rank: int, world_size: int, timeout_s: float, is_master: bool = False) -> Any:
-    """A gloo process group of its own (not torch.distributed's default one): rank 0 hosts the store."""
+    """A gloo process group of its own (not torch.distributed's default one): rank 0 hosts the store at ``host``
+    (the policy's node address). Its sockets use the interface of this node's Ray address (``actors/netif.py``;
+    GLOO_SOCKET_IFNAME wins); where Ray is not initialised (a vLLM worker process), that of the route to ``host``."""
     import torch.distributed as dist
+
+    configure_socket_ifname("weight-sync group", peer=host)
 
     timeout = datetime.timedelta(seconds=timeout_s)
     store = dist.TCPStore(host, port, world_size, is_master=is_master, timeout=timeout, wait_for_workers=False)

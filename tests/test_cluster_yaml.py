@@ -35,6 +35,8 @@ KNOWN_GPUS = {
     "p4d.24xlarge": 8,
     "p4de.24xlarge": 8,
     "p5.48xlarge": 8,
+    "p5e.48xlarge": 8,
+    "p5en.48xlarge": 8,
 }
 
 

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.rollout import sample_seed
+from actors.engine import sample_seed
 from raylhf.agent.env import ENVS, ToolEnv
 from raylhf.agent.scheduler import SCHEDULERS
 from raylhf.agent.sessions import EnvSession, EpisodeError, SchedulerSession, Step, ToolSession

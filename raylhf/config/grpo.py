@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from raylhf.config.agent import AgentConfig
+from raylhf.config.base import nearest_divisor
 from raylhf.config.demo import DemoConfig, demo_model, demo_reward, demo_rollout
 from raylhf.config.run import TrainerSections
 from raylhf.config.sections import (
@@ -18,7 +19,7 @@ from raylhf.config.sections import (
     RewardConfig,
     RolloutConfig,
     Section,
-    nearest_divisor,
+    check_colocation,
 )
 
 
@@ -133,6 +134,7 @@ class GRPOConfig(TrainerSections):
             raise ValueError(f"grpo.async_steps={g.async_steps} pipelines single-turn generation, but the agent "
                              "section (agent.template / agent.env / agent.scheduler) runs multi-turn episodes "
                              "on-policy: set grpo.async_steps=0 or turn the agent off")
+        check_colocation(self.rollout, self.policy, g.async_steps, "grpo")
         rollout_batch = g.prompt_batch_size * g.samples_per_prompt
         train = g.train_batch_size or rollout_batch
         if rollout_batch % train:

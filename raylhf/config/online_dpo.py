@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from raylhf.config.demo import DemoConfig, demo_model, demo_reward, demo_rollout
 from raylhf.config.run import TrainerSections
@@ -16,6 +16,7 @@ from raylhf.config.sections import (
     RewardConfig,
     RolloutConfig,
     Section,
+    check_colocation,
 )
 
 
@@ -50,3 +51,8 @@ class OnlineDPOConfig(TrainerSections):
     reward: RewardConfig = Field(default_factory=demo_reward)
     online_dpo: OnlineDPOAlgoConfig = Field(default_factory=lambda: OnlineDPOAlgoConfig(eval_every=10))
     demo: DemoConfig = Field(default_factory=DemoConfig)
+
+    @model_validator(mode="after")
+    def _colocation(self) -> OnlineDPOConfig:
+        check_colocation(self.rollout, self.policy, 0, "online_dpo")
+        return self

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from raylhf.config.base import nearest_divisor
 from raylhf.config.demo import DemoConfig, demo_model, demo_reward, demo_rollout
 from raylhf.config.run import TrainerSections
 from raylhf.config.sections import (
@@ -17,7 +18,7 @@ from raylhf.config.sections import (
     RewardConfig,
     RolloutConfig,
     Section,
-    nearest_divisor,
+    check_colocation,
 )
 
 
@@ -80,6 +81,7 @@ class PPOConfig(TrainerSections):
     @model_validator(mode="after")
     def _batches(self) -> PPOConfig:
         p = self.ppo
+        check_colocation(self.rollout, self.policy, 0, "ppo")
         rollout_batch = p.prompt_batch_size * p.samples_per_prompt
         train = p.train_batch_size or rollout_batch
         if rollout_batch % train:

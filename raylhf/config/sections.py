@@ -6,102 +6,13 @@ Sections forbid unknown keys; the loader turns pydantic's errors into messages w
 
 from __future__ import annotations
 
-import functools
-import types
-import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from raylhf.plugins.registry import OPTIMIZERS, TUNERS, Registry
-
-
-def check_registered(reg: Registry[Any], names: str | list[str]) -> None:
-    """A config validator's registry check: every name must be registered (the registry loads its kind's
-    built-ins on first use, and the plugins named by the config are loaded before validation), else ValueError
-    with the registry's message listing the registered names."""
-    for name in [names] if isinstance(names, str) else names:
-        try:
-            reg.get_entry(name)
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
-
-
-class Section(BaseModel):
-    """Base of every config node: unknown keys are errors, assignments are validated.
-
-    A field annotated as a list also takes one value (``train_files: my.jsonl`` means
-    ``train_files: [my.jsonl]``; null means the empty list unless the field allows null), in every
-    section: the ``_single_value`` validator below wraps it before pydantic checks the types (also on
-    assignment), so a wrongly typed value is still reported at the field's dotted path. Strings are
-    never split (``a.jsonl,b.jsonl`` is one name; give several as a list ``[a.jsonl, b.jsonl]``).
-    A section that sets ``shorthand`` also takes a bare string for the whole section (``accuracy``
-    means ``{name: accuracy}``).
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    shorthand: ClassVar[str | None] = None
-    """The field that a bare string given for this section fills, or None (no string form)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        if isinstance(data, str) and cls.shorthand is not None:
-            return {cls.shorthand: data}
-        return data
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _single_value(cls, value: Any, info: ValidationInfo) -> Any:
-        found = _list_fields(cls).get(info.field_name or "")
-        if found is None:
-            return value
-        item, nullable = found
-        if value is None:
-            return value if nullable else []
-        if isinstance(value, (list, tuple, set, frozenset)):
-            return value
-        if isinstance(value, Mapping) and not _takes_mapping(item):
-            return value  # e.g. a mapping for a list of strings: pydantic reports it at the field itself
-        return [value]
-
-
-def list_item_type(annotation: Any) -> tuple[Any, bool] | None:
-    """For a list annotation (``list[X]``, ``list[X] | None``): (X, whether None is allowed); else None."""
-    origin = typing.get_origin(annotation)
-    if origin is list:
-        args = typing.get_args(annotation)
-        return (args[0] if args else Any), False
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(annotation)
-        for a in args:
-            found = list_item_type(a)
-            if found is not None:
-                return found[0], type(None) in args
-    return None
-
-
-@functools.cache
-def _list_fields(cls: type[BaseModel]) -> dict[str, tuple[Any, bool]]:
-    """Field name -> (item type, nullable) for every list field of ``cls``."""
-    out: dict[str, tuple[Any, bool]] = {}
-    for name, info in cls.model_fields.items():
-        found = list_item_type(info.annotation)
-        if found is not None:
-            out[name] = found
-    return out
-
-
-def _takes_mapping(item: Any) -> bool:
-    """Whether one list item of this type may be a mapping (a config section, a dict, Any)."""
-    if item is Any or (isinstance(item, type) and issubclass(item, BaseModel)):
-        return True
-    origin = typing.get_origin(item)
-    if origin in (typing.Union, types.UnionType):
-        return any(_takes_mapping(a) for a in typing.get_args(item))
-    return (isinstance(origin, type) and issubclass(origin, Mapping)) or item in (dict, Mapping)
+from raylhf.config.base import Section, check_registered
+from raylhf.plugins.registry import OPTIMIZERS, TUNERS
 
 
 class TinyModelConfig(Section):
@@ -219,6 +130,18 @@ class PolicyConfig(Section):
         "auto", description="auto = bf16 where the device supports it (CUDA), fp32 on CPU"
     )
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    logprob_chunk_size: int | None = Field(
+        2048, ge=0, description="predicting tokens per chunk of the output head: a micro-batch with more positions "
+        "runs the head, the fp32 log-softmax and the entropy chunk by chunk (checkpointed: the backward recomputes "
+        "a chunk's logits), so its full-vocabulary logits never exist at once; same results up to float rounding; "
+        "0 or null: the whole micro-batch at once. Model types whose head the chunked path does not reproduce take "
+        "the unchunked path (docs/performance.md); also the reference model's forwards"
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] | None = Field(
+        None, description="the HF attention implementation of the policy, critic and reference models; null: "
+        "transformers' default (sdpa); flash_attention_2/3 need CUDA and the flash-attn package on the workers "
+        "(checked when a worker loads the model)"
+    )
     num_cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rank")
     num_gpus_per_worker: float | None = Field(None, ge=0, description="Ray GPUs per rank; null: 1 if GPUs exist")
     tuner: TunerConfig = Field(default_factory=TunerConfig, description="full fine-tuning or LoRA (peft)")
@@ -235,6 +158,44 @@ class PolicyConfig(Section):
         check_registered(OPTIMIZERS, v)
         return v
 
+    def reference_config(self, reference: ReferenceConfig) -> dict[str, Any]:
+        """The ``reference`` dict a ReferenceWorker gets: ``reference.*`` and the policy fields its forwards
+        follow (packing, logprob_chunk_size, attn_implementation)."""
+        return {**reference.model_dump(), "packing": self.packing, "logprob_chunk_size": self.logprob_chunk_size,
+                "attn_implementation": self.attn_implementation}
+
+
+GPU_MEMORY_SPLIT = 0.85  # rollout.gpu_memory_utilization's default when the engines own their GPUs
+GPU_MEMORY_COLOCATE = 0.45  # ... and when an engine shares its GPU with a policy rank
+
+
+def gpu_memory_utilization(rollout: Mapping[str, Any]) -> float:
+    """``rollout.gpu_memory_utilization``, or its default for ``rollout.placement`` (a RolloutConfig dump)."""
+    value = rollout.get("gpu_memory_utilization")
+    if value is not None:
+        return float(value)
+    return GPU_MEMORY_COLOCATE if rollout.get("placement") == "colocate" else GPU_MEMORY_SPLIT
+
+
+def check_colocation(rollout: RolloutConfig, policy: PolicyConfig, async_steps: int, trainer: str) -> None:
+    """Cross-field rules of ``rollout.placement=colocate`` (raised as the config's ValueError)."""
+    if rollout.placement != "colocate":
+        return
+    engines_gpus = rollout.num_engines * rollout.tensor_parallel_size
+    if engines_gpus != policy.num_workers:
+        raise ValueError(
+            f"rollout.placement=colocate puts each engine's tensor-parallel shards on the policy ranks' bundles: "
+            f"rollout.num_engines x rollout.tensor_parallel_size ({rollout.num_engines} x "
+            f"{rollout.tensor_parallel_size} = {engines_gpus}) must equal policy.num_workers ({policy.num_workers})")
+    if async_steps:
+        raise ValueError(f"rollout.placement=colocate alternates generation and training on the same devices; "
+                         f"{trainer}.async_steps={async_steps} overlaps them: set {trainer}.async_steps=0 or "
+                         "rollout.placement=split")
+    if policy.num_gpus_per_worker is not None and policy.num_gpus_per_worker >= 1:
+        raise ValueError(f"rollout.placement=colocate shares each GPU between a policy rank and an engine: "
+                         f"policy.num_gpus_per_worker={policy.num_gpus_per_worker} leaves the engine none; leave it "
+                         "null (the colocated share) or below 1")
+
 
 class RolloutConfig(Section):
     num_engines: int = Field(1, gt=0, description="vLLM engines sharing the generation load")
@@ -243,9 +204,21 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     top_k: int = Field(-1, description="top-k sampling; -1 disables")
     max_new_tokens: int = Field(128, gt=0, description="max response length (tokens)")
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory fraction")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="fraction of a GPU's memory vLLM may take (weights + KV cache); null: "
+        f"{GPU_MEMORY_SPLIT} with placement split, {GPU_MEMORY_COLOCATE} with placement colocate (the policy keeps "
+        "its weights and gradients on the same GPU)")
     cpu_kvcache_gib: float = Field(1.0, gt=0, description="vLLM KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
-    enforce_eager: bool = Field(True, description="disable CUDA graphs / compilation (required on CPU)")
+    enforce_eager: bool | None = Field(
+        None, description="disable CUDA graphs / compilation; null: true on CPU (required there), false on CUDA")
+    placement: Literal["split", "colocate"] = Field(
+        "split", description="split: engines on GPUs of their own; colocate: engine i shares placement-group bundle "
+        "i (one GPU) with policy rank i (rollout.num_engines x tensor_parallel_size = policy.num_workers): the "
+        "engines sleep while the policy trains (rollout.sleep_level), wake weights-first for the sync, then their KV "
+        "cache; the policy's optimizer state is offloaded to host memory while they generate (docs/cluster.md)")
+    sleep_level: Literal[1, 2] = Field(
+        1, description="colocate: vLLM sleep level while the policy trains: 1 moves the weights to host memory and "
+        "drops the KV cache; 2 drops both (the sync after wake-up rewrites every weight)")
     weight_sync: Literal["auto", "collective", "object_store"] = Field(
         "auto",
         description="collective (what auto picks): the policy's rank 0 broadcasts the weights to every engine over a "
@@ -256,6 +229,10 @@ class RolloutConfig(Section):
     verify_tol: float | None = Field(None, gt=0, description="largest probe log-prob gap accepted (default: 1e-3 "
                                      "for fp32 on CPU, 0.1 otherwise)")
     sync_bucket_mb: int = Field(64, gt=0, description="weight-sync bucket size")
+    sync_timeout_s: float | None = Field(
+        None, gt=0, description="how long each collective of a weight sync (and the whole transfer) may wait for a "
+        "peer before the sync fails naming it (a link down between nodes, a peer on the wrong interface); null: "
+        "runtime.phase_timeout_s")
     partial: bool = Field(False, description="partial rollouts (with grpo.async_steps >= 1): a weight sync pauses "
                           "the engines, loads the weights and continues the requests in flight from the tokens they "
                           "have (re-prefilled under the new weights; each token keeps the version that sampled it); "
@@ -264,7 +241,18 @@ class RolloutConfig(Section):
                                       "policy that trains on it; samples beyond are generated again (default: "
                                       "grpo.async_steps)")
     num_cpus_per_engine: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources each engine reserves besides its CPUs / GPUs, to "
+        "put the engines on chosen nodes: {engine_node: 1} places them only on nodes started with `ray start "
+        "--resources '{\"engine_node\": N}'` (placement split)")
     seed: int = Field(0, description="sampling seed")
+
+    @model_validator(mode="after")
+    def _resources_need_own_bundles(self) -> RolloutConfig:
+        if self.resources and self.placement == "colocate":
+            raise ValueError(f"rollout.resources={self.resources} places the engines' own bundles; with "
+                             "rollout.placement=colocate they share the policy's: leave rollout.resources empty")
+        return self
 
 
 class ReferenceConfig(Section):
@@ -375,9 +363,3 @@ class RewardConfig(Section):
         if dup:
             raise ValueError(f"reward names must be unique across reward.remote / reward.models: {dup}")
         return self
-
-
-def nearest_divisor(n: int, target: int) -> int:
-    """The divisor of ``n`` closest to ``target`` (for messages that suggest a batch size)."""
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    return min(divisors, key=lambda d: (abs(d - target), -d))

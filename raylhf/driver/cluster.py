@@ -39,7 +39,8 @@ def init_ray(cfg: RayConfig, required_cpus: float) -> None:
         return
     env = {"env_vars": {"PYTHONPATH": _pythonpath(), "TOKENIZERS_PARALLELISM": "false"}}
     # the tests' fault injection (actors/faults.py) and logging.library_warnings (actors/quiet.py)
-    for fault in ("RAYLHF_FAULT_INJECT", "RAYLHF_FAULT_SYNC_SKIP", "RAYLHF_LIBRARY_WARNINGS"):
+    for fault in ("RAYLHF_FAULT_INJECT", "RAYLHF_FAULT_SYNC_SKIP", "RAYLHF_FAULT_LOSE_WEIGHTS_IN_SLEEP",
+                  "RAYLHF_FAULT_HOLD", "RAYLHF_LIBRARY_WARNINGS"):
         if os.environ.get(fault):
             env["env_vars"][fault] = os.environ[fault]
     if not sys.stdout.isatty():  # a log file: no carriage-return bars from HF loaders, no colour codes

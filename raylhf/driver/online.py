@@ -30,6 +30,7 @@ from raylhf.core.batch import Rollout, TrainBatch
 from raylhf.data import drop_long_prompts, render_prompt
 from raylhf.driver import completions, dynamic, phases
 from raylhf.driver.cluster import init_ray
+from raylhf.driver.colocate import Colocation
 from raylhf.driver.lifecycle import Lifecycle, RunResult, run_lifecycle
 from raylhf.driver.producer import RolloutProducer
 from raylhf.driver.profiling import PhaseProfile
@@ -80,6 +81,8 @@ class OnlineRun:
         self.timer = phases.PhaseTimer()
         self.sync_metrics: dict[str, float] = {}  # the last weight sync's (sync/*)
         self.sampling_metrics: dict[str, float] = {}  # the step's dynamic sampling (rollout/aborted_tokens, ...)
+        self.colocation = Colocation(workers.policy, workers.rollout, cfg.rollout.placement, cfg.rollout.sleep_level,
+                                     life.run_dir)
         life.policy, life.evaluate, life.trainer_state = workers.policy, self.evaluate, self.trainer_state
         if workers.critic is not None:
             life.trained = {"critic": workers.critic}
@@ -111,7 +114,15 @@ class OnlineRun:
         """Step ``step``'s ``n`` samples per prompt; with ``async_steps`` they were prefetched and the next steps'
         generation starts now (``producer.py``). An engine that died is restarted and the step generated again."""
         with self.timer("generate"):
-            return self.recovery.run("generate", self.producer.rollouts, step, n)
+            rollouts = self.recovery.run("generate", self.producer.rollouts, step, n)
+        self._rollouts_done()
+        return rollouts
+
+    def _rollouts_done(self) -> None:
+        """Colocated engines go to sleep until the sync (``colocate.py``); nothing with ``rollout.placement=split``."""
+        if self.colocation.on:
+            with self.timer("sleep"):
+                self.colocation.rollouts_done()
 
     def sample(self, step: int, prompts: list[Any], n: int, varied: bool = False, max_rounds: int = 1
                ) -> tuple[list[Rollout], list[Any], phases.Scores]:
@@ -119,7 +130,7 @@ class OnlineRun:
         groups are sampled and scored until the step has ``len(prompts)`` groups with varied rewards, drawing
         more prompts for at most ``max_rounds`` rounds (``dynamic.py``); its metrics go to the step's row."""
         if not varied:
-            rollouts = self.generate(step, n)
+            rollouts = self.generate(step, n)  # (colocated engines sleep while the reward workers score)
             return rollouts, prompts, self.score(rollouts, prompts, step)
         before = self.stream.state_dict()
 
@@ -129,6 +140,7 @@ class OnlineRun:
 
         with self.timer("generate"):  # generation and the groups' scoring interleave
             v = self.recovery.run("generate", attempt)
+        self._rollouts_done()
         self.producer.consumed(step)
         for r in v.rollouts:
             r.version = self.weight_version
@@ -175,9 +187,11 @@ class OnlineRun:
             return self.recovery.run(group_name, phases.logprobs, group, batch, temperature)
 
     def sync(self) -> None:
-        with self.timer("sync"):
-            self.sync_metrics = self.recovery.run("sync", sync_weights, self.policy, self.workers.rollout,
-                                                  **self.sync_options.kwargs())
+        def send(**kw: Any) -> dict[str, float]:
+            return sync_weights(self.policy, self.workers.rollout, **self.sync_options.kwargs(), **kw)
+
+        with self.timer("sync"):  # colocated: the engines wake around the transfer
+            self.sync_metrics = self.recovery.run("sync", self.colocation.sync, send)
         self.weight_version += 1
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -198,6 +212,7 @@ class OnlineRun:
             m.update(self.producer.last_metrics)
             m.update(self.sync_metrics)
             m.update(self.sampling_metrics)
+            m.update(self.colocation.write_events(step))
             m["perf/samples_per_s"] = num_samples / m["time/step"]
             if self.profile is not None:
                 self.profile.add(step, m)
@@ -270,6 +285,7 @@ def online_run(cfg: Any, algo: Any, name: str, model_path: str, train: list[Any]
             print(f"[{name}] actors up in {time.perf_counter() - t0:.1f}s; nodes: "
                   + ", ".join(f"{k}={sorted({n[:8] for n in v})}" for k, v in life.placement.items()), flush=True)
             life.begin(restore=run.restore)
+            run.colocation.begin()
             yield run
             life.finish(curves)
             if run.profile is not None:

@@ -56,7 +56,7 @@ def start_reference(cfg: Any, model_path: str) -> Any:
 
     return ActorGroup(
         ReferenceWorker, 1, name="reference", num_cpus=cfg.reference.num_cpus, num_gpus=gpus_per_rank(None),
-        init_kwargs=dict(model_path=model_path, reference=cfg.reference.model_dump(), dtype=cfg.model.dtype,
+        init_kwargs=dict(model_path=model_path, reference=cfg.policy.reference_config(cfg.reference), dtype=cfg.model.dtype,
                          trust_remote_code=cfg.model.trust_remote_code),
         sizing="reference.num_cpus", call_timeout_s=cfg.runtime.phase_timeout_s or None,
     )

@@ -7,7 +7,8 @@ Two paths (``rollout.weight_sync``), both ending in vLLM's weight-transfer API w
   (``actors/weight_wire.py``), formed at the first sync and again after an engine was replaced or a sync failed;
   rank 0 broadcasts the weights in buckets while the engines receive them. Every collective has a timeout
   (``runtime.phase_timeout_s``, else 600 s): a dead peer ends the sync with gloo's connection error, a silent one
-  with the timeout, and the driver names the rank (``actors/calls.py``), never hangs.
+  with the timeout, and the driver names the rank (``actors/calls.py``), never hangs: a
+  :class:`WeightSyncFailed` names the group's addresses and the field to raise.
 * ``object_store``: rank 0 puts the buckets in the Ray object store; each engine writes them to /dev/shm and
   loads them.
 
@@ -21,12 +22,13 @@ engines' log-probs of a fixed probe sequence against the policy's (a load that d
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from actors.calls import WorkerError, wait_all
+from actors.calls import PhaseTimeoutError, WorkerError, wait_all
 from actors.group import ActorGroup
 from raylhf.core.errors import RunError
 from raylhf.core.weights import compare_checksums, probe_gap, probe_ids
@@ -39,12 +41,39 @@ class WeightSyncError(RunError):
     log-probs apart)."""
 
 
+class WeightSyncFailed(WorkerError, RunError):
+    """The transfer of a weight sync failed on a rank: an error it raised (gloo's timeout or connection error when a
+    peer cannot be reached: a link down, a firewall between the nodes, a socket on the wrong interface) or its death.
+    Keeps the rank's ``what`` / ``rank`` / ``died``, so a dead engine is still restarted (``recovery.py``)."""
+
+    def __init__(self, e: WorkerError, path: str, timeout_s: float, peers: str) -> None:
+        cause = _last_line(str(e))
+        self.summary = (f"weight sync failed ({path} path): {e.what or 'a rank'} on rank {e.rank} ({cause}). "
+                        f"{peers}Each collective of the sync waits rollout.sync_timeout_s (default: runtime.phase_timeout_s; "
+                        f"{timeout_s:g}s here). "
+                        "A peer that cannot be reached ends the sync like this: check the network between the "
+                        "nodes and the interface each actor logged for its collectives (GLOO_SOCKET_IFNAME / "
+                        "NCCL_SOCKET_IFNAME, docs/cluster.md); if the transfer is only slow, raise "
+                        "rollout.sync_timeout_s")
+        super().__init__(f"{self.summary}\n{e}", e.what, e.rank, e.died)
+
+    def cli_message(self) -> str:
+        return self.summary
+
+
+def _last_line(message: str) -> str:
+    """The remote error's own line (the last non-empty one of a Ray traceback)."""
+    lines = [x.strip() for x in message.strip().splitlines() if x.strip()]
+    return lines[-1][:300] if lines else "no message"
+
+
 @dataclass
 class SyncOptions:
     bucket_mb: int = 64
     mode: str = "auto"  # auto | collective | object_store
     verify: bool = True
     tol: float = 1e-3
+    timeout_s: float | None = None  # rollout.sync_timeout_s; None: the rollout group's call timeout
 
     @classmethod
     def of(cls, cfg: Any) -> SyncOptions:
@@ -54,10 +83,11 @@ class SyncOptions:
         if tol is None:  # fp32 engines match the policy to ~1e-6; half precision to a few 1e-2
             tol = 1e-3 if str(cfg.model.dtype) in ("auto", "float32", "fp32") and not torch.cuda.is_available() \
                 else 0.1
-        return cls(ro.sync_bucket_mb, ro.weight_sync, ro.verify_sync, float(tol))
+        return cls(ro.sync_bucket_mb, ro.weight_sync, ro.verify_sync, float(tol), ro.sync_timeout_s)
 
     def kwargs(self) -> dict[str, Any]:
-        return {"bucket_mb": self.bucket_mb, "mode": self.mode, "verify_sync": self.verify, "tol": self.tol}
+        return {"bucket_mb": self.bucket_mb, "mode": self.mode, "verify_sync": self.verify, "tol": self.tol,
+                "timeout_s": self.timeout_s}
 
 
 @dataclass
@@ -69,6 +99,7 @@ class Channel:
     probe: list[int]
     formed: bool = False
     version: int = 0
+    peers: str = ""  # where the collective group's members are, for errors ("" before it is formed)
 
 
 def _channel(policy: ActorGroup, rollout: ActorGroup, mode: str) -> Channel:
@@ -104,9 +135,12 @@ def _wait(groups: list[tuple[ActorGroup, str, list[Any]]], timeout_s: float) -> 
     return out
 
 
-def _form(policy: ActorGroup, rollout: ActorGroup, timeout_s: float) -> None:
+def _form(policy: ActorGroup, rollout: ActorGroup, ch: Channel, timeout_s: float) -> None:
     tp = int((getattr(rollout, "_init_kwargs", {}).get("rollout") or {}).get("tensor_parallel_size", 1))
     host, port = policy.call_rank0("weight_group_address")
+    engines = [str(addr) for addr, _ in rollout.call("node_address")]
+    ch.peers = (f"The gloo group's store is on the policy's rank 0 at {host}:{port}; the engines are at "
+                f"{', '.join(engines)}. ")
     world = 1 + tp * len(rollout.actors)
     _wait([(policy, "join_weight_group", [a.join_weight_group.remote(host, port, world, timeout_s)
                                           for a in policy.actors]),
@@ -121,7 +155,7 @@ def _transfer(policy: ActorGroup, rollout: ActorGroup, ch: Channel, bucket_mb: i
         refs, sent = policy.call("publish_weights", bucket_mb)[0]
         return sent, rollout.call("load_weights", refs, version)
     if not ch.formed:
-        _form(policy, rollout, timeout_s)
+        _form(policy, rollout, ch, timeout_s)
         ch.formed = True
     sent, received = _wait([(policy, "send_weights", [a.send_weights.remote(bucket_mb) for a in policy.actors]),
                             (rollout, "receive_weights", [a.receive_weights.remote(version)
@@ -155,20 +189,32 @@ def verify(policy: ActorGroup, rollout: ActorGroup, probe: list[int], sent: dict
 
 
 def sync_weights(policy: ActorGroup, rollout: ActorGroup, bucket_mb: int = 64, *, mode: str = "auto",
-                 verify_sync: bool = True, tol: float = 1e-3) -> dict[str, float]:
-    """Policy -> every engine (see the module doc); returns the ``sync/*`` metrics."""
+                 verify_sync: bool = True, tol: float = 1e-3,
+                 after_transfer: Callable[[], None] | None = None, timeout_s: float | None = None
+                 ) -> dict[str, float]:
+    """Policy -> every engine (see the module doc); returns the ``sync/*`` metrics. ``after_transfer``: runs
+    between the transfer and the verification (a colocated engine wakes its KV cache there, ``colocate.py``).
+    ``timeout_s``: each collective's limit (``rollout.sync_timeout_s``); None: the rollout group's call timeout
+    (``runtime.phase_timeout_s``), else DEFAULT_TIMEOUT_S."""
     ch = _channel(policy, rollout, mode)
-    timeout_s = rollout.call_timeout_s or DEFAULT_TIMEOUT_S
+    timeout_s = timeout_s or rollout.call_timeout_s or DEFAULT_TIMEOUT_S
     t0 = time.perf_counter()
     try:
         sent, received = _transfer(policy, rollout, ch, bucket_mb, timeout_s)
-    except BaseException:
+    except WorkerError as e:
         ch.formed = False  # the group may be half-used: form a new one next time
+        if isinstance(e, PhaseTimeoutError):  # the watchdog's report already names the sync and the field
+            raise
+        raise WeightSyncFailed(e, ch.mode, timeout_s, ch.peers) from e
+    except BaseException:
+        ch.formed = False
         raise
     ch.version += 1
     seconds = time.perf_counter() - t0
     gbytes = sum(_nbytes(dtype, shape) for dtype, shape, _ in sent.values()) / 1e9
     out = {"time/sync_transfer": seconds, "sync/gbytes": gbytes}
+    if after_transfer is not None:
+        after_transfer()
     if verify_sync:
         t1 = time.perf_counter()
         out["sync/probe_gap"] = verify(policy, rollout, ch.probe, sent, received, tol)

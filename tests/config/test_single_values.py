@@ -18,15 +18,10 @@ import yaml
 from pydantic import BaseModel, Field
 
 from raylhf.config import CONFIGS, ConfigError, GRPOConfig, build_config, load_config
+from raylhf.config.base import Section, list_item_type
 from raylhf.config.loader import _submodel, parse_argv
 from raylhf.config.run import CallbackConfig
-from raylhf.config.sections import (
-    RemoteRewardConfig,
-    RewardFunctionConfig,
-    RewardModelConfig,
-    Section,
-    list_item_type,
-)
+from raylhf.config.sections import RemoteRewardConfig, RewardFunctionConfig, RewardModelConfig
 from raylhf.tools.serve_reward import ServeRewardConfig
 
 ROOT = Path(__file__).resolve().parents[2]

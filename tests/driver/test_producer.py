@@ -90,7 +90,7 @@ def test_a_checkpoint_keeps_the_prefetched_rollouts_and_the_data_position() -> N
 def test_a_continued_request_asks_for_the_tokens_left_with_a_seed_of_its_own() -> None:
     from vllm import SamplingParams
 
-    from actors.rollout import continued
+    from actors.engine import continued
 
     p = SamplingParams(max_tokens=100, seed=7, temperature=1.0)
     c1, c2 = continued(p, 60, 1), continued(p, 20, 2)

@@ -113,6 +113,11 @@ def test_weight_sync_logprob_parity(tiny_model_dir: Path, tp: int) -> None:
             assert fresh < 2e-4
             assert m["sync/verified"] == 1.0 and m["sync/probe_gap"] < 2e-4
         assert rollout.call("weight_version") == [2]
+        # per-request seeds: the same prompt and seed sample the same tokens (on every TP shard alike)
+        prompts = [(0, seqs[0][:4]), (1, seqs[1][:4])]
+        first, again = (rollout.call_rank0("generate", prompts, 3, 1.0, 8, 123) for _ in range(2))
+        assert [r.response_ids for r in first] == [r.response_ids for r in again]
+        assert len({tuple(r.response_ids) for r in first}) > 1, "different samples of one prompt should differ"
     finally:
         policy.shutdown()
         rollout.shutdown()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from actors.rollout import sample_seed
+from actors.engine import sample_seed
 from raylhf.agent.episode import EpisodeProgram
 from raylhf.agent.multiturn import EpisodeRunner, episode_metrics, turn_seed
 from raylhf.agent.templates import TEMPLATES, AgentTemplate, HermesAgentTemplate, ToolCall, get_template
