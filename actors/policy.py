@@ -43,6 +43,7 @@ from actors.optimizers import (
     describe,
     lr_lambda,  # noqa: F401  (the default schedule; tests import it from here)
 )
+from actors.reference_host import ReferenceHost
 from actors.tuners import TUNERS, FullTuner, TunerArgs, is_peft, prepare, trainable_counts
 from actors.weights_out import WeightExport
 from raylhf.core.batch import Objective, TrainBatch
@@ -52,7 +53,7 @@ from raylhf.core.metrics import SUM_METRICS, reduce_metrics
 from raylhf.core.objective import objective_loss
 
 
-class PolicyWorker(WeightExport, OffloadStates, BaseWorker):
+class PolicyWorker(WeightExport, OffloadStates, ReferenceHost, BaseWorker):
     fault_group = "policy"  # the group name fault injection matches (actors/faults.py)
     tuner: Any = None  # the policy.tuner class (actors/tuners.py); set by build_model, the full tuner otherwise
     load_dtype: torch.dtype = torch.float32  # what build_model loads in; setup sets it (actors/ds_config.py)

@@ -146,6 +146,7 @@ def test_strip_wheel_rewrites_the_record(tmp_path: Path) -> None:
         assert "pkg/big,lib.so" not in z.namelist() and "big" not in z.read("pkg-1.0.dist-info/RECORD").decode()
 
 
+@pytest.mark.tier2  # ~22 s: the slower tier, run by .ci/run after make test
 def test_run_script_dry_run_passes_on_cpu(kit: Path, tmp_path: Path) -> None:
     """The whole sequence the GPU machine runs, on this CPU machine: receive, install (pip --target from the
     chunks), probe, check (CUDA parts skipped with their reason; no Ray)."""

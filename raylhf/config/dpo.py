@@ -21,6 +21,14 @@ REFERENCE_FREE = ("simpo", "orpo", "cpo")
 SMOOTHED = ("cdpo", "simpo", "cpo")  # loss types that take dpo.label_smoothing
 
 
+
+def offline_reference(reference: ReferenceConfig, trainer: str) -> None:
+    """The offline trainers run their reference in a pass of its own before training (raylhf/driver/reference_loop.py)."""
+    if reference.placement != "own":
+        raise ValueError(f"reference.placement={reference.placement} is for the online trainers (grpo, ppo, "
+                         f"online_dpo); {trainer} computes its reference log-probs in a pass of its own before "
+                         "training, while the policy waits: set reference.placement=own")
+
 class _OfflineAlgo(Section):
     num_steps: int | None = Field(None, gt=0, description="optimizer steps; null: epochs over the data")
     epochs: int = Field(1, gt=0, description="passes over the data when num_steps is null")
@@ -80,6 +88,7 @@ class DPOConfig(TrainerSections):
 
     @model_validator(mode="after")
     def _batches(self) -> DPOConfig:
+        offline_reference(self.reference, "dpo")
         if self.dpo.batch_size % self.policy.num_workers:
             raise ValueError(f"dpo.batch_size ({self.dpo.batch_size} pairs) must be divisible by policy.num_workers "
                              f"({self.policy.num_workers}): each rank takes whole pairs")
@@ -108,6 +117,7 @@ class KTOConfig(TrainerSections):
 
     @model_validator(mode="after")
     def _batches(self) -> KTOConfig:
+        offline_reference(self.reference, "kto")
         if self.kto.batch_size % self.policy.num_workers:
             raise ValueError(f"kto.batch_size ({self.kto.batch_size}) must be divisible by policy.num_workers "
                              f"({self.policy.num_workers})")

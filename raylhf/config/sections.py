@@ -256,7 +256,11 @@ class RolloutConfig(Section):
 
 
 class ReferenceConfig(Section):
-    num_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved for the frozen reference model")
+    placement: Literal["own", "policy"] = Field(
+        "own", description="own: an actor of its own (one GPU where the cluster has GPUs); policy: on the policy's "
+        "ranks, no GPU of its own (ZeRO-3: partitioned like the policy, 1/N per rank; ZeRO 0-2: a full frozen copy "
+        "per rank)")
+    num_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved for the frozen reference model (placement own)")
     micro_batch_size: int = Field(16, gt=0, description="sequences per forward")
 
 

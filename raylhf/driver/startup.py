@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from actors.group import ActorGroup
 from actors.policy import PolicyWorker
@@ -17,11 +17,36 @@ from actors.rollout import RolloutWorker, import_vllm
 from raylhf.config.sections import PolicyConfig, RewardConfig, RolloutConfig
 
 
+class HostedReference:
+    """The reference group when the reference model lives on the policy's ranks (``reference.placement: policy``,
+    ``actors/reference_host.py``): its ``logprobs`` are the policy ranks' ``reference_logprobs`` (each rank its share
+    of the batch); it shuts down with the policy."""
+
+    name = "reference"
+    METHODS: ClassVar[dict[str, str]] = {"logprobs": "reference_logprobs"}
+
+    def __init__(self, policy: ActorGroup) -> None:
+        self.policy = policy
+
+    @property
+    def actors(self) -> list[Any]:
+        return self.policy.actors
+
+    def call_split(self, method: str, data: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        return self.policy.call_split(self.METHODS.get(method, method), data, *args, **kwargs)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return self.policy.call(self.METHODS.get(method, method), *args, **kwargs)
+
+    def shutdown(self) -> None:
+        """Nothing of its own: the policy group's shutdown ends it."""
+
+
 @dataclass
 class Workers:
     policy: ActorGroup | None = None
     rollout: ActorGroup | None = None
-    reference: ActorGroup | None = None
+    reference: ActorGroup | HostedReference | None = None
     reward: ActorGroup | None = None
     critic: ActorGroup | None = None
     shared: SharedPlacement | None = None  # rollout.placement=colocate: the bundles policy and engines share
@@ -55,11 +80,12 @@ def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len
     strategy, trust = cfg.ray.placement_strategy, cfg.model.trust_remote_code
     limit = cfg.runtime.phase_timeout_s or None  # the watchdog's limit on every phase
     with_reference = (algo if algo is not None else cfg.grpo).kl_coef > 0
+    own_reference = with_reference and cfg.reference.placement == "own"
     colocated = cfg.rollout.placement == "colocate"
     try:
         if colocated:
             gpus = gpus_per_rank(None) > 0
-            w.shared = SharedPlacement(colocated_bundles(cfg, with_reference, gpus), strategy, "colocated",
+            w.shared = SharedPlacement(colocated_bundles(cfg, own_reference, gpus), strategy, "colocated",
                                        sizing="policy.num_workers, policy.num_cpus_per_worker, "
                                        "rollout.num_cpus_per_engine or reference.num_cpus")
             w.policy = start_policy(cfg.policy, model_path, cfg.model.dtype, optimizer_steps, cfg.seed, strategy,
@@ -75,7 +101,10 @@ def start_workers(cfg: Any, model_path: str, optimizer_steps: int, max_model_len
                                       call_timeout_s=limit, env=env, wait=False)
             w.policy = start_policy(cfg.policy, model_path, cfg.model.dtype, optimizer_steps, cfg.seed, strategy,
                                     trust, call_timeout_s=limit, worker_cls=policy_cls, extra=policy_extra, env=env)
-        if with_reference:
+        if with_reference and not own_reference:  # reference.placement=policy: on the policy's ranks
+            w.policy.call("setup_reference", cfg.policy.reference_config(cfg.reference))
+            w.reference = HostedReference(w.policy)
+        elif with_reference:
             share = {"shared": w.shared, "bundle_index": [0]} if colocated else {}
             gpu = (REFERENCE_SHARE if gpus_per_rank(None) else 0.0) if colocated else gpus_per_rank(None)
             w.reference = ActorGroup(
@@ -132,7 +161,7 @@ def required_cpus(cfg: Any, groups: Iterable[str]) -> float:
         "policy": lambda: cfg.policy.num_workers * cfg.policy.num_cpus_per_worker,
         "critic": lambda: cfg.critic.num_workers * cfg.critic.num_cpus_per_worker,
         "rollout": lambda: cfg.rollout.num_engines * cfg.rollout.num_cpus_per_engine,
-        "reference": lambda: cfg.reference.num_cpus,
+        "reference": lambda: cfg.reference.num_cpus if cfg.reference.placement == "own" else 0.0,
         "reward": lambda: cfg.reward.num_workers * cfg.reward.num_cpus,
         "teacher": lambda: cfg.teacher.num_cpus,
     }

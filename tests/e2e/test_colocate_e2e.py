@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.tier2  # ~45 s: the slower tier, run by .ci/run after make test
 def test_sleep_lost_weights_and_the_wake_then_sync_restores_them(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Policy rank 0 and engine 0 share bundle 0 of one placement group. After an update and a sync the engine
     matches the policy; asleep it loses its weights (> 1e-2 away); the colocated sync (weights woken, sent, KV

@@ -14,7 +14,8 @@ from raylhf.config.sections import PolicyConfig
 from raylhf.core.batch import Objective, TrainBatch
 from raylhf.driver.startup import start_policy
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+# ~60 s with the module's Ray cluster: the slower tier, run by .ci/run after make test
+pytestmark = [pytest.mark.slow, pytest.mark.tier2, pytest.mark.usefixtures("local_ray")]
 
 
 def _seq(n: int, seed: int) -> torch.Tensor:
@@ -40,3 +41,41 @@ def test_uneven_micro_batch_counts_do_not_hang_zero3(tiny_model_dir: Path) -> No
         assert all(torch.isfinite(torch.tensor(o["grad_norm"])) for o in out)
     finally:
         policy.shutdown()
+
+
+def test_reference_on_the_policy_ranks_matches_its_own_actor(tiny_model_dir: Path) -> None:
+    """``reference.placement: policy`` under ZeRO-3: each of two ranks holds half of the frozen reference, and its
+    log-probs equal a ReferenceWorker's (the start checkpoint) before and after the policy trained."""
+    from actors.group import ActorGroup
+    from actors.reference import ReferenceWorker
+    from raylhf.config.sections import ReferenceConfig
+    from raylhf.driver import phases
+    from raylhf.driver.startup import HostedReference
+
+    pc = PolicyConfig(num_workers=2, zero_stage=3, micro_batch_size=2, num_cpus_per_worker=1, lr=1e-2)
+    policy = start_policy(pc, str(tiny_model_dir), "float32", 10, 0, "PACK")
+    own = ActorGroup(ReferenceWorker, 1, name="reference", num_cpus=1,
+                     init_kwargs=dict(model_path=str(tiny_model_dir), dtype="float32",
+                                      reference=pc.reference_config(ReferenceConfig())))
+    try:
+        policy.call("setup_reference", pc.reference_config(ReferenceConfig()), timeout_s=120)
+        hosted = HostedReference(policy)
+        sizes = policy.call("reference_numel", timeout_s=60)
+        assert all(0 < held < 0.6 * full for held, full in sizes), sizes  # about half each, not a copy per rank
+        ids = [_seq(n, 10 + n) for n in (5, 7, 9, 11)]
+        batch = TrainBatch(input_ids=ids, loss_mask=[torch.ones(len(x)) for x in ids],
+                           advantages=[torch.ones(len(x)) for x in ids])
+
+        def close(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+            for x, y in zip(a, b, strict=True):
+                torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+
+        start = phases.logprobs(own, batch, 1.0)
+        close(phases.logprobs(hosted, batch, 1.0), start)
+        policy.call_split("train_step", batch, Objective(pg_coef=1.0).with_counts(batch), timeout_s=120)
+        moved = phases.logprobs(policy, batch, 1.0)
+        assert max(float((m - s).abs().max()) for m, s in zip(moved, start, strict=True)) > 1e-3
+        close(phases.logprobs(hosted, batch, 1.0), start)  # the reference stays the start checkpoint
+    finally:
+        policy.shutdown()
+        own.shutdown()
