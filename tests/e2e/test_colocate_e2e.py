@@ -56,11 +56,14 @@ def test_sleep_lost_weights_and_the_wake_then_sync_restores_them(tmp_path: Path,
         w.rollout.call("reset_weights")
         w.rollout.call("wake_up", None)
         lost = engine_policy_logprob_diff(w.policy, w.rollout, seqs)
+        print(f"engine vs policy after the lost weights: {lost:.3g}")
         assert lost > 1e-2, "reset_weights should have taken the engine away from the policy"
         colo.asleep = False
         m = step()  # sleep, train, offload, wake weights, sync, wake KV cache, verify
         assert m["sync/verified"] == 1.0 and m["sync/probe_gap"] < 2e-4
-        assert engine_policy_logprob_diff(w.policy, w.rollout, seqs) < 2e-4
+        back = engine_policy_logprob_diff(w.policy, w.rollout, seqs)
+        print(f"after the wake-up and the sync: {back:.3g} (probe gap {m['sync/probe_gap']:.3g})")
+        assert back < 2e-4
         colo.events()  # drop the notes so far; one more step, its notes in order
         step()
         order = [f"{e['group']}:{e['event']}" for e in colo.events()]
@@ -95,8 +98,9 @@ def test_grpo_colocated_tensor_parallel_engine_three_steps(tmp_path: Path, tiny_
     train = [r for r in rows if "time/train" in r]
     assert [r["step"] for r in train] == [1, 2, 3]
     for r in train:
+        print(f"step {r['step']}: sync/probe_gap {r['sync/probe_gap']:.3g}, time/sleep {r['time/sleep']:.2f}s, "
+              f"time/sync {r['time/sync']:.2f}s, time/step {r['time/step']:.2f}s")
         assert r["sync/verified"] == 1.0 and r["sync/probe_gap"] < 2e-4, r
-        assert "time/sleep" in r
     events = [json.loads(x) for x in (run_dir / "colocation.jsonl").read_text().splitlines()]
     for step in (2, 3):
         seen = [f"{e['group']}:{e['event']}" for e in events if e["step"] == step and e.get("rank") == 0]
