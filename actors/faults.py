@@ -16,6 +16,18 @@ ENV = "RAYLHF_FAULT_INJECT"
 _calls: dict[str, int] = {}
 
 
+def _due(spec: str, key: str, call: int) -> list[str]:
+    """The marker files of the ``<group>.<method>@<n>:<marker>`` items of ``spec`` (``;``-separated) that name
+    ``key`` and this ``call`` number."""
+    markers = []
+    for item in spec.split(";"):
+        target, _, rest = item.strip().partition("@")
+        count, _, marker = rest.partition(":")
+        if target == key and count.isdigit() and int(count) == call and marker:
+            markers.append(marker)
+    return markers
+
+
 def maybe_die(group: str, method: str) -> None:
     if os.environ.get(HOLD_ENV):
         _maybe_hold(f"{group}.{method}", os.environ[HOLD_ENV])
@@ -24,11 +36,7 @@ def maybe_die(group: str, method: str) -> None:
         return
     key = f"{group}.{method}"
     _calls[key] = _calls.get(key, 0) + 1
-    for item in spec.split(";"):
-        target, _, rest = item.strip().partition("@")
-        count, _, marker = rest.partition(":")
-        if target != key or not count.isdigit() or int(count) != _calls[key] or not marker:
-            continue
+    for marker in _due(spec, key, _calls[key]):
         try:
             Path(marker).open("x").close()  # fires once, across restarts
         except FileExistsError:
@@ -47,11 +55,7 @@ def _maybe_hold(key: str, spec: str) -> None:
     and waits while it exists (at most HOLD_MAX_S), then goes on: a test changes the world meanwhile (cuts a network
     link while a weight sync is under way, tests/e2e/test_netns_multinode.py) and deletes the marker."""
     _held[key] = _held.get(key, 0) + 1
-    for item in spec.split(";"):
-        target, _, rest = item.strip().partition("@")
-        count, _, marker = rest.partition(":")
-        if target != key or not count.isdigit() or int(count) != _held[key] or not marker:
-            continue
+    for marker in _due(spec, key, _held[key]):
         Path(marker).touch()
         print(f"[fault] {key} call {_held[key]}: holding while {marker} exists ({HOLD_ENV})", flush=True)
         deadline = time.monotonic() + HOLD_MAX_S
