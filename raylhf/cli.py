@@ -63,6 +63,8 @@ COMMANDS: dict[str, Command] = {
                   "reward-model training (Bradley-Terry on preference pairs)"),
     "gkd": Command("raylhf.gkd", GKDConfig, "raylhf.trainers.gkd:cli", "raylhf.demo.offline:gkd_demo",
                    "on-policy distillation (GKD): student samples, teacher distributions, generalized JSD"),
+    "sandbox-run": Command("raylhf.sandbox_run", None, "raylhf.tools.sandbox_run:main", None,
+                           "run a program in the code sandbox; prints one JSON line (status, output, time)"),
     "check-plugin": Command("raylhf.check_plugin", None, "raylhf.plugins.check:main", None,
                             "load a plugin file and check each entry against its interface"),
 }

@@ -11,6 +11,7 @@ import inspect
 from typing import Any
 
 from raylhf.plugins.registry import REWARDS, PluginCheckError
+from rewards import codetests as _code_tests  # noqa: F401  (registers code_tests)
 from rewards import orm as _builtins  # noqa: F401  (the built-in rewards register on import)
 from rewards.base import (
     ORM,

@@ -114,7 +114,9 @@ class CallableScorer:
         return x
 
     def metrics(self) -> dict[str, float]:
-        return {}
+        """An ORM/PRM instance's own ``metrics()`` (e.g. code_tests' status shares); functions have none."""
+        own = getattr(self.fn, "metrics", None)
+        return dict(own()) if callable(own) and not isinstance(self.fn, functools.partial) else {}
 
     async def aclose(self) -> None:
         return None

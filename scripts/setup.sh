@@ -8,6 +8,17 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 VENV=.venv
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then FLAVOR=gpu; else FLAVOR=cpu; fi
+# the code sandbox (docs/sandbox.md): bubblewrap from the distribution; without it the code_tests reward and the
+# python tool refuse to start (they never run model-written code unsandboxed)
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing bubblewrap (apt-get)"
+    { apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } \
+      || echo "[setup] WARNING: could not install bubblewrap; the code sandbox will refuse to run" >&2
+  else
+    echo "[setup] WARNING: bubblewrap (bwrap) is not installed; install it (Debian/Ubuntu: sudo apt-get install bubblewrap) for the code sandbox" >&2
+  fi
+fi
 STAMP="$VENV/.raylhf-setup-$FLAVOR-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ]; then exit 0; fi
 echo "[setup] creating $VENV ($FLAVOR) with $($PY --version)"

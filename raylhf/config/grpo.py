@@ -10,6 +10,7 @@ from raylhf.config.agent import AgentConfig
 from raylhf.config.base import nearest_divisor
 from raylhf.config.demo import DemoConfig, demo_model, demo_reward, demo_rollout
 from raylhf.config.run import TrainerSections
+from raylhf.config.sandbox import SandboxConfig
 from raylhf.config.sections import (
     DataConfig,
     LossAgg,
@@ -126,6 +127,8 @@ class GRPOConfig(TrainerSections):
     grpo: GRPOAlgoConfig = Field(default_factory=lambda: GRPOAlgoConfig(eval_every=10))
     agent: AgentConfig = Field(default_factory=AgentConfig, description="multi-turn rollouts with tools")
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="how model-written code runs "
+                                   "(the code_tests reward, the python tool)")
 
     @model_validator(mode="after")
     def _batches(self) -> GRPOConfig:

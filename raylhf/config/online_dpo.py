@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from raylhf.config.demo import DemoConfig, demo_model, demo_reward, demo_rollout
 from raylhf.config.run import TrainerSections
+from raylhf.config.sandbox import SandboxConfig
 from raylhf.config.sections import (
     DataConfig,
     ModelConfig,
@@ -51,6 +52,8 @@ class OnlineDPOConfig(TrainerSections):
     reward: RewardConfig = Field(default_factory=demo_reward)
     online_dpo: OnlineDPOAlgoConfig = Field(default_factory=lambda: OnlineDPOAlgoConfig(eval_every=10))
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="how model-written code runs "
+                                   "(the code_tests reward, the python tool)")
 
     @model_validator(mode="after")
     def _colocation(self) -> OnlineDPOConfig:

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from raylhf.config.base import nearest_divisor
 from raylhf.config.demo import DemoConfig, demo_model, demo_reward, demo_rollout
 from raylhf.config.run import TrainerSections
+from raylhf.config.sandbox import SandboxConfig
 from raylhf.config.sections import (
     DataConfig,
     LossAgg,
@@ -77,6 +78,8 @@ class PPOConfig(TrainerSections):
     reward: RewardConfig = Field(default_factory=demo_reward)
     ppo: PPOAlgoConfig = Field(default_factory=lambda: PPOAlgoConfig(eval_every=10))
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="how model-written code runs "
+                                   "(the code_tests reward, the python tool)")
 
     @model_validator(mode="after")
     def _batches(self) -> PPOConfig:

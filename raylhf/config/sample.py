@@ -6,6 +6,7 @@ from pydantic import Field
 
 from raylhf.config.demo import DemoConfig
 from raylhf.config.run import PluginSections, RayConfig
+from raylhf.config.sandbox import SandboxConfig
 from raylhf.config.sections import (
     DataConfig,
     ModelConfig,
@@ -37,5 +38,7 @@ class SampleConfig(PluginSections):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     sample: SampleAlgoConfig = Field(default_factory=SampleAlgoConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="how model-written code runs "
+                                   "(the code_tests reward, the python tool)")
     ray: RayConfig = Field(default_factory=RayConfig)
     seed: int = Field(1, description="global seed")

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from raylhf.config.sandbox import SandboxConfig
 from raylhf.config.sections import PRMAggregate, RewardFunctionConfig, RewardModelConfig, Section
 
 
@@ -41,6 +42,8 @@ class ServeRewardConfig(Section):
         None, description="PEM certificate (chain) to serve HTTPS with; needs ssl_keyfile (both or neither)"
     )
     ssl_keyfile: str | None = Field(None, description="PEM private key (unencrypted) of ssl_certfile")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="how the code_tests reward runs "
+                                   "programs (docs/sandbox.md)")
 
     @model_validator(mode="after")
     def _something(self) -> ServeRewardConfig:

@@ -125,14 +125,19 @@ def merge_scores(parts: list[Scores]) -> Scores:
 
 
 def reduce_reward_metrics(per_worker: list[dict[str, float]]) -> dict[str, float]:
-    """Counters add up over reward workers, latency percentiles take the worst worker."""
+    """Counters add up over reward workers, latency percentiles take the worst worker, shares (``*_frac``)
+    the mean of the workers that report them."""
     out: dict[str, float] = {}
+    shares: dict[str, list[float]] = {}
     for d in per_worker:
         for k, v in d.items():
             if k.endswith("_ms"):
                 out[k] = max(out.get(k, v), v)
+            elif k.endswith("_frac"):
+                shares.setdefault(k, []).append(v)
             else:
                 out[k] = out.get(k, 0.0) + v
+    out.update({k: sum(v) / len(v) for k, v in shares.items()})
     return out
 
 

@@ -185,8 +185,12 @@ def extra_functions(cfg: Any) -> list[dict[str, Any]]:
 
 
 def reward_context(cfg: Any) -> dict[str, Any]:
-    """Run facts every reward may ask for by keyword (``max_new_tokens``)."""
-    return {"max_new_tokens": cfg.rollout.max_new_tokens}
+    """Run facts every reward may ask for by keyword (``max_new_tokens``; ``sandbox``: the ``sandbox:`` section,
+    for the code_tests reward)."""
+    out: dict[str, Any] = {"max_new_tokens": cfg.rollout.max_new_tokens}
+    if getattr(cfg, "sandbox", None) is not None:
+        out["sandbox"] = cfg.sandbox.model_dump()
+    return out
 
 
 def start_reward(cfg: RewardConfig, context: dict[str, Any], extra: list[dict[str, Any]] | None = None,

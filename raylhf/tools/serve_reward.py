@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from raylhf.config.serve_reward import ServeRewardConfig
+from rewards.base import RewardBatch, Score
 from rewards.scoring import CombinedScorer, build_scorers
 from rewards.server import check_tls_files, create_app, serve
 
@@ -35,13 +36,32 @@ def read_token(token_env: str | None) -> str | None:
     return (os.environ.get(token_env) or None) if token_env else None
 
 
+class _WithContext:
+    """The served scorer with the server's run facts (the ``sandbox:`` section) in every batch's context, as the
+    reward actors have them."""
+
+    def __init__(self, inner: CombinedScorer, context: dict[str, Any]) -> None:
+        self.inner, self.context = inner, context
+        self.name, self.kind = inner.name, inner.kind
+
+    async def score(self, batch: RewardBatch) -> list[Score]:
+        batch.context = {**self.context, **batch.context}
+        return await self.inner.score(batch)
+
+    def metrics(self) -> dict[str, float]:
+        return self.inner.metrics()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 def build_scorer(cfg: ServeRewardConfig) -> Any:
     scorers = build_scorers(
         functions=[f.model_dump() for f in cfg.functions],
         models=[cfg.model.model_dump()] if cfg.model is not None else [],
         plugins=cfg.plugins,
     )
-    return CombinedScorer(scorers, name=cfg.name)
+    return _WithContext(CombinedScorer(scorers, name=cfg.name), {"sandbox": cfg.sandbox.model_dump()})
 
 
 async def _serve(cfg: ServeRewardConfig, scorer: Any, token: str | None) -> None:
