@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from raylhf.config.sandbox import SandboxConfig
 from rewards.sandbox import SandboxSpec, SandboxUnavailable, run_program, warn_unisolated
 
 PROG = "raylhf sandbox-run"
@@ -34,10 +37,6 @@ def _parser() -> argparse.ArgumentParser:
 def _section(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
-    import yaml
-
-    from raylhf.config.sandbox import SandboxConfig
-
     raw = yaml.safe_load(Path(path).read_text()) or {}
     return SandboxConfig.model_validate(raw.get("sandbox") or {}).model_dump()
 

@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from rewards.sandbox.harness import encode
+
 _BUILTINS = set(dir(builtins))
 
 
@@ -174,8 +176,6 @@ def stdio_plan(pairs: Any, fn_name: str | None = None) -> Plan:
     if len(inputs) != len(outputs) or not inputs:
         raise UnsupportedTests(f"{len(inputs)} inputs for {len(outputs)} outputs; give one output per input")
     if fn_name:
-        from rewards.sandbox.harness import encode
-
         args = [encode(tuple(a) if isinstance(a, list) else (a,)) for a in inputs]
         return Plan(kind="calls", calls=[f"{fn_name}(*__args)"] * len(inputs), args=args, outputs=outputs,
                     inputs=[json.dumps(a) for a in inputs])

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rewards.sandbox.spec import RunResult, SandboxSpec, SandboxUnavailable, classify
+from rewards.sandbox.unisolated import unisolated_argv
 
 WORKDIR = "/work"
 _UID_BASE = 3_000_000  # sandbox uids when started as root: unused by any account, one per concurrent run
@@ -165,8 +166,6 @@ def run_program(files: Mapping[str, str | bytes], command: Sequence[str] | None 
         ro_fds = {dest: _memfd(dest, body) for dest, body in (readonly or {}).items()}
         fds = [*file_fds.values(), *ro_fds.values()]
         if spec.isolation == "none":
-            from rewards.sandbox.unisolated import unisolated_argv
-
             argv, scratch = unisolated_argv(argv, files, readonly or {}, spec)
         else:
             argv = [*bwrap_argv(spec, file_fds, ro_fds), "--", *argv]
