@@ -147,3 +147,12 @@ def test_a_row_without_usable_tests_is_not_scored(reward: CodeTests) -> None:
     assert reward.metrics()["unsupported_frac"] == 1.0
     with pytest.raises(ValueError, match="'tests' column"):
         reward(["x"], solution=["3"])
+
+
+def test_every_generated_task_passes_with_its_reference_and_fails_without(reward: CodeTests) -> None:
+    from raylhf.demo.tasks.code import fenced, make_code_tasks
+
+    rows = make_code_tasks(10, seed=5)
+    columns = {"tests": [r["tests"] for r in rows], "entry_point": [r["entry_point"] for r in rows]}
+    assert reward([fenced(r["reference"]) for r in rows], **columns) == [1.0] * 10
+    assert reward([fenced("pass\n")] * 10, **columns) == [0.0] * 10
