@@ -18,9 +18,9 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from raylhf.demo.tasks.code import fenced, make_code_tasks
 from rewards.codetests import CodeTests
 from rewards.sandbox import SandboxPool, SandboxSpec, run_program
-from raylhf.demo.tasks.code import fenced, make_code_tasks
 
 BUSY = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0:\n    pass\n"
 
