@@ -36,7 +36,7 @@ from raylhf.agent.env import ENVS, ToolEnv
 from raylhf.agent.scheduler import SCHEDULERS
 from raylhf.agent.sessions import EnvSession, EpisodeError, SchedulerSession, Step, ToolSession
 from raylhf.agent.templates import AgentTemplate, chat_tool_turn, get_template
-from raylhf.agent.tools import TOOLS
+from raylhf.agent.tools import TOOLS, bind_tool
 from raylhf.assets import load_tokenizer
 from raylhf.core.batch import Rollout
 from raylhf.data import render_prompt
@@ -137,6 +137,7 @@ class EpisodeProgram:
     max_turn_tokens: int | None = None
     env_reward: str = "sum"
     barrier: bool = False
+    sandbox: str = "{}"  # JSON: the run's sandbox: section (the python tool's limits); {}: the defaults
 
     def bind(self) -> Bound:
         """The live program, built once per process (under a lock: an engine's concurrent calls arrive on several
@@ -157,9 +158,10 @@ class Bound:
 
     def __init__(self, program: EpisodeProgram) -> None:
         self.program = p = program
+        run = {"sandbox": json.loads(p.sandbox), "tool_timeout_s": p.timeout_s}
+        self.tools = {n: bind_tool(TOOLS.get_entry(n), **run) for n in p.tools}  # python: probes the sandbox
         self.tokenizer = load_tokenizer(p.tokenizer)
         self.template: AgentTemplate | None = get_template(p.template, self.tokenizer) if p.template else None
-        self.tools = {n: TOOLS.get_entry(n) for n in p.tools}
         self.env_cls = ENVS.get_entry(p.env) if p.env and p.env != "tools" else None
         self.scheduler = SCHEDULERS.get_entry(p.scheduler)(max_turns=p.max_turns) if p.scheduler else None
         self.stop = [s for s in self.template.stop_words if s] if self.template is not None and self.tools else []

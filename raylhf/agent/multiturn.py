@@ -29,20 +29,23 @@ from typing import Any
 
 from raylhf.agent.episode import Bound, EpisodeProgram, turn_seed
 from raylhf.agent.tools import tool_spec
+from raylhf.config.sandbox import SandboxConfig
 from raylhf.core.batch import Rollout
 from raylhf.data import PromptExample, render_prompt
 
 __all__ = ["EpisodeProgram", "EpisodeRunner", "episode_metrics", "turn_seed"]
 
 
-def program_of(agent: Any, tokenizer_path: str) -> EpisodeProgram:
-    """The :class:`EpisodeProgram` of an ``agent`` config section."""
+def program_of(agent: Any, tokenizer_path: str, sandbox: Any = None) -> EpisodeProgram:
+    """The :class:`EpisodeProgram` of an ``agent`` config section and the run's ``sandbox`` section (the limits of
+    the ``python`` tool; None: the defaults), which travels with the program to the engines."""
+    box = sandbox.model_dump() if hasattr(sandbox, "model_dump") else dict(sandbox or SandboxConfig().model_dump())
     return EpisodeProgram(
         tokenizer=tokenizer_path, max_turns=agent.max_turns, template=agent.template, tools=tuple(agent.tools),
         env=agent.env, env_config=json.dumps(agent.env_config, sort_keys=True), scheduler=agent.scheduler,
         max_tool_response_tokens=agent.max_tool_response_tokens, timeout_s=agent.tool_timeout_s,
         max_concurrent_steps=agent.max_concurrent_steps, max_turn_tokens=agent.max_turn_tokens,
-        env_reward=agent.env_reward, barrier=agent.barrier)
+        env_reward=agent.env_reward, barrier=agent.barrier, sandbox=json.dumps(box, sort_keys=True))
 
 
 class EpisodeRunner:
@@ -57,8 +60,9 @@ class EpisodeRunner:
         self.rows: dict[tuple[int, ...], dict[str, Any]] = {}  # prompt ids -> its data row (the env's reset)
 
     @classmethod
-    def from_config(cls, agent: Any, tokenizer_path: str, max_new_tokens: int) -> EpisodeRunner:
-        return cls(program_of(agent, tokenizer_path), max_new_tokens)
+    def from_config(cls, agent: Any, tokenizer_path: str, max_new_tokens: int,
+                    sandbox: Any = None) -> EpisodeRunner:
+        return cls(program_of(agent, tokenizer_path, sandbox), max_new_tokens)
 
     # ---- prompts ---------------------------------------------------------------------------------
     def tool_specs(self) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from raylhf.agent.env import RolloutInferRequest, call_method
 from raylhf.agent.scheduler import ChatCompletionResponseChoice, ChatMessage, next_request
 from raylhf.agent.templates import ToolCall
-from raylhf.agent.tools import ToolResult, call_tool
+from raylhf.agent.tools import ToolResult, acall_tool
 
 if TYPE_CHECKING:
     from raylhf.agent.episode import Bound
@@ -40,7 +40,8 @@ class Step:
 
 
 class ToolSession:
-    """The agent's tools: a turn's calls run side by side (threads), each under the step timeout."""
+    """The agent's tools: a turn's calls run side by side (async ones on the loop, plain ones in threads), each
+    under the step timeout."""
 
     own_timeouts = True  # each call has its own (its answer says which tool timed out)
 
@@ -68,10 +69,9 @@ class ToolSession:
     async def _call(self, c: ToolCall) -> ToolResult:
         if c.error is not None:
             return ToolResult(f"error: {c.error}", True)
-        loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.wait_for(loop.run_in_executor(self.b.executor, call_tool, self.b.tools, c.name,
-                                                               c.arguments), self.b.timeout_s)
+        try:  # an async tool (python) on the engine's loop, a plain one in the engine's pool
+            return await asyncio.wait_for(acall_tool(self.b.tools, c.name, c.arguments, self.b.executor),
+                                          self.b.timeout_s)
         except TimeoutError:
             return ToolResult(f"error: tool {c.name} timed out after {self.b.timeout_s:g}s (agent.tool_timeout_s)",
                               True)

@@ -12,22 +12,27 @@ from its signature) that the agent template renders into the prompt::
 
 or a plugin module's ``tools = {"power": power}``; select with ``agent.tools: [power]``. What a tool raises, a
 bad argument, an unknown tool name or a timeout becomes the tool's answer text (``error: ...``), so the model
-sees it and the run goes on. Built-in: ``calculator`` (arithmetic through an AST walk, never ``eval``).
+sees it and the run goes on. An ``async`` tool (or an object with an ``async __call__``) runs on the engine's
+event loop, a plain one in a thread. A tool object with a ``for_run(**settings)`` method gets a copy bound to the
+run's settings (:func:`bind_tool`). Built-in: ``calculator`` (arithmetic through an AST walk, never ``eval``)
+and ``python`` (the model's code in the sandbox: :mod:`raylhf.agent.python_tool`).
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 import math
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from raylhf.agent.python_tool import PythonTool
 from raylhf.plugins.registry import TOOLS, PluginCheckError
 
-__all__ = ["TOOLS", "ToolResult", "calculator", "call_tool", "check_plugin_entry", "collect_tools", "register_tool",
-           "tool_spec"]
+__all__ = ["TOOLS", "ToolResult", "acall_tool", "bind_tool", "calculator", "call_tool", "check_plugin_entry",
+           "collect_tools", "is_async_tool", "register_tool", "tool_spec"]
 
 
 def _check_tool(name: str, obj: Any) -> None:
@@ -99,8 +104,8 @@ class ToolResult:
         return f"ToolResult({self.text!r}, error={self.error})"
 
 
-def call_tool(tools: Mapping[str, Callable[..., Any]], name: str, arguments: Mapping[str, Any]) -> ToolResult:
-    """Run one call; whatever goes wrong becomes ``error: ...`` text for the model."""
+def _refusal(tools: Mapping[str, Callable[..., Any]], name: str, arguments: Mapping[str, Any]) -> ToolResult | None:
+    """The error answer of a call that cannot run (an unknown tool, arguments its signature refuses), else None."""
     fn = tools.get(name)
     if fn is None:
         return ToolResult(f"error: unknown tool {name!r}; available: {', '.join(sorted(tools)) or 'none'}", True)
@@ -109,11 +114,58 @@ def call_tool(tools: Mapping[str, Callable[..., Any]], name: str, arguments: Map
     except TypeError as e:
         params = ", ".join(tool_spec(name, fn)["parameters"].get("properties", {}))
         return ToolResult(f"error: {name} takes ({params}); got {dict(arguments)} ({e})", True)
+    return None
+
+
+def _answer(out: Any) -> ToolResult:
+    return out if isinstance(out, ToolResult) else ToolResult(out if isinstance(out, str) else str(out))
+
+
+def call_tool(tools: Mapping[str, Callable[..., Any]], name: str, arguments: Mapping[str, Any]) -> ToolResult:
+    """Run one call; whatever goes wrong becomes ``error: ...`` text for the model."""
+    refused = _refusal(tools, name, arguments)
+    if refused is not None:
+        return refused
     try:
-        out = fn(**arguments)
+        out = tools[name](**arguments)
+        if inspect.isawaitable(out):  # an async tool called from a thread: its own loop
+            out = asyncio.run(_awaited(out))
     except Exception as e:  # a tool's failure is its answer, never the run's
         return ToolResult(f"error: {type(e).__name__}: {e}", True)
-    return ToolResult(out if isinstance(out, str) else str(out))
+    return _answer(out)
+
+
+async def _awaited(out: Any) -> Any:
+    return await out
+
+
+def is_async_tool(fn: Any) -> bool:
+    """An ``async def`` tool, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+async def acall_tool(tools: Mapping[str, Callable[..., Any]], name: str, arguments: Mapping[str, Any],
+                     executor: Any = None) -> ToolResult:
+    """:func:`call_tool` from an event loop: an async tool is awaited on it, a plain one runs in ``executor``."""
+    fn = tools.get(name)
+    if fn is None or not is_async_tool(fn):
+        return await asyncio.get_running_loop().run_in_executor(executor, call_tool, tools, name, arguments)
+    refused = _refusal(tools, name, arguments)
+    if refused is not None:
+        return refused
+    try:
+        out = await fn(**arguments)
+    except Exception as e:
+        return ToolResult(f"error: {type(e).__name__}: {e}", True)
+    return _answer(out)
+
+
+def bind_tool(fn: Callable[..., Any], **settings: Any) -> Callable[..., Any]:
+    """The tool as a run uses it: a tool object with a ``for_run(**settings)`` method returns its copy bound to
+    the run's settings (``sandbox``: the run's ``sandbox:`` section as a dict; ``tool_timeout_s``); it may raise
+    when the run cannot use it (the ``python`` tool without a working sandbox). Other tools are used as they are."""
+    for_run = getattr(fn, "for_run", None)
+    return for_run(**settings) if callable(for_run) and not isinstance(fn, type) else fn
 
 
 # ------------------------------------------------------------------------------- the built-in calculator
@@ -203,6 +255,8 @@ def check_plugin_entry(name: str, obj: Any) -> str:
                                f"a docstring or a description attribute; expected {EXPECTED}")
     try:
         out = obj(**args)
+        if inspect.isawaitable(out):
+            out = asyncio.run(_awaited(out))
     except Exception as e:
         return (f"called with {args}: raised {type(e).__name__}: {e} (at run time this becomes its answer "
                 "text 'error: ...')")
@@ -213,3 +267,4 @@ def check_plugin_entry(name: str, obj: Any) -> str:
 
 
 TOOLS.attach(collector=collect_tools, interface_check=check_plugin_entry)
+TOOLS.register("python", PythonTool())

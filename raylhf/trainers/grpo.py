@@ -83,7 +83,8 @@ def run_grpo(cfg: GRPOConfig, model_path: str | None = None, train: list | None 
 def _agent(cfg: GRPOConfig, model_path: str) -> Any:
     """The multi-turn episode runner of ``cfg.agent`` (raylhf/agent/multiturn.py)."""
 
-    runner = EpisodeRunner.from_config(cfg.agent, cfg.model.tokenizer or model_path, cfg.rollout.max_new_tokens)
+    runner = EpisodeRunner.from_config(cfg.agent, cfg.model.tokenizer or model_path, cfg.rollout.max_new_tokens,
+                                       sandbox=cfg.sandbox)
     need = runner.tools_prompt_tokens()
     if need > cfg.data.max_prompt_length:
         raise DataError(f"the system message that offers agent.tools={cfg.agent.tools} in the "

@@ -125,14 +125,15 @@ def probe(spec: SandboxSpec) -> None:
     reason when the sandbox cannot start here (e.g. user namespaces refused in a container)."""
     key = (spec.bwrap, spec.python, spec.isolation)
     if key not in _probed:
-        _probed[key] = None
-        if spec.isolation == "bwrap":
+        problem = None
+        if spec.isolation == "bwrap":  # a missing binary or interpreter raises here, and is not remembered
             res = run_program({}, ["/usr/bin/true"], spec=spec, _probe=True)
             if res.status != "ok":
-                _probed[key] = (f"bubblewrap ({spec.bwrap_path()}) cannot start a sandbox here "
-                                f"({res.status}, exit {res.exit_code}): {res.stderr.strip()[:300]}; it needs user "
-                                "and network namespaces (inside a container: run it with --privileged or allow "
-                                "unshare)")
+                problem = (f"bubblewrap ({spec.bwrap_path()}) cannot start a sandbox here "
+                           f"({res.status}, exit {res.exit_code}): {res.stderr.strip()[:300]}; it needs user "
+                           "and network namespaces (inside a container: run it with --privileged or allow "
+                           "unshare)")
+        _probed[key] = problem
     if _probed[key] is not None:
         raise SandboxUnavailable(_probed[key])
 
