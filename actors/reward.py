@@ -10,7 +10,7 @@ from actors.faults import maybe_die
 from actors.group import BaseWorker
 from rewards.aio import LoopThread
 from rewards.base import RewardBatch
-from rewards.scoring import CombinedScorer, build_scorers
+from rewards.scoring import CombinedScorer, bind_context, build_scorers
 
 
 class RewardWorker(BaseWorker):
@@ -42,6 +42,7 @@ class RewardWorker(BaseWorker):
         self._secrets.clear()
         self.loop = LoopThread()
         self.combined = CombinedScorer(build_scorers(**self.specs))
+        bind_context(self.combined.scorers, self.context)
 
     def score(self, items: list[dict[str, Any]], step: int | None = None) -> dict[str, Any]:
         """``items``: ``{"prompt", "completion", "completion_ids", "prompt_messages"?, "rendered_prompt"?,

@@ -159,6 +159,15 @@ def build_scorers(functions: Iterable[dict[str, Any]] = (), remote: Iterable[dic
     return out
 
 
+def bind_context(scorers: Iterable[tuple[Scorer, float]], context: dict[str, Any]) -> None:
+    """Give the run's facts to every reward that asks for them at start (``fn.bind_context(context)``, e.g.
+    code_tests builds its sandbox pool and checks the sandbox can run)."""
+    for scorer, _ in scorers:
+        hook = getattr(getattr(scorer, "fn", None), "bind_context", None)
+        if callable(hook):
+            hook(context)
+
+
 class CombinedScorer:
     """The weighted sum of several scorers, run concurrently. A scorer's ``None`` contributes nothing
     (TRL's convention for rewards that do not apply to a sample); a completion no scorer scored is ``None``."""

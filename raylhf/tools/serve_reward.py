@@ -17,7 +17,8 @@ from typing import Any
 
 from raylhf.config.serve_reward import ServeRewardConfig
 from rewards.base import RewardBatch, Score
-from rewards.scoring import CombinedScorer, build_scorers
+from rewards.sandbox import SandboxUnavailable
+from rewards.scoring import CombinedScorer, bind_context, build_scorers
 from rewards.server import check_tls_files, create_app, serve
 
 PROG = "raylhf.serve_reward"
@@ -61,7 +62,9 @@ def build_scorer(cfg: ServeRewardConfig) -> Any:
         models=[cfg.model.model_dump()] if cfg.model is not None else [],
         plugins=cfg.plugins,
     )
-    return _WithContext(CombinedScorer(scorers, name=cfg.name), {"sandbox": cfg.sandbox.model_dump()})
+    context = {"sandbox": cfg.sandbox.model_dump()}
+    bind_context(scorers, context)
+    return _WithContext(CombinedScorer(scorers, name=cfg.name), context)
 
 
 async def _serve(cfg: ServeRewardConfig, scorer: Any, token: str | None) -> None:
@@ -94,7 +97,7 @@ def cli(cfg: ServeRewardConfig) -> int:
             return 2
     try:
         scorer = build_scorer(cfg)
-    except (ValueError, TypeError, KeyError, AttributeError, ImportError, OSError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, ImportError, OSError, SandboxUnavailable) as e:
         print(f"{PROG}: error: could not build the rewards: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     try:

@@ -43,6 +43,11 @@ class CodeTests(ORM):
         self._counts: Counter[str] = Counter()
         self._pool: SandboxPool | None = None
 
+    def bind_context(self, context: dict[str, Any]) -> None:
+        """At the reward actor's start (and the reward server's): build the pool from the run's ``sandbox:``
+        section, so a machine that cannot sandbox stops the run now, with the reason, not at the first score."""
+        self.pool(context.get("sandbox"))
+
     def pool(self, sandbox: dict[str, Any] | None) -> SandboxPool:
         if self._pool is None:
             spec = SandboxSpec.from_config({**(sandbox or {}), **self.overrides})

@@ -156,3 +156,21 @@ def test_every_generated_task_passes_with_its_reference_and_fails_without(reward
     columns = {"tests": [r["tests"] for r in rows], "entry_point": [r["entry_point"] for r in rows]}
     assert reward([fenced(r["reference"]) for r in rows], **columns) == [1.0] * 10
     assert reward([fenced("pass\n")] * 10, **columns) == [0.0] * 10
+
+
+def test_a_reward_actor_that_cannot_sandbox_stops_at_start(tmp_path: object) -> None:
+    from actors.reward import RewardWorker
+    from rewards.sandbox import SandboxUnavailable
+
+    worker = RewardWorker(functions=[{"name": "code_tests"}],
+                          context={"sandbox": {"bwrap": "/nonexistent/bwrap"}, "max_new_tokens": 8})
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+        worker.setup()
+
+
+def test_candidate_output_and_leftover_processes_do_not_cost_the_answer(reward: CodeTests) -> None:
+    chatty = block("import os, time\nprint('x' * 500_000)\nif os.fork() == 0:\n    time.sleep(30)\n"
+                   "def add(a, b):\n    return a + b")
+    reward.metrics()
+    assert reward([chatty], tests=[ASSERTS[:2]]) == [1.0]
+    assert reward.metrics()["timeout_frac"] == 0.0
