@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rewards.sandbox.seccomp import deny_list_program
 from rewards.sandbox.spec import RunResult, SandboxSpec, SandboxUnavailable, classify
 from rewards.sandbox.unisolated import unisolated_argv
 
@@ -29,6 +30,7 @@ _uids_in_use: set[int] = set()
 _uid_lock = threading.Lock()
 _uid_counter = itertools.count()
 _probed: dict[tuple[str, str, str], str | None] = {}
+_SECCOMP = deny_list_program()
 
 
 def language_command(language: str, spec: SandboxSpec, main: str) -> list[str]:
@@ -88,9 +90,10 @@ def _mounts(spec: SandboxSpec) -> list[str]:
     return args
 
 
-def bwrap_argv(spec: SandboxSpec, files: Mapping[str, int], readonly: Mapping[str, int]) -> list[str]:
+def bwrap_argv(spec: SandboxSpec, files: Mapping[str, int], readonly: Mapping[str, int],
+               seccomp_fd: int | None = None) -> list[str]:
     """bubblewrap's arguments before the command; ``files``: name in /work -> fd of its content (writable copy),
-    ``readonly``: absolute path -> fd (read-only, e.g. a harness)."""
+    ``readonly``: absolute path -> fd (read-only, e.g. a harness); ``seccomp_fd``: the filter (``seccomp.py``)."""
     args = [spec.bwrap_path(), "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
             "--new-session", "--hostname", "sandbox", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
             "--setenv", "HOME", WORKDIR, "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONHASHSEED", "0",
@@ -99,6 +102,8 @@ def bwrap_argv(spec: SandboxSpec, files: Mapping[str, int], readonly: Mapping[st
         args += ["--perms", "0644", "--file", str(fd), f"{WORKDIR}/{name}"]
     for dest, fd in readonly.items():
         args += ["--ro-bind-data", str(fd), dest]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     return [*args, "--chdir", WORKDIR]
 
 
@@ -166,10 +171,14 @@ def run_program(files: Mapping[str, str | bytes], command: Sequence[str] | None 
         file_fds = {name: _memfd(name, body) for name, body in files.items()}
         ro_fds = {dest: _memfd(dest, body) for dest, body in (readonly or {}).items()}
         fds = [*file_fds.values(), *ro_fds.values()]
+        seccomp_fd = None
+        if spec.isolation == "bwrap" and _SECCOMP is not None:
+            seccomp_fd = _memfd("seccomp", _SECCOMP)
+            fds.append(seccomp_fd)
         if spec.isolation == "none":
             argv, scratch = unisolated_argv(argv, files, readonly or {}, spec)
         else:
-            argv = [*bwrap_argv(spec, file_fds, ro_fds), "--", *argv]
+            argv = [*bwrap_argv(spec, file_fds, ro_fds, seccomp_fd), "--", *argv]
         return _execute(argv, fds, stdin, spec, side_channel)
     finally:
         for fd in fds:

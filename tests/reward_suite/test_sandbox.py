@@ -220,3 +220,19 @@ def test_interpreter_inside_the_checkout_or_home_is_refused() -> None:
     if home_python.exists():
         with pytest.raises(SandboxUnavailable, match="HOME"):
             run_program({"main.py": "print(1)"}, spec=SandboxSpec(python=str(home_python)))
+
+
+def test_kernel_surface_calls_are_refused_by_the_seccomp_filter() -> None:
+    code = ("import ctypes, errno\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "for name, nr, args in [('ptrace', 101, (16, 1, 0, 0)), ('unshare', 272, (0x10000000,)),\n"
+            "                       ('keyctl', 250, (0, 0, 0)), ('bpf', 321, (0, 0, 0)), ('mount', 165, (0,) * 5),\n"
+            "                       ('io_uring_setup', 425, (1, 0)), ('perf_event_open', 298, (0,) * 5)]:\n"
+            "    ctypes.set_errno(0)\n    r = libc.syscall(nr, *args)\n"
+            "    print(name, r, errno.errorcode.get(ctypes.get_errno()))\n"
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp:')][0])\n")
+    res = run(code)
+    assert res.status == "ok", res
+    lines = res.stdout.splitlines()
+    assert lines[:-1] == [f"{n} -1 EPERM" for n in ("ptrace", "unshare", "keyctl", "bpf", "mount", "io_uring_setup",
+                                                      "perf_event_open")]
+    assert lines[-1] == "2"  # SECCOMP_MODE_FILTER
