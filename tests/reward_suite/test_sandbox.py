@@ -236,3 +236,14 @@ def test_kernel_surface_calls_are_refused_by_the_seccomp_filter() -> None:
     assert lines[:-1] == [f"{n} -1 EPERM" for n in ("ptrace", "unshare", "keyctl", "bpf", "mount", "io_uring_setup",
                                                       "perf_event_open")]
     assert lines[-1] == "2"  # SECCOMP_MODE_FILTER
+
+
+def test_only_the_standard_descriptors_are_inherited() -> None:
+    held = os.open("/dev/null", os.O_RDONLY)  # an open descriptor of the caller (not inheritable by default)
+    os.set_inheritable(held, True)  # even an inheritable one stays outside
+    try:
+        res = run("import os\nprint(sorted(int(x) for x in os.listdir('/proc/self/fd')))")
+    finally:
+        os.close(held)
+    assert res.status == "ok", res
+    assert res.stdout.strip() == "[0, 1, 2, 3]"  # 3: the directory listdir itself opened
