@@ -15,7 +15,6 @@ import pickle
 import secrets
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,8 @@ from raylhf.assets import TOKENIZER_DIR, load_tokenizer
 from raylhf.config import GRPOConfig, build_config
 from raylhf.config.sandbox import SandboxConfig
 from rewards.sandbox import SandboxUnavailable
+
+from .test_agent_templates import ScriptedModel  # the engine's turn sampler, scripted
 
 SANDBOX = {"timeout_s": 5.0, "memory_mb": 256, "max_output_kb": 64}
 
@@ -118,29 +119,6 @@ def test_the_runs_sandbox_section_travels_with_the_program() -> None:
     tool = program.bind().tools["python"]
     assert (tool.spec.timeout_s, tool.spec.memory_mb) == (3.0, 128)
     assert json.loads(program_of(cfg.agent, str(TOKENIZER_DIR)).sandbox) == SandboxConfig().model_dump()
-
-
-@dataclass
-class Turn:
-    tokens: list[int]
-    logprobs: list[float]
-    finish_reason: str
-
-
-class ScriptedModel:
-    """Turn ``t`` of every episode writes ``script[t]``, cut after the first stop string as vLLM does."""
-
-    def __init__(self, tok: Any, script: list[str], stop: list[str]) -> None:
-        self.tok, self.script, self.stop, self.seen = tok, script, stop, []
-
-    async def __call__(self, ids: list[int], limit: int, seed: int | None) -> Turn:
-        turn = len({n for n in self.seen if n < len(ids)})
-        self.seen.append(len(ids))
-        text = self.script[turn]
-        hit = [text.index(s) + len(s) for s in self.stop if s in text]
-        out = self.tok.encode(text[: min(hit)] if hit else text, add_special_tokens=False)
-        out = out if hit else [*out, self.tok.eos_token_id]
-        return Turn(out[:limit], [-0.25] * len(out[:limit]), "stop")
 
 
 def call(code: str) -> str:

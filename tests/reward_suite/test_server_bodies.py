@@ -4,16 +4,10 @@ and the server goes on serving valid requests."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
-import re
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,7 +16,11 @@ import pytest
 
 from rewards.server import MAX_DEPTH
 
-ROOT = Path(__file__).resolve().parents[1]
+try:  # tests/reward_suite as a package (with __init__.py) or, without one, on sys.path as pytest's rootdir
+    from .test_remote import launch_all, stop_all
+except ImportError:
+    from test_remote import launch_all, stop_all  # type: ignore
+
 MAX_ITEMS = 20
 MAX_BODY = 1 << 20
 ROUTES = {"/score": "items", "/get_reward": "query"}
@@ -41,29 +39,16 @@ class Length:
 app = create_app(Length(), token=None, max_items=int(sys.argv[1]), max_body_bytes=int(sys.argv[2]))
 asyncio.run(serve(app, "127.0.0.1", 0, auth=False))
 '''
-READY = re.compile(r"\[serve-reward\] listening on (http://127\.0\.0\.1:\d+) ")
+READY = r"\[serve-reward\] listening on http://127\.0\.0\.1:(\d+) "
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    proc = subprocess.Popen([sys.executable, "-c", APP, str(MAX_ITEMS), str(MAX_BODY)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()], daemon=True).start()
-    deadline, seen = time.monotonic() + 30, []
+    (proc,) = launch_all([[sys.executable, "-c", APP, str(MAX_ITEMS), str(MAX_BODY)]], READY)
     try:
-        while (m := READY.search(seen[-1] if seen else "")) is None:
-            assert time.monotonic() < deadline and proc.poll() is None, f"server not ready: {''.join(seen)}"
-            with contextlib.suppress(queue.Empty):
-                seen.append(lines.get(timeout=0.2))
-        yield proc, m.group(1)
+        yield proc.popen, proc.base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_all([proc])
 
 
 @pytest.fixture(scope="module")
