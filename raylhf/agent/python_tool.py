@@ -106,9 +106,6 @@ class PythonTool:
         """The tool bound to a run's ``sandbox:`` section (a ``SandboxConfig`` or its dict); raises
         :class:`~rewards.sandbox.SandboxUnavailable` when the sandbox cannot start in this process."""
         tool = cls(sandbox, tool_timeout_s)
-        if tool.base.isolation == "bwrap":
-            tool.base.bwrap_path()  # the fix in the message, whatever an earlier probe in this process found
-        tool.base.interpreter()
         tool.pool  # noqa: B018  (builds the pool: probes the sandbox now, not at the first call)
         return tool
 

@@ -75,8 +75,8 @@ class CodeTests(ORM):
         text = completion[-1].get("content", "") if isinstance(completion, list) else str(completion)
         try:
             plan: Plan = plan_for_row(tests, setup, entry_point)
-        except (UnsupportedTests, ValueError) as e:
-            self._count({"unsupported": 1}, completions=1, note=str(e))
+        except (UnsupportedTests, ValueError):
+            self._count({"unsupported": 1}, completions=1)
             return None
         code = extract_code(text, self.extract)
         if code is None:
@@ -90,12 +90,11 @@ class CodeTests(ORM):
         frac = outcome.passed / total
         return frac if self.mode == "fraction" else float(frac == 1.0)
 
-    def _count(self, statuses: dict[str, int], completions: int, no_code: bool = False, note: str = "") -> None:
+    def _count(self, statuses: dict[str, int], completions: int, no_code: bool = False) -> None:
         with self._lock:
             self._counts["completions"] += completions
             if "unsupported" in statuses:
                 self._counts["unsupported"] += 1
-                self._last_unsupported = note
                 return
             self._counts["no_code"] += int(no_code)
             for status, k in statuses.items():
