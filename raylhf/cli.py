@@ -27,6 +27,7 @@ from raylhf.config import (
     SFTConfig,
     cli_entry,
 )
+from raylhf.config.encoders import EmbeddingConfig, GenerativeRerankerConfig, RerankerConfig, SeqClsConfig
 from raylhf.config.serve_reward import ServeRewardConfig
 from raylhf.core.errors import RunError
 
@@ -63,6 +64,17 @@ COMMANDS: dict[str, Command] = {
                   "reward-model training (Bradley-Terry on preference pairs)"),
     "gkd": Command("raylhf.gkd", GKDConfig, "raylhf.trainers.gkd:cli", "raylhf.demo.offline:gkd_demo",
                    "on-policy distillation (GKD): student samples, teacher distributions, generalized JSD"),
+    "seq_cls": Command("raylhf.seq_cls", SeqClsConfig, "raylhf.trainers.seq_cls:cli", "raylhf.demo.encoders:seq_cls_demo",
+                       "sequence classification (a head on the last token; single / multi label, regression)"),
+    "embedding": Command("raylhf.embedding", EmbeddingConfig, "raylhf.trainers.embedding:cli",
+                         "raylhf.demo.encoders:embedding_demo",
+                         "text embeddings (infonce, cosine_similarity, contrastive, online_contrastive)"),
+    "reranker": Command("raylhf.reranker", RerankerConfig, "raylhf.trainers.reranker:cli",
+                        "raylhf.demo.encoders:reranker_demo", "cross-encoder reranker (pointwise / listwise)"),
+    "generative_reranker": Command("raylhf.generative_reranker", GenerativeRerankerConfig,
+                                   "raylhf.trainers.reranker:cli_generative",
+                                   "raylhf.demo.encoders:generative_reranker_demo",
+                                   "reranker on a causal LM's yes / no log-odds (pointwise / listwise)"),
     "sandbox-run": Command("raylhf.sandbox_run", None, "raylhf.tools.sandbox_run:main", None,
                            "run a program in the code sandbox; prints one JSON line (status, output, time)"),
     "check-plugin": Command("raylhf.check_plugin", None, "raylhf.plugins.check:main", None,
@@ -71,7 +83,7 @@ COMMANDS: dict[str, Command] = {
 
 
 def usage() -> str:
-    rows = "\n".join(f"  {name:14s} {cmd.doc}" for name, cmd in COMMANDS.items())
+    rows = "\n".join(f"  {name:20s} {cmd.doc}" for name, cmd in COMMANDS.items())
     return (
         "usage: raylhf <subcommand> [--config FILE ...] [--section.field VALUE ...] [--dry-run] [--help]\n\n"
         f"subcommands:\n{rows}\n"
@@ -107,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage(), end="")
         return 0
     name, rest = args[0], args[1:]
+    for alias in (name.replace("-", "_"), name.replace("_", "-")):  # seq-cls = seq_cls, online_dpo = online-dpo
+        name = alias if name not in COMMANDS and alias in COMMANDS else name
     if name not in COMMANDS:
         print(f"raylhf: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr, end="")
         return 2

@@ -8,7 +8,9 @@ labels in; a scalar loss and a metrics dict out.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +19,9 @@ from torch import Tensor
 from raylhf.algos.utils import to_float
 
 __all__ = [
-    "classification_loss", "classification_metrics", "contrastive_loss", "cosine_similarity_loss",
-    "generative_relevance", "infonce_loss", "listwise_rerank_loss", "online_contrastive_loss",
-    "pointwise_rerank_loss", "pool", "recall_at_k",
+    "GroupLoss", "classification_loss", "classification_metrics", "contrastive_loss", "cosine_similarity_loss",
+    "generative_relevance", "infonce_loss", "label_tensor", "listwise_rerank_loss", "online_contrastive_loss",
+    "pointwise_rerank_loss", "pool", "recall_at_k", "rerank_eval",
 ]
 
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
@@ -165,3 +167,91 @@ def generative_relevance(last_logits: Tensor, yes_id: int, no_id: int) -> Tensor
     """A generative reranker's relevance logit: ``logit(yes) - logit(no)`` at the answer position
     (``last_logits`` ``[N, V]``), i.e. the log-odds of "yes" within {yes, no}."""
     return last_logits[:, yes_id].float() - last_logits[:, no_id].float()
+
+
+# ------------------------------------------------------------------------------------------------ per-batch hooks
+
+LOSS_KINDS = ("seq_cls", "infonce", "cosine_similarity", "contrastive", "online_contrastive", "pointwise",
+              "listwise")
+
+
+@dataclass(frozen=True)
+class GroupLoss:
+    """A trainer's loss over the encoder's outputs ``[N, D]`` of one micro-batch, whose sequences come in groups
+    of ``group_size`` consecutive ones:
+
+    * ``seq_cls``: groups of 1, ``labels`` per sequence (class id, multi-hot list or number);
+    * ``infonce``: ``[query, positive, negative_1..k]``; in-batch negatives are the micro-batch's other groups;
+    * ``cosine_similarity`` / ``contrastive`` / ``online_contrastive``: ``[a, b]`` pairs, the pair's label on
+      both sequences;
+    * ``pointwise`` / ``listwise``: ``[positive, negative_1..k]`` relevance scores (``D`` = 1).
+
+    Returns the loss summed over the groups (``online_contrastive``: over its hard pairs), the metrics and the
+    number of groups; the worker divides by the step's group count."""
+
+    kind: str
+    problem_type: ProblemType = "single_label_classification"
+    temperature: float = 0.01
+    margin: float = 0.5
+    in_batch: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"loss {self.kind!r} must be one of {', '.join(LOSS_KINDS)}")
+
+    def __call__(self, out: Tensor, labels: Sequence[Any] | None, group_size: int
+                 ) -> tuple[Tensor, dict[str, float], int]:
+        groups = out.shape[0] // group_size
+        if self.kind == "seq_cls":
+            y = label_tensor(labels or [], self.problem_type, out.device)
+            loss = classification_loss(out, y, self.problem_type)
+            return loss * groups, classification_metrics(out, y, self.problem_type), groups
+        if self.kind == "infonce":
+            g = out.view(groups, group_size, -1)
+            negatives = g[:, 2:] if group_size > 2 else None
+            loss, m = infonce_loss(g[:, 0], g[:, 1], negatives, self.temperature, self.in_batch)
+            return loss * groups, m, groups
+        if self.kind in ("cosine_similarity", "contrastive", "online_contrastive"):
+            a, b = out[0::2], out[1::2]
+            y = torch.tensor([float(v) for v in (labels or [])[0::2]], device=out.device)
+            if self.kind == "cosine_similarity":
+                loss = cosine_similarity_loss(a, b, y) * groups
+            elif self.kind == "contrastive":
+                loss = contrastive_loss(a, b, y, self.margin) * groups
+            else:
+                loss = online_contrastive_loss(a, b, y, self.margin)
+            return loss, {"cos_pos": _mean_where(_cos(a, b), y > 0.5), "cos_neg": _mean_where(_cos(a, b), y <= 0.5)}, \
+                groups
+        scores = out.reshape(groups, group_size).float()
+        top1 = to_float((scores.argmax(-1) == 0).float().mean())
+        if self.kind == "listwise":
+            loss, m = listwise_rerank_loss(scores, self.temperature)
+            return loss * groups, m, groups
+        target = torch.zeros_like(scores)
+        target[:, 0] = 1.0
+        loss = pointwise_rerank_loss(scores, target)
+        return loss * groups, {"top1_acc": top1, "accuracy": to_float(((scores > 0) == target.bool()).float().mean())}, \
+            groups
+
+
+def _mean_where(values: Tensor, mask: Tensor) -> float:
+    return to_float(values[mask].mean()) if bool(mask.any()) else float("nan")
+
+
+def label_tensor(labels: Sequence[Any], problem_type: ProblemType, device: torch.device | str = "cpu") -> Tensor:
+    """Labels as the loss takes them: class ids ``[B]`` (long), multi-hot ``[B, C]`` or values ``[B]``."""
+    if problem_type == "single_label_classification":
+        return torch.tensor([int(v) for v in labels], dtype=torch.long, device=device)
+    return torch.tensor(labels, dtype=torch.float32, device=device)
+
+
+def rerank_eval(scores: Tensor, group_size: int) -> dict[str, float]:
+    """Held-out reranker metrics from relevance scores of ``[positive, negatives...]`` groups: ``top1_acc`` (the
+    positive ranked first), ``mrr`` (mean reciprocal rank of the positive) and ``accuracy`` (sign of each
+    score against its 0/1 relevance)."""
+    s = scores.float().reshape(-1, group_size)
+    rank = 1 + (s[:, 1:] >= s[:, :1]).sum(-1)  # ties count against the positive
+    target = torch.zeros_like(s, dtype=torch.bool)
+    target[:, 0] = True
+    return {"top1_acc": to_float((rank == 1).float().mean()), "mrr": to_float((1.0 / rank.float()).mean()),
+            "accuracy": to_float(((s > 0) == target).float().mean())}

@@ -135,3 +135,19 @@ def run_offline(cfg: Any, spec: OfflineSpec, model_path: str, save_to: str | Pat
         finally:
             policy.shutdown()
     return life.result()
+
+
+def evaluate_offline(cfg: Any, spec: OfflineSpec, model_path: str) -> dict[str, float]:
+    """``spec``'s held-out metrics of ``model_path`` without training (``raylhf eval``): the policy group built
+    as the trainer builds it, one evaluation, shut down. The numbers are the ones the trainer logs for that
+    checkpoint (same data, same seed)."""
+    if spec.evaluate is None:
+        raise ValueError(f"the {spec.name} run has no held-out set: give data.eval_files (or a held-out share)")
+    init_ray(cfg.ray, required_cpus(cfg, ["policy"]))
+    policy = start_policy(cfg.policy, model_path, cfg.model.dtype, 1, cfg.seed, cfg.ray.placement_strategy,
+                          cfg.model.trust_remote_code, call_timeout_s=cfg.runtime.phase_timeout_s or None,
+                          worker_cls=spec.worker_cls, extra=spec.worker_extra)
+    try:
+        return spec.evaluate(policy, 0)
+    finally:
+        policy.shutdown()
