@@ -21,7 +21,7 @@ class EncoderAlgoConfig(Section):
     """What every encoder-style trainer shares: steps, batch, length, held-out evaluation."""
 
     num_steps: int | None = Field(None, gt=0, description="optimizer steps; null: epochs over the rows")
-    epochs: int = Field(1, gt=0, description="passes over the rows when num_steps is null")
+    epochs: int = Field(3, gt=0, description="passes over the rows when num_steps is null")
     batch_size: int = Field(32, gt=0, description="rows per optimizer step (all ranks); a row is a text, a query "
                             "with its documents, or a pair")
     max_length: int = Field(256, gt=0, description="tokens of one input; longer ones keep their last tokens (the "
@@ -59,7 +59,7 @@ class EmbeddingAlgoConfig(EncoderAlgoConfig):
 
 class RerankerAlgoConfig(EncoderAlgoConfig):
     loss: Literal["pointwise", "listwise"] = Field(
-        "pointwise", description="pointwise: binary cross-entropy of every query-document relevance logit; "
+        "listwise", description="pointwise: binary cross-entropy of every query-document relevance logit; "
         "listwise: softmax cross-entropy of the positive among its group")
     num_negatives: int = Field(3, gt=0, description="negatives per query (a group is the positive + these); a row "
                                "with fewer borrows other rows' positives, with more uses a seeded draw")
@@ -81,7 +81,7 @@ class EncoderDemoConfig(Section):
 
 
 def _encoder_policy() -> PolicyConfig:
-    return PolicyConfig(lr=1e-3, micro_batch_size=64, num_cpus_per_worker=2)
+    return PolicyConfig(lr=1e-3, lr_scheduler="cosine", warmup_steps=20, micro_batch_size=64, num_cpus_per_worker=2)
 
 
 class _EncoderSections(TrainerSections):

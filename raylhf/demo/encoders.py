@@ -5,7 +5,7 @@ report of the held-out metrics. See docs/encoders.md."""
 from __future__ import annotations
 
 from raylhf.config.encoders import EmbeddingConfig, GenerativeRerankerConfig, RerankerConfig, SeqClsConfig
-from raylhf.demo.tasks.retrieval_data import scene_rows, topic_texts
+from raylhf.demo.tasks.retrieval_data import animal_rows, scene_rows, topic_texts
 from raylhf.trainers import embedding, reranker, seq_cls
 
 
@@ -30,17 +30,17 @@ def embedding_demo(cfg: EmbeddingConfig) -> int:
 
 
 def reranker_demo(cfg: RerankerConfig) -> int:
-    """Scene reranking: the positive among 3 hard negatives; prints held-out top-1 accuracy before -> after."""
-    _note("reranker", f"{cfg.demo.num_train} scene queries, {cfg.demo.num_heldout} held-out scenes")
-    train, held = scene_rows(cfg.demo.num_train, cfg.demo.num_heldout, cfg.seed)
+    """Animal queries: the scene with the animal among scenes with others; prints held-out top-1 accuracy before -> after."""
+    _note("reranker", f"{cfg.demo.num_train} animal queries, {cfg.demo.num_heldout} held-out")
+    train, held = animal_rows(cfg.demo.num_train, cfg.demo.num_heldout, cfg.seed, cfg.reranker.num_negatives)
     reranker.report(reranker.run_reranker(cfg, train=train, heldout=held))
     return 0
 
 
 def generative_reranker_demo(cfg: GenerativeRerankerConfig) -> int:
     """The reranker demo with the yes / no log-odds of a causal LM."""
-    _note("generative_reranker", f"{cfg.demo.num_train} scene queries, {cfg.demo.num_heldout} held-out scenes")
-    train, held = scene_rows(cfg.demo.num_train, cfg.demo.num_heldout, cfg.seed)
+    _note("generative_reranker", f"{cfg.demo.num_train} animal queries, {cfg.demo.num_heldout} held-out")
+    train, held = animal_rows(cfg.demo.num_train, cfg.demo.num_heldout, cfg.seed, cfg.reranker.num_negatives)
     reranker.report(reranker.run_reranker(cfg, train=train, heldout=held), "generative_reranker")
     return 0
 
@@ -50,4 +50,7 @@ def demo_rows(name: str, cfg: object) -> tuple[list, list]:
     demo, seed = cfg.demo, cfg.seed  # type: ignore[attr-defined]
     if name == "seq_cls":
         return topic_texts(demo.num_train, seed), topic_texts(demo.num_heldout, seed + 1)
-    return scene_rows(demo.num_train, demo.num_heldout, seed)  # type: ignore[return-value]
+    if name == "embedding":
+        return scene_rows(demo.num_train, demo.num_heldout, seed)  # type: ignore[return-value]
+    negatives = cfg.reranker.num_negatives  # type: ignore[attr-defined]
+    return animal_rows(demo.num_train, demo.num_heldout, seed, negatives)  # type: ignore[return-value]

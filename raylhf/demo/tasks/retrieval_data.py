@@ -6,6 +6,9 @@
   red fox in the barn"); the positive describes that scene in other words and order ("in the barn there is a fox
   that is red"); the hard negatives differ in exactly one of the three. Held-out rows are scenes (triples) that
   never occur in training.
+* ``animal_rows``: reranker rows: the query asks for an animal ("which text is about the fox?"); the positive is a
+  scene with it, the negatives scenes with other animals (the same colour or place where possible). Held-out
+  rows are scenes never trained on.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ FILLER = ["the", "a", "and", "with", "very", "some", "near", "old", "new", "big"
 COLORS = ["red", "blue", "green", "black", "white", "pink", "grey", "gold"]
 ANIMALS = ["fox", "cat", "dog", "cow", "pig", "owl", "bee", "hen"]
 PLACES = ["barn", "lake", "tree", "road", "park", "cave"]
+Scene = tuple[str, str, str]  # (colour, animal, place)
 QUERY_FORMS = ["find the {c} {a} in the {p}", "where is the {c} {a} near the {p}", "{c} {a} at the {p}"]
 DOC_FORMS = ["in the {p} there is a {a} that is {c}", "a {a} sleeps by the {p}, its fur is {c}",
              "at the {p} you see one {c} {a}", "the {p} hides a {a}; the {a} is {c}"]
@@ -46,15 +50,19 @@ def topic_texts(n: int, seed: int) -> list[LabelledText]:
     return out
 
 
-def _scene_text(forms: list[str], scene: tuple[str, str, str], rng: random.Random) -> str:
+def _scene_text(forms: list[str], scene: Scene, rng: random.Random) -> str:
     c, a, p = scene
     return rng.choice(forms).format(c=c, a=a, p=p)
 
 
-def _negatives(scene: tuple[str, str, str], rng: random.Random) -> list[tuple[str, str, str]]:
+def _negatives(scene: Scene, rng: random.Random, avoid: set[Scene]) -> list[Scene]:
+    """One scene differing in the colour, one in the animal, one in the place; none of them in ``avoid`` (the
+    held-out scenes: a held-out query should have one right document among the held-out ones) where the axis
+    leaves a choice."""
     c, a, p = scene
-    return [(rng.choice([x for x in COLORS if x != c]), a, p), (c, rng.choice([x for x in ANIMALS if x != a]), p),
-            (c, a, rng.choice([x for x in PLACES if x != p]))]
+    options = [[(x, a, p) for x in COLORS], [(c, x, p) for x in ANIMALS], [(c, a, x) for x in PLACES]]
+    return [rng.choice([s for s in opts if s != scene and s not in avoid] or [s for s in opts if s != scene])
+            for opts in options]
 
 
 def scene_rows(num_train: int, num_heldout: int, seed: int) -> tuple[list[RetrievalRow], list[RetrievalRow]]:
@@ -67,9 +75,34 @@ def scene_rows(num_train: int, num_heldout: int, seed: int) -> tuple[list[Retrie
         raise ValueError(f"num_heldout={num_heldout} must be below the {len(scenes)} scenes")
     held, train = scenes[:num_heldout], scenes[num_heldout:]
 
-    def row(scene: tuple[str, str, str]) -> RetrievalRow:
-        negatives = [[{"role": "user", "content": _scene_text(DOC_FORMS, s, rng)}] for s in _negatives(scene, rng)]
+    avoid = set(held)
+
+    def row(scene: Scene) -> RetrievalRow:
+        negatives = [[{"role": "user", "content": _scene_text(DOC_FORMS, s, rng)}]
+                     for s in _negatives(scene, rng, avoid)]
         return RetrievalRow([{"role": "user", "content": _scene_text(QUERY_FORMS, scene, rng)}],
                             [[{"role": "user", "content": _scene_text(DOC_FORMS, scene, rng)}]], negatives)
+
+    return [row(rng.choice(train)) for _ in range(num_train)], [row(s) for s in held]
+
+
+ANIMAL_QUERIES = ["which text is about the {a}?", "find the {a}", "is there a {a}?"]
+
+
+def animal_rows(num_train: int, num_heldout: int, seed: int, negatives: int = 3
+                ) -> tuple[list[RetrievalRow], list[RetrievalRow]]:
+    """(train rows, held-out rows) of animal queries; the held-out positives are scenes never trained on."""
+    rng = random.Random(seed)
+    scenes = list(itertools.product(COLORS, ANIMALS, PLACES))
+    rng.shuffle(scenes)
+    held, train = scenes[:num_heldout], scenes[num_heldout:]
+
+    def row(scene: Scene) -> RetrievalRow:
+        c, a, p = scene
+        others = rng.sample([x for x in ANIMALS if x != a], negatives)
+        negs = [(rng.choice([c, rng.choice(COLORS)]), x, rng.choice([p, rng.choice(PLACES)])) for x in others]
+        return RetrievalRow([{"role": "user", "content": rng.choice(ANIMAL_QUERIES).format(a=a)}],
+                            [[{"role": "user", "content": _scene_text(DOC_FORMS, scene, rng)}]],
+                            [[{"role": "user", "content": _scene_text(DOC_FORMS, s, rng)}] for s in negs])
 
     return [row(rng.choice(train)) for _ in range(num_train)], [row(s) for s in held]
