@@ -39,6 +39,7 @@ class Command:
     run: str  # "module:function": run(cfg) -> exit code, on the config's data
     demo: str | None  # "module:function": demo(cfg) -> exit code, when the config names no data files
     doc: str
+    evaluate: str | None = None  # "module:function": evaluate(cfg, train, heldout) -> metrics (`raylhf eval <verb>`)
 
 
 # the one command table (its strings are the only hidden imports the project keeps: they keep --help light)
@@ -65,16 +66,22 @@ COMMANDS: dict[str, Command] = {
     "gkd": Command("raylhf.gkd", GKDConfig, "raylhf.trainers.gkd:cli", "raylhf.demo.offline:gkd_demo",
                    "on-policy distillation (GKD): student samples, teacher distributions, generalized JSD"),
     "seq_cls": Command("raylhf.seq_cls", SeqClsConfig, "raylhf.trainers.seq_cls:cli", "raylhf.demo.encoders:seq_cls_demo",
-                       "sequence classification (a head on the last token; single / multi label, regression)"),
+                       "sequence classification (a head on the last token; single / multi label, regression)",
+                       "raylhf.trainers.seq_cls:evaluate"),
     "embedding": Command("raylhf.embedding", EmbeddingConfig, "raylhf.trainers.embedding:cli",
                          "raylhf.demo.encoders:embedding_demo",
-                         "text embeddings (infonce, cosine_similarity, contrastive, online_contrastive)"),
+                         "text embeddings (infonce, cosine_similarity, contrastive, online_contrastive)",
+                         "raylhf.trainers.embedding:evaluate"),
     "reranker": Command("raylhf.reranker", RerankerConfig, "raylhf.trainers.reranker:cli",
-                        "raylhf.demo.encoders:reranker_demo", "cross-encoder reranker (pointwise / listwise)"),
+                        "raylhf.demo.encoders:reranker_demo", "cross-encoder reranker (pointwise / listwise)",
+                        "raylhf.trainers.reranker:evaluate"),
     "generative_reranker": Command("raylhf.generative_reranker", GenerativeRerankerConfig,
                                    "raylhf.trainers.reranker:cli_generative",
                                    "raylhf.demo.encoders:generative_reranker_demo",
-                                   "reranker on a causal LM's yes / no log-odds (pointwise / listwise)"),
+                                   "reranker on a causal LM's yes / no log-odds (pointwise / listwise)",
+                                   "raylhf.trainers.reranker:evaluate"),
+    "eval": Command("raylhf.evaluate", None, "raylhf.evaluate:main", None,
+                    "a checkpoint's held-out metrics, as its trainer computes them: raylhf eval <trainer> ..."),
     "sandbox-run": Command("raylhf.sandbox_run", None, "raylhf.tools.sandbox_run:main", None,
                            "run a program in the code sandbox; prints one JSON line (status, output, time)"),
     "check-plugin": Command("raylhf.check_plugin", None, "raylhf.plugins.check:main", None,

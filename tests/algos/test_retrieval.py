@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from raylhf.algos.retrieval import (
+    GroupLoss,
     classification_loss,
     classification_metrics,
     contrastive_loss,
@@ -19,6 +20,7 @@ from raylhf.algos.retrieval import (
     pointwise_rerank_loss,
     pool,
     recall_at_k,
+    rerank_eval,
 )
 
 R2 = 1 / math.sqrt(2)
@@ -102,3 +104,35 @@ def test_reranker_losses_by_hand() -> None:
         listwise_rerank_loss(torch.zeros(2, 1))
     logits = torch.tensor([[0.5, 2.0, -1.0]])
     assert generative_relevance(logits, yes_id=1, no_id=2).tolist() == [3.0]
+
+
+def test_group_losses_are_summed_over_groups_by_hand() -> None:
+    # seq_cls, one text: softmax([0, ln 3]) = [1/4, 3/4], label 1: -ln(3/4) for the one group
+    loss, m, n = GroupLoss("seq_cls")(torch.tensor([[0.0, math.log(3)]]), [1], 1)
+    assert (loss.item(), n, m["accuracy"]) == (pytest.approx(-math.log(0.75)), 1, 1.0)
+    # infonce, groups [query, positive], temperature 1: q1 = p1 = e1, q2 = p2 = e2; each query sees its positive
+    # (cos 1) and the other group's positive (cos 0): -log(e / (e + 1)) = log(1 + 1/e) per group, summed
+    out = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    loss, m, n = GroupLoss("infonce", temperature=1.0)(out, None, 2)
+    assert (loss.item(), n, m["acc"]) == (pytest.approx(2 * math.log(1 + 1 / math.e)), 2, 1.0)
+    # without in-batch negatives there is nothing to contrast: the positive alone, loss 0
+    assert GroupLoss("infonce", temperature=1.0, in_batch=False)(out, None, 2)[0].item() == pytest.approx(0.0)
+    # cosine_similarity, pairs [a, b]: cos 1 against label 0.5 -> 0.25; cos 0 against 0 -> 0; mean 0.125 x 2 pairs
+    pairs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    loss, m, n = GroupLoss("cosine_similarity")(pairs, [0.5, 0.5, 0.0, 0.0], 2)
+    assert (loss.item(), n, m["cos_neg"]) == (pytest.approx(0.25), 2, pytest.approx(0.5))
+    # pointwise, one group [positive, negative] scored [0, 0]: BCE ln 2 each; the negative's sign is right
+    loss, m, n = GroupLoss("pointwise")(torch.zeros(2, 1), None, 2)
+    assert (loss.item(), m["accuracy"], m["top1_acc"]) == (pytest.approx(math.log(2)), 0.5, 1.0)
+    # listwise, one group scored [ln 3, 0]: softmax 3/4 on the positive
+    loss, m, _ = GroupLoss("listwise", temperature=1.0)(torch.tensor([[math.log(3)], [0.0]]), None, 2)
+    assert (loss.item(), m["top1_acc"]) == (pytest.approx(-math.log(0.75)), 1.0)
+    with pytest.raises(ValueError, match="loss 'triplet' must be one of"):
+        GroupLoss("triplet")
+
+
+def test_rerank_eval_ranks_and_signs() -> None:
+    # group 1: the positive (2) is beaten by one negative (3): rank 2; group 2: first, rank 1
+    m = rerank_eval(torch.tensor([2.0, 1.0, 3.0, 0.0, -1.0, -2.0]), 3)
+    # signs: group 1 [T ok, T wrong, T wrong], group 2 [F wrong (0 is not > 0), F ok, F ok] -> 3 / 6
+    assert m == pytest.approx({"top1_acc": 0.5, "mrr": 0.75, "accuracy": 0.5})
