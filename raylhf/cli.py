@@ -62,7 +62,7 @@ COMMANDS: dict[str, Command] = {
     "sample": Command("raylhf.sample", SampleConfig, "raylhf.tools.sample:cli", "raylhf.demo.offline:sample_demo",
                       "best-of-N sampling: N completions per prompt, scored; writes preference pairs"),
     "rm": Command("raylhf.rm", RMConfig, "raylhf.trainers.rm:cli", "raylhf.demo.offline:rm_demo",
-                  "reward-model training (Bradley-Terry on preference pairs)"),
+                  "reward-model training (Bradley-Terry on preference pairs)", "raylhf.trainers.rm:evaluate"),
     "gkd": Command("raylhf.gkd", GKDConfig, "raylhf.trainers.gkd:cli", "raylhf.demo.offline:gkd_demo",
                    "on-policy distillation (GKD): student samples, teacher distributions, generalized JSD"),
     "seq_cls": Command("raylhf.seq_cls", SeqClsConfig, "raylhf.trainers.seq_cls:cli", "raylhf.demo.encoders:seq_cls_demo",

@@ -15,7 +15,9 @@ from raylhf.cli import COMMANDS, _target
 from raylhf.config import cli_entry
 from raylhf.core.errors import RunError
 
-DEMO_ROWS = "raylhf.demo.encoders:demo_rows"  # the demos' rows, loaded only for a run without data files
+# the demos' rows (train, held out), loaded only for a run without data files
+DEMO_ROWS = {"rm": "raylhf.demo.offline:rm_rows"}
+ENCODER_DEMO_ROWS = "raylhf.demo.encoders:demo_rows"
 
 
 def usage() -> str:
@@ -48,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"raylhf eval {name}: error: give the checkpoint to evaluate: --model.path DIR", file=sys.stderr)
         return 2
     try:
-        train, heldout = _target(DEMO_ROWS)(name, cfg) if not cfg.data.train_files else (None, None)
+        rows = _target(DEMO_ROWS.get(name, ENCODER_DEMO_ROWS))
+        train, heldout = rows(name, cfg) if not cfg.data.train_files else (None, None)
         metrics = _target(cmd.evaluate)(cfg, train, heldout)
     except RunError as e:
         print(f"raylhf eval {name}: error: {e.cli_message()}", file=sys.stderr)

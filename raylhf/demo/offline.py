@@ -116,6 +116,12 @@ def rm_demo(cfg: RMConfig) -> int:
     return 0
 
 
+def rm_rows(name: str, cfg: RMConfig) -> tuple[list[Any], list[Any]]:
+    """The RM demo's (train, held-out) pairs (what ``raylhf eval rm`` uses without data files)."""
+    return arithmetic_pair_splits(cfg.demo.num_train, cfg.demo.num_heldout,  # type: ignore[return-value]
+                                  max_operand=cfg.demo.max_operand)
+
+
 def gkd_teacher(cfg: GKDConfig) -> str:
     """teacher.path, else the GRPO demo's SFT warm-up policy (cached; trained on first use)."""
     if cfg.teacher.path:

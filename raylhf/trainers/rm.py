@@ -22,7 +22,7 @@ from raylhf.core.batch import Objective, TrainBatch
 from raylhf.data import DataError, load_from_config, load_records
 from raylhf.driver.cluster import resolve_model_path
 from raylhf.driver.lifecycle import RunResult
-from raylhf.driver.offline import OfflineSpec, RowBatches, run_offline
+from raylhf.driver.offline import OfflineSpec, RowBatches, evaluate_offline, run_offline
 
 if TYPE_CHECKING:
     from actors.group import ActorGroup
@@ -135,9 +135,22 @@ def run_rm(cfg: RMConfig, model_path: str | None = None, train: Sequence[Pair] |
     """Train a reward model; ``model_path`` / ``train`` / ``heldout`` override the config's (the default run
     passes them). Returns the run dir, the export (a ``reward.models`` path), the metrics and the held-out
     metrics before / after."""
-
-    r = cfg.rm
     model_path = model_path or resolve_model_path(cfg.model)
+    return run_offline(cfg, build(cfg, model_path, train, heldout), model_path, save_to)
+
+
+def evaluate(cfg: RMConfig, train: Sequence[Pair] | None = None, heldout: Sequence[Pair] | None = None
+             ) -> dict[str, float]:
+    """`raylhf eval rm`: the held-out pair accuracy of ``model.path`` (a reward-model export) as the trainer
+    computes it (the same pairs, split and seed)."""
+    path = resolve_model_path(cfg.model)
+    return evaluate_offline(cfg, build(cfg, path, train, heldout), path)
+
+
+def build(cfg: RMConfig, model_path: str, train: Sequence[Pair] | None, heldout: Sequence[Pair] | None
+          ) -> OfflineSpec:
+    """The offline run of a reward model on ``train`` / ``heldout`` (else the config's files)."""
+    r = cfg.rm
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
     if train is None:
         train = load_from_config(cfg.data, "preference", split="train")
@@ -167,7 +180,7 @@ def run_rm(cfg: RMConfig, model_path: str | None = None, train: Sequence[Pair] |
 
     summary = (f"{len(encoded)} train / {len(held)} held-out pairs"
                + (f", {cut + held_cut} conversations cut to rm.max_length={r.max_length}" if cut + held_cut else ""))
-    spec = OfflineSpec(
+    return OfflineSpec(
         name="rm", num_steps=num_steps, objective=Objective(pg_coef=0.0, extra={"center_coef": r.center_coef}),
         batches=RowBatches(encoded, r.batch_size, cfg.data.shuffle, cfg.data.seed, collate),
         worker_cls=RewardModelWorker, worker_extra={"tokenizer_path": cfg.model.tokenizer or model_path},
@@ -175,8 +188,6 @@ def run_rm(cfg: RMConfig, model_path: str | None = None, train: Sequence[Pair] |
         evaluate=(lambda policy, step: heldout_metrics(policy, held, world)) if held else None,
         eval_every=r.eval_every, curves=["loss/total", "rewards/accuracies", "eval/accuracy"], summary=summary,
     )
-    res = run_offline(cfg, spec, model_path, save_to)
-    return res
 
 
 def report(res: RunResult) -> None:

@@ -144,8 +144,7 @@ def test_help_lists_every_field_with_doc() -> None:
 def test_every_shipped_config_validates(path: Path) -> None:
     from raylhf.config import config_class
 
-    algo = path.stem.split("_")[0]
-    cls = config_class(algo)
+    cls = config_class(path.stem)
     assert cls is not None, f"{path}: name example configs <algo>_*.yaml with algo in {sorted(CONFIGS)} or serve"
     cfg = build_config(cls, [str(path)])
     files = cfg.data.train_files if hasattr(cfg, "data") else []
