@@ -54,8 +54,14 @@ def test_rm_trains_resumes_and_scores_in_a_reward_worker(tmp_path: Path, tiny_mo
     resumed = [h for h in again.history if h.get("step") == 3 and "loss/total" in h][-1]
     assert resumed["loss/total"] == pytest.approx(train_rows[-1]["loss/total"], rel=1e-4)
 
-    # the export is a one-output sequence classifier that a reward actor loads and scores with
+    # raylhf eval rm on the export: the run's last held-out numbers
+    from raylhf.trainers.rm import evaluate
+
     assert res.checkpoint
+    got = evaluate(build_config(RMConfig, overrides=[*base.items(), ("model.path", res.checkpoint)]))
+    assert got == pytest.approx(res.eval_after, abs=1e-6)
+
+    # the export is a one-output sequence classifier that a reward actor loads and scores with
     exported = AutoConfig.from_pretrained(res.checkpoint)
     assert exported.num_labels == 1 and exported.architectures == ["LlamaForSequenceClassification"]
     msgs = [{"role": "user", "content": "What is 2+3?"}]
