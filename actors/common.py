@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -13,18 +14,20 @@ import torch.nn.functional as F
 
 from actors.lockstep import filler, lockstep_count
 from actors.logprob_head import LOGPROB_CHUNK_DEFAULT, ChunkSpec, head_split, split_forward
+from actors.moe_router import RouterRecorder
 from actors.netif import configure_socket_ifname
 from actors.packing import (
     PackedRows,
     additive_mask,
-    block_causal_mask,
     budget_micro_batches,
     cu_seq_lens,
+    layer_masks,
     pack_ids,
     plan_rows,
     position_ids,
     prediction_index,
     sequence_ids,
+    unpack_index,
     unpacked_rows,
 )
 
@@ -133,11 +136,15 @@ def logprob_chunk_size(cfg: Mapping[str, Any]) -> int:
     return int(cfg.get("logprob_chunk_size", LOGPROB_CHUNK_DEFAULT) or 0)
 
 
+def _config(model: torch.nn.Module) -> Any:
+    """The HF config of ``model`` (a DeepSpeed engine or DDP wrapper is unwrapped)."""
+    inner = model.module if isinstance(getattr(model, "module", None), torch.nn.Module) else model
+    return getattr(inner, "config", None)
+
+
 def attn_implementation(model: torch.nn.Module) -> str:
     """The HF attention implementation of ``model`` (a DeepSpeed engine or DDP wrapper is unwrapped)."""
-    inner = model.module if isinstance(getattr(model, "module", None), torch.nn.Module) else model
-    config = getattr(inner, "config", None)
-    return str(getattr(config, "_attn_implementation", None) or "eager")
+    return str(getattr(_config(model), "_attn_implementation", None) or "eager")
 
 
 def is_flash(impl: str) -> bool:
@@ -153,7 +160,9 @@ def _packed_inputs(model: torch.nn.Module, input_ids: Sequence[torch.Tensor], ro
     flash-attention (GPU): one row, the sequence boundaries passed as ``cu_seq_lens_q/k`` (varlen kernel, no
     mask, attention cost per sequence). sdpa / eager (CPU and GPU): rows of at most ``row_capacity`` tokens
     (default: the longest sequence) with a block-diagonal causal ``[R, 1, T, T]`` mask, boolean for sdpa,
-    additive in the model's dtype for eager. Positions restart at 0 for every sequence in both.
+    additive in the model's dtype for eager; a sliding-window model gets it windowed for its sliding layers (a dict
+    by layer type where full and sliding layers mix: ``actors.packing.layer_masks``). Positions restart at 0 for
+    every sequence in both.
     """
     impl = attn_implementation(model)
     dev = next(model.parameters()).device
@@ -169,11 +178,16 @@ def _packed_inputs(model: torch.nn.Module, input_ids: Sequence[torch.Tensor], ro
         raise ValueError(f"sequence packing supports the attention implementations {known}; the model uses "
                          f"{impl!r}: set policy.packing=false")
     plan = plan_rows([len(x) for x in input_ids], row_capacity)
-    mask = block_causal_mask(sequence_ids(plan)).to(dev)
+    config = _config(model)
+    window = getattr(config, "sliding_window", None)
+    masks = layer_masks(sequence_ids(plan).to(dev), getattr(config, "layer_types", None),
+                        window if isinstance(window, int) and window > 0 else None)
     if impl == "eager":
-        mask = additive_mask(mask, next(model.parameters()).dtype)
+        dtype = next(model.parameters()).dtype
+        masks = ({k: additive_mask(m, dtype) for k, m in masks.items()} if isinstance(masks, dict)
+                 else additive_mask(masks, dtype))
     return dict(input_ids=pack_ids(input_ids, plan).to(dev), position_ids=position_ids(plan).to(dev),
-                attention_mask=mask, use_cache=False), plan
+                attention_mask=masks, use_cache=False), plan
 
 
 def _model_inputs(model: torch.nn.Module, input_ids: Sequence[torch.Tensor], packing: bool,
@@ -212,6 +226,7 @@ def forward_logprobs(
     row_capacity: int | None = None,
     chunk_size: int | None = None,
     entropy_grad: bool = True,
+    router: RouterRecorder | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Token log-probs of a micro-batch, right-padded per sequence whatever the layout inside.
 
@@ -226,7 +241,8 @@ def forward_logprobs(
     ``chunk_size`` (``policy.logprob_chunk_size``): when the micro-batch has more positions than that, the head and
     the fp32 log-softmax run on that many predicting positions at a time, checkpointed (``actors.logprob_head``),
     for the model types that allow it; None or 0: the model's full logits at once. ``entropy_grad=False``: the
-    entropy is computed without a graph (a metric).
+    entropy is computed without a graph (a metric). ``router`` (a MoE policy, ``actors/moe_router.py``): records
+    the routers of this forward at the micro-batch's real tokens.
     """
     dev = next(model.parameters()).device
     attn = pad([torch.ones_like(x) for x in input_ids], 0).to(dev)
@@ -238,10 +254,11 @@ def forward_logprobs(
     # recomputation (and the old path gives the old numbers, bit for bit)
     positions = int(inputs["input_ids"].numel())
     split = head_split(model) if 0 < spec.chunk_size < positions else None
-    if split is None:
-        tok_lp, ent_flat = _full_logits_logprobs(model, inputs, spec)
-    else:
-        tok_lp, ent_flat = split_forward(model, split, spec, inputs)
+    with router.recording(unpack_index(plan)[0]) if router is not None else nullcontext():
+        if split is None:
+            tok_lp, ent_flat = _full_logits_logprobs(model, inputs, spec)
+        else:
+            tok_lp, ent_flat = split_forward(model, split, spec, inputs)
     dst = dst.to(dev)
     out = tok_lp.new_zeros(dst.shape).masked_scatter(dst, tok_lp)
     ent = None if ent_flat is None else tok_lp.new_zeros(dst.shape).masked_scatter(dst, ent_flat)

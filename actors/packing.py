@@ -159,12 +159,37 @@ def position_ids(plan: PackedRows) -> torch.Tensor:
     return out
 
 
-def block_causal_mask(seq_ids: torch.Tensor) -> torch.Tensor:
-    """``[R, 1, T, T]`` boolean mask, True where query ``q`` may attend key ``k``: same block and ``k <= q``."""
+def block_causal_mask(seq_ids: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """``[R, 1, T, T]`` boolean mask, True where query ``q`` may attend key ``k``: same block and ``k <= q``;
+    with ``window`` (a sliding-window layer) also ``k > q - window``, as transformers' ``sliding_window_overlay``."""
     t = seq_ids.shape[-1]
     same = seq_ids[:, :, None] == seq_ids[:, None, :]
     causal = torch.ones(t, t, dtype=torch.bool, device=seq_ids.device).tril()
+    if window is not None:
+        causal = causal & ~torch.ones(t, t, dtype=torch.bool, device=seq_ids.device).tril(-int(window))
     return (same & causal).unsqueeze(1)
+
+
+def layer_masks(seq_ids: torch.Tensor, layer_types: Sequence[str] | None, window: int | None,
+                ) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The packed rows' mask(s) for a model's layers. A model whose ``layer_types`` mix full and sliding-window
+    attention (Gemma 2/3, gpt-oss, Qwen2/3 with sliding layers) takes a dict by layer type, which transformers
+    uses as given; one that has no ``layer_types`` but a ``sliding_window`` (Mistral, Mixtral, Phi-3) windows
+    every layer; anything else gets the plain block-causal mask. Without this, the block-causal mask given in
+    place of transformers' own would drop the window (a 4-D mask is used as it is)."""
+    full = block_causal_mask(seq_ids)
+    if window is None:
+        return full
+    if layer_types is None:
+        return block_causal_mask(seq_ids, window)
+    kinds = set(layer_types)
+    unknown = kinds - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise ValueError(f"sequence packing builds masks for full and sliding-window attention layers; this model "
+                         f"also has {sorted(unknown)}: set policy.packing=false")
+    if "sliding_attention" not in kinds:
+        return full
+    return {"full_attention": full, "sliding_attention": block_causal_mask(seq_ids, window)}
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

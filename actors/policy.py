@@ -36,6 +36,7 @@ from actors.evaluation import eval_predictions
 from actors.faults import maybe_die
 from actors.group import BaseWorker
 from actors.lockstep import lockstep_count
+from actors.moe_router import RouterRecorder, with_router_loss
 from actors.offload import OffloadStates
 from actors.optimizers import (
     OptimizerArgs,
@@ -57,6 +58,7 @@ class PolicyWorker(WeightExport, OffloadStates, ReferenceHost, BaseWorker):
     fault_group = "policy"  # the group name fault injection matches (actors/faults.py)
     tuner: Any = None  # the policy.tuner class (actors/tuners.py); set by build_model, the full tuner otherwise
     load_dtype: torch.dtype = torch.float32  # what build_model loads in; setup sets it (actors/ds_config.py)
+    router: RouterRecorder | None = None  # a MoE policy's router hooks; setup sets them
 
     def __init__(
         self,
@@ -95,6 +97,7 @@ class PolicyWorker(WeightExport, OffloadStates, ReferenceHost, BaseWorker):
         # ZeRO-3: while this lives, from_pretrained builds inside zero.Init (each rank holds its partition only)
         self._zero3_config = zero3_model_config(ds_config)
         model = self.build_model()
+        self.router = RouterRecorder.of(model)  # MoE: router load balance and aux loss (actors/moe_router.py)
         if self.tuner is None:  # a subclass that builds its own model (critic, reward model) trains all of it
 
             self.tuner = FullTuner
@@ -151,7 +154,8 @@ class PolicyWorker(WeightExport, OffloadStates, ReferenceHost, BaseWorker):
         return list(micro_batches([len(x) for x in batch.input_ids], self.micro, max_tokens, packing))
 
     def token_logprobs(self, input_ids: list[torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
-                       entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                       entropy_grad: bool = True, router: RouterRecorder | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Forward pass of the trained model over a micro-batch: ``(logp [B, L], attention mask [B, L],
         entropy [B, L] | None)``, right-padded, position ``t`` = log p(token_t | tokens_<t)``. Every loss
         goes through here, so ``policy.packing`` (several sequences per row inside, ``actors.packing``) applies
@@ -160,7 +164,7 @@ class PolicyWorker(WeightExport, OffloadStates, ReferenceHost, BaseWorker):
 
         packing, _ = packing_options(self.cfg)
         return forward_logprobs(self.engine, input_ids, temperature, with_entropy=with_entropy, packing=packing,
-                                chunk_size=logprob_chunk_size(self.cfg), entropy_grad=entropy_grad)
+                                chunk_size=logprob_chunk_size(self.cfg), entropy_grad=entropy_grad, router=router)
 
     def micro_loss(self, sub: TrainBatch, obj: Objective) -> tuple[torch.Tensor, dict[str, float], float]:
         """One micro-batch: its loss (already normalized by the step's global counts, see ``Objective``), its
@@ -168,7 +172,7 @@ class PolicyWorker(WeightExport, OffloadStates, ReferenceHost, BaseWorker):
         dev = self.engine.device
         # the entropy is always a metric; it needs a graph only when it is in the loss
         logp, _, ent = self.token_logprobs(sub.input_ids, obj.temperature, with_entropy=True,
-                                           entropy_grad=bool(obj.entropy_coef))
+                                           entropy_grad=bool(obj.entropy_coef), router=self.router)
 
         def padded(xs: list[torch.Tensor] | None) -> torch.Tensor | None:
             return None if xs is None else pad(xs, 0.0).to(dev, torch.float32)
@@ -180,6 +184,8 @@ class PolicyWorker(WeightExport, OffloadStates, ReferenceHost, BaseWorker):
             rollout_logp=padded(sub.rollout_logprobs), ref_logp=padded(sub.ref_logprobs),
             ce_weights=padded(sub.ce_weights),
         )
+        loss = with_router_loss(self.router, loss, m, float(self.cfg.get("router_aux_loss_coef") or 0.0),
+                                float(mask.sum()), obj.global_tokens)  # a MoE policy's router (moe/* metrics)
         return loss, m, float(mask.sum())
 
     # ---- compute --------------------------------------------------------------------------------

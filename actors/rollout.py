@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from actors import vllm_compat
+from actors import vllm_compat, vllm_families
 from actors.engine import EngineHandle, Received, Sampled, sample_seed
 from actors.faults import maybe_die, weights_lost_in_sleep
 from actors.group import BaseWorker
@@ -113,6 +113,7 @@ class RolloutWorker(BaseWorker):
             use_tqdm_on_load=False,  # a checkpoint-loading bar inside an actor is noise in every log file
             weight_transfer_config={"backend": "raylhf"},
             enable_log_requests=False,
+            **vllm_families.engine_kwargs(self.model_path, cuda),  # e.g. MLA models on CPU (actors/vllm_families.py)
         )
         self.loop = LoopThread(f"raylhf-rollout-{self.rank}")
         self.partial = bool(self.cfg.get("partial", False))

@@ -9,7 +9,8 @@ outside torch.distributed's default group, which vLLM uses); weights travel as b
     data    uint8[sum bytes]  the tensors' bytes, back to back
 
 and are loaded through vLLM's layerwise reload (``start_weight_update`` / ``finish_weight_update``), which repacks
-CPU weights as a fresh load would. The ``files`` transport reads safetensors files instead (the object-store
+CPU weights as a fresh load would; what some families need beyond that (CPU MoE experts, gpt-oss, DeepSeek's expert
+names) is in ``actors/vllm_families.py``. The ``files`` transport reads safetensors files instead (the object-store
 fallback: the rollout actor writes the buckets it got from the object store into /dev/shm). Every gloo collective
 has the group's timeout: a dead sender ends the receive with gloo's connection error, a silent one with its timeout.
 
@@ -31,6 +32,7 @@ from vllm.distributed.weight_transfer.base import (
 )
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
+from actors.vllm_families import family_sync
 from actors.weight_wire import join_group, receive_buckets
 from raylhf.core.weights import tensor_entry
 
@@ -68,12 +70,17 @@ class RaylhfTransferEngine(WeightTransferEngine[RaylhfInitInfo, RaylhfUpdateInfo
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
         self.received: dict[str, tuple[str, tuple[int, ...], int]] = {}
+        self.family = family_sync(self.model, self.model_config)  # per-family fixes (actors/vllm_families.py)
         initialize_layerwise_reload(self.model)
+        self.family.start()
 
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         finalize_layerwise_reload(self.model, self.model_config)
+        family = getattr(self, "family", None)
+        if family is not None:
+            family.finish()
 
     def update_weights(self, update_info: dict[str, Any]) -> None:
         self.receive_weights(self.parse_update_info(update_info))
@@ -93,10 +100,11 @@ class RaylhfTransferEngine(WeightTransferEngine[RaylhfInitInfo, RaylhfUpdateInfo
         received = getattr(self, "received", None)
         if received is None:
             received = self.received = {}
+        family = getattr(self, "family", None) or family_sync(self.model, self.model_config)
         for items in buckets:
             for name, t in items:
-                received[name] = tensor_entry(t)
-            self.model.load_weights(items)
+                received[name] = tensor_entry(t)  # under the names sent (the driver checks them against the policy's)
+            self.model.load_weights(family.weights(items))
 
     def shutdown(self) -> None:
         pg = getattr(self, "pg", None)

@@ -15,9 +15,9 @@ from raylhf.cli import COMMANDS, _target
 from raylhf.config import cli_entry
 from raylhf.core.errors import RunError
 
-# the demos' rows (train, held out), loaded only for a run without data files
-DEMO_ROWS = {"rm": "raylhf.demo.offline:rm_rows"}
-ENCODER_DEMO_ROWS = "raylhf.demo.encoders:demo_rows"
+# the demos' rows (train, held out): string imports, loaded only for a run without data files (keeps --help light)
+DEMO_ROWS = {"rm": "raylhf.demo.offline:rm_rows"}  # demo rows: loaded only without data files
+ENCODER_DEMO_ROWS = "raylhf.demo.encoders:demo_rows"  # demo rows: loaded only without data files
 
 
 def usage() -> str:

@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from raylhf.assets.families import family_config
 from raylhf.config.sections import TinyModelConfig
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
@@ -46,13 +47,17 @@ def tiny_model_config(cfg: TinyModelConfig | None = None, vocab_size: int | None
         tie_word_embeddings=False,
         torch_dtype="float32",
     )
+    if cfg.family is not None:  # docs/families.md
+        common.pop("intermediate_size")
+        return family_config(cfg.family, common, cfg.intermediate_size)
     if cfg.arch == "qwen2":
         return Qwen2Config(**common)
     return LlamaConfig(**common)
 
 
 def write_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None) -> Path:
-    """Write a random-weight HF causal LM plus the shipped tokenizer to ``out_dir`` (safetensors)."""
+    """Write a random-weight HF causal LM plus the shipped tokenizer to ``out_dir`` (safetensors): a Llama / Qwen2
+    (``cfg.arch``) or one of the families of ``raylhf/assets/families.py`` (``cfg.family``, docs/families.md)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -72,14 +77,15 @@ def write_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None) ->
 
 
 def tiny_model_key(cfg: TinyModelConfig) -> str:
-    blob = json.dumps(cfg.model_dump(), sort_keys=True) + (TOKENIZER_DIR / "tokenizer.json").read_text()
+    # without family when it is unset: the keys (cache folders) of the models that existed before families did stay
+    blob = json.dumps(cfg.model_dump(exclude={"family"} if cfg.family is None else None), sort_keys=True) + (TOKENIZER_DIR / "tokenizer.json").read_text()
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def cached_tiny_model(cache_dir: str | Path, cfg: TinyModelConfig | None = None) -> Path:
     """The tiny model for ``cfg`` under ``cache_dir``, written on first use."""
     cfg = cfg or TinyModelConfig()
-    out = Path(cache_dir) / f"tiny-{cfg.arch}-{tiny_model_key(cfg)}"
+    out = Path(cache_dir) / f"tiny-{cfg.family or cfg.arch}-{tiny_model_key(cfg)}"
     if not (out / "config.json").exists():
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

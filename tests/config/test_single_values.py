@@ -31,6 +31,7 @@ ROOTS: dict[str, type[BaseModel]] = {**CONFIGS, "serve": ServeRewardConfig}
 # one valid single value per list item type (names differ from the default reward functions')
 SAMPLES: dict[Any, Any] = {
     str: "examples/data/my.jsonl",
+    int: 1,
     RewardFunctionConfig: {"name": "format", "weight": 2.0},
     RemoteRewardConfig: {"name": "judge", "url": "http://127.0.0.1:8000/score"},
     RewardModelConfig: {"name": "rm", "path": "some/reward-model"},
