@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES = 410  # "a module that passes ~400 lines becomes a package with one file per concern"
 MAX_FUNCTION_LINES = 85  # "no function over ~80 lines in the driver or trainers"
 INLINE = re.compile(r"(?:`|#\s*or:\s*)(from (?:raylhf|actors|rewards|swift)[\w.]* import [\w, ]+\w)")
-VERBS = ["grpo", "ppo", "online_dpo", "sft", "dpo", "kto", "rm", "gkd", "sample", "serve_reward", "check_plugin"]
+VERBS = ["grpo", "ppo", "online_dpo", "sft", "dpo", "kto", "rm", "gkd", "sample", "serve_reward", "check_plugin", "seq_cls",
+         "embedding", "reranker", "generative_reranker"]
 
 
 def _graph() -> ModuleType:
