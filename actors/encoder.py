@@ -72,6 +72,38 @@ def group_batch(groups: Sequence[Sequence[list[int]]], labels: Sequence[Sequence
     return GroupBatch(input_ids=ids, loss_mask=mask, labels=flat, group_size=size)
 
 
+def head_outputs(forward: Callable[..., Any], module: torch.nn.Module, head: str, input_ids: Sequence[torch.Tensor],
+                 device: torch.device, pooling: str = "last", yes_id: int | None = None, no_id: int | None = None
+                 ) -> torch.Tensor:
+    """``[B, D]`` float32 per sequence of a micro-batch: class / relevance logits (``classifier``), the pooled
+    embedding (``embedding``) or ``logit(yes) - logit(no)`` of the next token (``yes_no``). ``forward`` runs the
+    model (a DeepSpeed engine, or the HF model itself: ``raylhf infer``), ``module`` is the HF model. Inputs are
+    left-padded with position ids counted from the first real token, so the last position is every row's last
+    token."""
+    pad = module.config.get_text_config().pad_token_id
+    ids, attn, pos = left_padded(input_ids, int(pad or 0), device)
+    if head == "classifier":
+        with pool_at_last_position(module):
+            return forward(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits.float()
+    if head == "embedding":
+        hidden = forward(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+        return pool(hidden, attn, pooling).float()  # type: ignore[arg-type]
+    logits = forward(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
+                     logits_to_keep=1).logits[:, -1]
+    return generative_relevance(logits, int(yes_id), int(no_id)).unsqueeze(-1)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def encode_sorted(outputs: Callable[[list[torch.Tensor]], torch.Tensor], input_ids: Sequence[torch.Tensor],
+                  micro: int) -> list[list[float]]:
+    """``outputs`` of whole sequences (no gradient), in input order, computed in length-sorted micro-batches."""
+    out: list[list[float]] = [[] for _ in input_ids]
+    for idx in length_sorted([len(x) for x in input_ids], micro):
+        for i, row in zip(idx, outputs([input_ids[i] for i in idx]).tolist(), strict=True):
+            out[i] = row
+    return out
+
+
 class EncoderWorker(PolicyWorker):
     def __init__(self, *args: Any, head: str = "classifier", loss: Callable[..., Any] | None = None,
                  num_labels: int = 1, problem_type: str | None = None, pooling: str = "last",
@@ -117,32 +149,15 @@ class EncoderWorker(PolicyWorker):
 
     # ---- what the model says about whole sequences ---------------------------------------------------------
     def outputs(self, input_ids: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``[B, D]`` float32 per sequence of a micro-batch: class / relevance logits or the pooled embedding."""
-        module = self.engine.module
-        pad = module.config.get_text_config().pad_token_id
-        ids, attn, pos = left_padded(input_ids, int(pad or 0), self.engine.device)
-        if self.head == "classifier":
-            with pool_at_last_position(module):
-                return self.engine(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False
-                                   ).logits.float()
-        if self.head == "embedding":
-            hidden = self.engine(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False
-                                 ).last_hidden_state
-            return pool(hidden, attn, self.pooling).float()  # type: ignore[arg-type]
-        logits = self.engine(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
-                             logits_to_keep=1).logits[:, -1]
-        return generative_relevance(logits, int(self.yes_id), int(self.no_id)).unsqueeze(-1)  # type: ignore[arg-type]
+        """``[B, D]`` float32 per sequence of a micro-batch (:func:`head_outputs` through the engine)."""
+        return head_outputs(self.engine, self.engine.module, self.head, input_ids, self.engine.device, self.pooling,
+                            self.yes_id, self.no_id)
 
-    @torch.no_grad()
     def encode(self, input_ids: list[torch.Tensor]) -> list[list[float]]:
         """``outputs`` of whole sequences (no gradient), in input order, in length-sorted micro-batches. Under
         ZeRO-3 every rank must call it with as many sequences (the forwards gather collectively)."""
         self.engine.eval()
-        out: list[list[float]] = [[] for _ in input_ids]
-        for idx in length_sorted([len(x) for x in input_ids], self.micro):
-            for i, row in zip(idx, self.outputs([input_ids[i] for i in idx]).tolist(), strict=True):
-                out[i] = row
-        return out
+        return encode_sorted(self.outputs, input_ids, self.micro)
 
     # ---- PolicyWorker hooks --------------------------------------------------------------------------------
     def micro_batches(self, batch: TrainBatch) -> list[list[int]]:

@@ -18,9 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from actors.common import micro_batches as length_sorted
-from actors.reward_trainer import left_padded, pool_at_last_position
-from raylhf.algos.retrieval import generative_relevance, pool
+from actors.encoder import encode_sorted, head_outputs
 from raylhf.assets import load_tokenizer
 from raylhf.data import DataError, Messages
 from raylhf.data.formats import prompt_messages
@@ -52,30 +50,13 @@ class EncoderForward:
         self.device = next(model.parameters()).device
 
     def outputs(self, input_ids: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``[B, D]`` float32: class / relevance logits or the pooled embedding (actors/encoder.py, ``outputs``)."""
-        pad = self.model.config.get_text_config().pad_token_id
-        ids, attn, pos = left_padded(input_ids, int(pad or 0), self.device)
-        if self.head == "classifier":
-            with pool_at_last_position(self.model):
-                return self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False
-                                  ).logits.float()
-        if self.head == "embedding":
-            hidden = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False
-                                ).last_hidden_state
-            return pool(hidden, attn, self.pooling).float()  # type: ignore[arg-type]
-        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
-                            logits_to_keep=1).logits[:, -1]
-        return generative_relevance(logits, int(self.yes_id), int(self.no_id)).unsqueeze(-1)  # type: ignore[arg-type]
+        """``[B, D]`` float32: class / relevance logits or the pooled embedding (the worker's own function)."""
+        return head_outputs(self.model, self.model, self.head, input_ids, self.device, self.pooling, self.yes_id,
+                            self.no_id)
 
-    @torch.no_grad()
     def encode(self, seqs: Sequence[Sequence[int]]) -> list[list[float]]:
         """``outputs`` of whole sequences, in input order, in length-sorted micro-batches of ``micro``."""
-        tensors = [torch.tensor(list(s), dtype=torch.long) for s in seqs]
-        out: list[list[float]] = [[] for _ in tensors]
-        for idx in length_sorted([len(x) for x in tensors], self.micro):
-            for i, row in zip(idx, self.outputs([tensors[i] for i in idx]).tolist(), strict=True):
-                out[i] = row
-        return out
+        return encode_sorted(self.outputs, [torch.tensor(list(s), dtype=torch.long) for s in seqs], self.micro)
 
 
 def load_model(model_dir: str, head: str, tokenizer: Any) -> torch.nn.Module:
