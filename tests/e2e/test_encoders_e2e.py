@@ -95,10 +95,12 @@ def test_embedding_and_rerankers_train_from_files(tmp_path: Path, tiny_model_dir
     assert {"eval/top1_acc", "eval/mrr", "eval/accuracy"} <= set(res.eval_after)
     assert AutoConfig.from_pretrained(res.checkpoint).num_labels == 1  # type: ignore[arg-type]
 
-    base = _base(tmp_path, tiny_model_dir, "gen", "reranker", files)
+    # the generative reranker with LoRA (the causal LM's tuners apply): trains, resumes, exports merged
+    base = {**_base(tmp_path, tiny_model_dir, "gen", "reranker", files), "policy.tuner.type": "lora"}
     res = reranker.run_reranker(build_config(GenerativeRerankerConfig, overrides=list(base.items())))
     assert [h["step"] for h in res.history if "loss/listwise" in h] == [1, 2, 3]
     _resumed_step3(reranker.run_reranker, GenerativeRerankerConfig, base, res, tmp_path, "gen")
     card = TaskCard.load(res.checkpoint)  # type: ignore[arg-type]
     assert card and card.task == "generative_reranker" and (card.yes_token, card.no_token) == ("yes", "no")
     assert AutoConfig.from_pretrained(res.checkpoint).architectures == ["LlamaForCausalLM"]  # type: ignore[arg-type]
+    assert (Path(res.checkpoint) / "adapter" / "adapter_config.json").is_file()  # type: ignore[arg-type]
