@@ -52,7 +52,7 @@ COMMANDS: dict[str, Command] = {
                           "raylhf.demo.online:online_dpo_demo",
                           "online DPO: sample, score, pair best vs worst, DPO update, sync"),
     "sft": Command("raylhf.sft", SFTConfig, "raylhf.trainers.sft:cli", "raylhf.demo.offline:sft_demo",
-                   "supervised fine-tuning (the single-actor case)"),
+                   "supervised fine-tuning (the single-actor case)", "raylhf.trainers.sft:evaluate"),
     "dpo": Command("raylhf.dpo", DPOConfig, "raylhf.trainers.dpo:cli", "raylhf.demo.offline:dpo_demo",
                    "DPO family on preference pairs (sigmoid, ipo, hinge, cdpo, simpo, orpo, cpo)"),
     "kto": Command("raylhf.kto", KTOConfig, "raylhf.trainers.kto:cli", "raylhf.demo.offline:kto_demo",

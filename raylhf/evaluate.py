@@ -16,7 +16,8 @@ from raylhf.config import cli_entry
 from raylhf.core.errors import RunError
 
 # the demos' rows (train, held out): string imports, loaded only for a run without data files (keeps --help light)
-DEMO_ROWS = {"rm": "raylhf.demo.offline:rm_rows"}  # demo rows: loaded only without data files
+DEMO_ROWS = {"rm": "raylhf.demo.offline:rm_rows",  # demo rows: loaded only without data files
+             "sft": "raylhf.demo.offline:sft_rows"}  # demo rows: loaded only without data files
 ENCODER_DEMO_ROWS = "raylhf.demo.encoders:demo_rows"  # demo rows: loaded only without data files
 
 

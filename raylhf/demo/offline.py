@@ -116,6 +116,11 @@ def rm_demo(cfg: RMConfig) -> int:
     return 0
 
 
+def sft_rows(name: str, cfg: SFTConfig) -> tuple[list[Any], list[Any]]:
+    """The SFT demo's (train, held-out) chats (what ``raylhf eval sft`` uses without data files)."""
+    return demo_chat_splits(cfg.demo)  # type: ignore[return-value]
+
+
 def rm_rows(name: str, cfg: RMConfig) -> tuple[list[Any], list[Any]]:
     """The RM demo's (train, held-out) pairs (what ``raylhf eval rm`` uses without data files)."""
     return arithmetic_pair_splits(cfg.demo.num_train, cfg.demo.num_heldout,  # type: ignore[return-value]

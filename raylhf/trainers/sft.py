@@ -29,7 +29,7 @@ from raylhf.data.loss_scale import get_loss_scale
 from raylhf.driver import phases
 from raylhf.driver.cluster import resolve_model_path
 from raylhf.driver.lifecycle import RunResult
-from raylhf.driver.offline import OfflineSpec, RowBatches, run_offline
+from raylhf.driver.offline import OfflineSpec, RowBatches, evaluate_offline, run_offline
 
 SFTRow = tuple[list[int], list[float]]  # (input_ids, per-token loss weights)
 
@@ -39,9 +39,21 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list[SFTExa
             ) -> RunResult:
     """Train; returns the run's result (``checkpoint``: the HF export). ``model_path`` / ``examples`` / ``eval_examples``
     override the config (``model.path``, ``data.train_files``, ``data.eval_files`` / ``sft.eval_fraction``)."""
-
-    s = cfg.sft
     model_path = model_path or resolve_model_path(cfg.model)
+    return run_offline(cfg, build(cfg, model_path, examples, eval_examples), model_path, save_to)
+
+
+def evaluate(cfg: SFTConfig, train: list[SFTExample] | None = None, heldout: list[SFTExample] | None = None
+             ) -> dict[str, float]:
+    """`raylhf eval sft`: the held-out loss (and ``sft.metrics``) of ``model.path`` as the trainer computes them."""
+    path = resolve_model_path(cfg.model)
+    return evaluate_offline(cfg, build(cfg, path, train, heldout), path)
+
+
+def build(cfg: SFTConfig, model_path: str, examples: list[SFTExample] | None,
+          eval_examples: list[SFTExample] | None) -> OfflineSpec:
+    """The offline run of SFT on ``examples`` / ``eval_examples`` (else the config's files)."""
+    s = cfg.sft
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
     strategy = get_loss_scale("all" if s.train_on_prompt else s.loss_scale)
     examples = examples if examples is not None else load_from_config(cfg.data, "sft", split="train")
@@ -60,7 +72,7 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list[SFTExa
                         "give more data or lower sft.batch_size")
     num_steps = s.num_steps or len(rows) // s.batch_size * s.epochs
     tuner = cfg.policy.tuner
-    spec = OfflineSpec(
+    return OfflineSpec(
         name="sft", num_steps=num_steps, objective=Objective(pg_coef=0.0, ce_coef=1.0),
         **sft_loss_worker(s.loss),
         batches=RowBatches(rows, s.batch_size, cfg.data.shuffle, cfg.data.seed, collate),
@@ -72,7 +84,6 @@ def run_sft(cfg: SFTConfig, model_path: str | None = None, examples: list[SFTExa
         + (f" (r={tuner.lora_rank}, alpha={tuner.lora_alpha:g})" if tuner.type == "lora" else "")
         + (f", loss {s.loss}" if s.loss != "default" else ""),
     )
-    return run_offline(cfg, spec, model_path, save_to)
 
 
 def sft_loss_worker(loss: str) -> dict[str, Any]:

@@ -59,6 +59,12 @@ def test_lora_sft_on_two_zero3_ranks_exports_a_merged_model(tmp_path: Path, tiny
     assert float(((lp_merged - lp_adapter) * attn).abs().max()) < 1e-5
     assert float(((lp_merged - lp_base) * attn).abs().max()) > 1e-3  # the adapter did train
 
+    # raylhf eval sft on the export (a fresh, zero LoRA on the merged weights): the run's last held-out loss
+    from raylhf.trainers.sft import evaluate
+
+    got = evaluate(cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": ckpt})}))
+    assert got["eval/loss"] == pytest.approx(evals[-1][1], rel=1e-5)
+
 
 def test_lora_policy_syncs_merged_weights_into_vllm(tiny_model_dir: Path) -> None:
     """GRPO with LoRA: after an update, weight sync sends the base model's names with the adapter merged, and
