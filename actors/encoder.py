@@ -26,10 +26,11 @@ import torch
 
 from actors.common import micro_batches as length_sorted
 from actors.policy import PolicyWorker
-from actors.reward_trainer import left_padded, pool_at_last_position
+from actors.reward_trainer import left_padded, pool_at_last_position, with_pad_token
 from raylhf.algos.retrieval import generative_relevance, pool
 from raylhf.assets import load_tokenizer
 from raylhf.core.batch import Objective, TrainBatch
+from raylhf.data.pairs import group_micro_batches
 from raylhf.data.retrieval import TaskCard
 
 HEADS = ("classifier", "embedding", "yes_no")
@@ -141,11 +142,7 @@ class EncoderWorker(PolicyWorker):
         extra = {"problem_type": self.problem_type} if self.problem_type else {}
         model = AutoModelForSequenceClassification.from_pretrained(self.model_path, num_labels=self.num_labels,
                                                                    **extra, **kw)
-        text_cfg = model.config.get_text_config()
-        if text_cfg.pad_token_id is None:
-            text_cfg.pad_token_id = self._tokenizer().pad_token_id
-        model.config.pad_token_id = text_cfg.pad_token_id
-        return model
+        return with_pad_token(model, self._tokenizer().pad_token_id)
 
     # ---- what the model says about whole sequences ---------------------------------------------------------
     def outputs(self, input_ids: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -166,9 +163,8 @@ class EncoderWorker(PolicyWorker):
         size = int(getattr(batch, "group_size", 1))
         if len(batch) % size:
             raise ValueError(f"an encoder batch holds whole groups of {size}; this rank got {len(batch)} sequences")
-        longest = [max(len(x) for x in batch.input_ids[k * size:(k + 1) * size]) for k in range(len(batch) // size)]
-        return [[k * size + j for k in group for j in range(size)]
-                for group in length_sorted(longest, max(1, self.micro // size))]
+        return group_micro_batches([i // size for i in range(len(batch))], [len(x) for x in batch.input_ids],
+                                   self.micro)
 
     def micro_loss(self, sub: TrainBatch, obj: Objective) -> tuple[torch.Tensor, dict[str, float], float]:
         """The trainer's GroupLoss over the micro-batch's groups, divided by the step's group count

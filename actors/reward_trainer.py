@@ -24,6 +24,7 @@ from actors.policy import PolicyWorker
 from raylhf.algos.dpo import bradley_terry_loss
 from raylhf.assets import load_tokenizer
 from raylhf.core.batch import Objective, TrainBatch
+from raylhf.data.pairs import group_micro_batches
 
 
 @dataclass
@@ -70,6 +71,16 @@ def left_padded(seqs: Sequence[torch.Tensor], pad_id: int, dev: torch.device
     return ids.to(dev), attn.to(dev), pos.to(dev)
 
 
+def with_pad_token(model: torch.nn.Module, pad_token_id: int | None) -> torch.nn.Module:
+    """``model`` with a pad token id in its (text) config: its own, else ``pad_token_id`` (the tokenizer's); HF
+    classification heads need one to find the last token."""
+    text_cfg = model.config.get_text_config()
+    if text_cfg.pad_token_id is None:
+        text_cfg.pad_token_id = pad_token_id
+    model.config.pad_token_id = text_cfg.pad_token_id
+    return model
+
+
 @contextlib.contextmanager
 def pool_at_last_position(model: torch.nn.Module) -> Iterator[None]:
     """HF classification heads pool at the rightmost token that is not ``pad_token_id``; with left padding the
@@ -106,11 +117,7 @@ class RewardModelWorker(PolicyWorker):
                              "a reward model has one output: start from a causal LM or a one-output reward model")
         model = AutoModelForSequenceClassification.from_pretrained(
             self.model_path, num_labels=1, dtype=torch.float32, trust_remote_code=self.trust_remote_code)
-        text_cfg = model.config.get_text_config()
-        if text_cfg.pad_token_id is None:
-            text_cfg.pad_token_id = self._tokenizer().pad_token_id
-        model.config.pad_token_id = text_cfg.pad_token_id
-        return model
+        return with_pad_token(model, self._tokenizer().pad_token_id)
 
     # ---- the reward of whole conversations ----------------------------------------------------------------
     def sequence_rewards(self, input_ids: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -138,9 +145,7 @@ class RewardModelWorker(PolicyWorker):
         """Whole pairs per micro-batch (``micro_batch_size // 2`` pairs), pairs sorted by their longer side."""
         if len(batch) % 2:
             raise ValueError(f"a reward-model batch holds whole pairs; this rank got {len(batch)} sequences")
-        longer = [max(len(batch.input_ids[2 * k]), len(batch.input_ids[2 * k + 1])) for k in range(len(batch) // 2)]
-        return [[i for k in group for i in (2 * k, 2 * k + 1)]
-                for group in length_sorted(longer, max(1, self.micro // 2))]
+        return group_micro_batches([i // 2 for i in range(len(batch))], [len(x) for x in batch.input_ids], self.micro)
 
     def micro_loss(self, sub: TrainBatch, obj: Objective) -> tuple[torch.Tensor, dict[str, float], float]:
         """Bradley-Terry over the micro-batch's pairs, summed and divided by the step's global pair count

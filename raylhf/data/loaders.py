@@ -4,7 +4,7 @@ reported eagerly as one DataError naming the file and the row."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 if TYPE_CHECKING:
@@ -21,6 +21,31 @@ from raylhf.data.formats import (
 )
 from raylhf.data.readers import read_source
 from raylhf.data.types import FORMATS, DataError, PreferenceExample, PromptExample, Row, SFTExample, type_name
+
+
+def renamed_sources(files: Sequence[str], columns: Mapping[str, str] | None, max_samples: int | None,
+                    split: str | None) -> Iterator[tuple[str, Iterator[Row]]]:
+    """Each source with its rows, at most ``max_samples`` over all of them; a row's columns are renamed
+    (``data.columns``) as it is taken, a renaming error naming the row. An empty source is a DataError."""
+    taken = 0
+    for source in files:
+        remaining = None if max_samples is None else max_samples - taken
+        if remaining is not None and remaining <= 0:
+            return
+        rows = read_source(source, remaining, split)
+        if not rows:
+            raise DataError("empty dataset (no rows)", source=os.fspath(source))
+        taken += len(rows)
+        yield source, _renamed(rows, columns)
+
+
+def _renamed(rows: list[Row], columns: Mapping[str, str] | None) -> Iterator[Row]:
+    for row in rows:
+        try:
+            row.data = apply_column_mapping(row.data, columns)
+        except DataError as e:
+            raise row.error(e.problem) from None
+        yield row
 
 
 def load_rows(
@@ -48,19 +73,9 @@ def load_rows(
         raise ValueError(f"max_samples must be positive, got {max_samples}")
     out: list[tuple[Row, str]] = []
     first: tuple[str, str] | None = None  # (file, format) that fixed the shared format
-    for source in files:
-        remaining = None if max_samples is None else max_samples - len(out)
-        if remaining is not None and remaining <= 0:
-            break
-        rows = read_source(source, remaining, split)
-        if not rows:
-            raise DataError("empty dataset (no rows)", source=os.fspath(source))
+    for source, rows in renamed_sources(files, columns, max_samples, split):
         fmt = format
         for row in rows:
-            try:
-                row.data = apply_column_mapping(row.data, columns)
-            except DataError as e:
-                raise row.error(e.problem) from None
             if fmt == "auto":
                 try:
                     fmt = detect_format(row.data)

@@ -20,14 +20,13 @@ the query and document texts, rendered as one user turn with the generation prom
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raylhf.data.formats import apply_column_mapping, check_messages, prompt_messages
-from raylhf.data.readers import read_source
+from raylhf.data.formats import check_messages, prompt_messages
+from raylhf.data.loaders import renamed_sources
 from raylhf.data.render import chat_text, encode_text
 from raylhf.data.types import DataError, Messages, Row, type_name
 
@@ -96,21 +95,7 @@ def _rows(files: Sequence[str], columns: Mapping[str, str] | None, max_samples: 
           kind: str) -> list[Row]:
     if not files:
         raise DataError(f"no data files given for {kind} data")
-    out: list[Row] = []
-    for source in files:
-        remaining = None if max_samples is None else max_samples - len(out)
-        if remaining is not None and remaining <= 0:
-            break
-        rows = read_source(source, remaining, split)
-        if not rows:
-            raise DataError("empty dataset (no rows)", source=os.fspath(source))
-        for row in rows:
-            try:
-                row.data = apply_column_mapping(row.data, columns)
-            except DataError as e:
-                raise row.error(e.problem) from None
-            out.append(row)
-    return out
+    return [row for _, rows in renamed_sources(files, columns, max_samples, split) for row in rows]
 
 
 def _side(value: Any, column: str, row: Row) -> Messages:

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from actors.encoder import encode_sorted, head_outputs
+from actors.reward_trainer import with_pad_token
 from raylhf.assets import load_tokenizer
 from raylhf.data import DataError, Messages
 from raylhf.data.formats import prompt_messages
@@ -67,12 +68,7 @@ def load_model(model_dir: str, head: str, tokenizer: Any) -> torch.nn.Module:
         return AutoModel.from_pretrained(model_dir, **kw)
     if head == "yes_no":
         return AutoModelForCausalLM.from_pretrained(model_dir, **kw)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, **kw)
-    text_cfg = model.config.get_text_config()
-    if text_cfg.pad_token_id is None:
-        text_cfg.pad_token_id = tokenizer.pad_token_id
-    model.config.pad_token_id = text_cfg.pad_token_id
-    return model
+    return with_pad_token(AutoModelForSequenceClassification.from_pretrained(model_dir, **kw), tokenizer.pad_token_id)
 
 
 def _docs(value: Any, column: str, row: Row) -> list[Messages]:
